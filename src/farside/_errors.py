@@ -1,0 +1,153 @@
+"""The exceptions farside raises, and the status codes they carry.
+
+Every failure that crosses the enclave boundary or a process boundary surfaces as
+one of these; lower layers (grpc, OSError, msgpack, protobuf) are mapped at the
+layer boundary with ``raise ... from``, never leaked::
+
+    EnclaveError                    .code (StatusCode), .message
+     ├─ EnclaveLoadError            bundle missing/invalid, initialize() failed, provisioning failed
+     │   └─ AttestationError        evidence missing or bad, policy mismatch
+     ├─ EnclaveCallError            code on the other side raised: .remote_type, .remote_traceback
+     │   └─ HostCallError           (inside the enclave) an exit handler on the client raised
+     ├─ EnclaveUnavailableError     proxy/stream gone (crash, kill, network); raised promptly
+     ├─ DeadlineExceededError       a call's timeout passed; the call is cancelled on the far side
+     └─ ProtocolError               the peer sent a malformed or unexpected frame
+
+    ClientClosedError(RuntimeError) a call on an EnclaveClient that was destroyed
+    EnclaveNameError(ValueError)    get_client() of an unknown name, or a load under a name in use
+
+This module owns only the types; it imports nothing else from farside.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "AttestationError",
+    "ClientClosedError",
+    "DeadlineExceededError",
+    "EnclaveCallError",
+    "EnclaveError",
+    "EnclaveLoadError",
+    "EnclaveNameError",
+    "EnclaveUnavailableError",
+    "HostCallError",
+    "ProtocolError",
+    "StatusCode",
+]
+
+
+class StatusCode(enum.IntEnum):
+    """The canonical status codes of gRPC and absl, as farside errors carry them."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+    @classmethod
+    def coerce(cls, value: int) -> StatusCode:
+        """Return the code for ``value``, or ``UNKNOWN`` for a number no code has."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class EnclaveError(Exception):
+    """Base of every error farside raises about an enclave; carries a status code."""
+
+    default_code = StatusCode.UNKNOWN
+
+    def __init__(self, message: str, *, code: StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = self.default_code if code is None else code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class EnclaveLoadError(EnclaveError):
+    """The enclave could not be loaded: bad bundle, failed initialize(), failed provisioning."""
+
+    default_code = StatusCode.FAILED_PRECONDITION
+
+
+class AttestationError(EnclaveLoadError):
+    """The enclave did not prove what it is: evidence missing, invalid, or against policy."""
+
+    default_code = StatusCode.PERMISSION_DENIED
+
+
+class EnclaveCallError(EnclaveError):
+    """Code on the other side of the boundary raised.
+
+    ``remote_type`` is the qualified name of the exception raised there;
+    ``remote_traceback`` is its formatted traceback for debug enclaves, else ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        remote_type: str = "",
+        remote_traceback: str | None = None,
+        code: StatusCode | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        text = f"{self.remote_type}: {self.message}" if self.remote_type else self.message
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class HostCallError(EnclaveCallError):
+    """Raised inside an enclave when the client's exit handler for ``host.call`` raised."""
+
+
+class EnclaveUnavailableError(EnclaveError):
+    """The enclave is gone: its proxy crashed or was killed, or the connection broke."""
+
+    default_code = StatusCode.UNAVAILABLE
+
+
+class DeadlineExceededError(EnclaveError):
+    """A call's timeout passed; the call was cancelled on the far side."""
+
+    default_code = StatusCode.DEADLINE_EXCEEDED
+
+
+class ProtocolError(EnclaveError):
+    """The peer broke the session protocol (malformed or out-of-order frame).
+
+    The session that saw it is closed; every later use of it raises this again.
+    """
+
+    default_code = StatusCode.INTERNAL
+
+
+class ClientClosedError(RuntimeError):
+    """The EnclaveClient was destroyed; load the enclave again to make new calls."""
+
+
+class EnclaveNameError(ValueError):
+    """An enclave name is unknown to the EnclaveManager, or already in use."""

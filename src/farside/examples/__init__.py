@@ -1,0 +1,1 @@
+"""Example enclaves and drivers shipped with farside (``farside demo`` runs the quickstart)."""

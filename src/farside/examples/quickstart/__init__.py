@@ -1,0 +1,1 @@
+"""The seed's remote-backend quickstart: an enclave that encrypts a message."""

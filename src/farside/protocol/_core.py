@@ -1,0 +1,593 @@
+"""The sans-IO session core: frames in, frames and events out.
+
+``SessionCore`` is the one place that knows what a frame means, which client
+thread it belongs to and what state the session is in. It has no sockets,
+threads or clocks: its driver feeds it received frames (``receive``), tells it
+what the local side wants to send (``start_call``, ``send_result``, ...) and
+moves ``frames_to_send()`` to the peer. It is not thread-safe; the driver
+serializes access.
+
+Per client thread, the core keeps the stack of calls in flight. Calls nest by
+alternating direction (entry, exit, entry, ...), and results come back in LIFO
+order, so the stack decides what is legal:
+
+    who          may start a call on thread T when the top of T's stack is
+    client       empty, or an exit call it received        (a nested entry call)
+    proxy        an entry call it received                  (an exit call)
+
+and a result is legal only for the call on top. Anything else from the peer is a
+``ProtocolError``: the session moves to a sticky error state, tells the peer
+with a Close frame, and every later use raises the same error.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _values
+from .._errors import EnclaveError, EnclaveUnavailableError, ProtocolError, StatusCode
+from .._proto.v1 import session_pb2 as pb
+from ..attestation import Bundle, BundleError, Manifest
+from ._events import (
+    BundleReceived,
+    CallKind,
+    CallReceived,
+    CancelReceived,
+    CloseReceived,
+    Event,
+    LoadedReceived,
+    OutputReceived,
+    RemoteError,
+    ResultReceived,
+    Stream,
+)
+
+__all__ = ["PROTOCOL_VERSION", "Limits", "Role", "SessionCore", "State"]
+
+PROTOCOL_VERSION = 1
+
+
+class Role(enum.Enum):
+    """Which end of the session a core drives."""
+
+    CLIENT = "client"
+    PROXY = "proxy"
+
+
+class State(enum.Enum):
+    """The session's state; ``CLOSED`` and ``ERROR`` are final."""
+
+    IDLE = "idle"  # client before open(); proxy waiting for Open
+    RECEIVING_BUNDLE = "receiving bundle"  # proxy: Open arrived, chunks follow
+    LOADING = "loading"  # bundle complete, Loaded not yet sent/received
+    READY = "ready"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Bounds the core enforces; the defaults suit most enclaves."""
+
+    max_depth: int = 64
+    max_bundle_size: int = 64 * 2**20
+    max_bundle_files: int = 10_000
+    bundle_chunk_size: int = 2**20
+    output_chunk_size: int = 64 * 2**10
+
+
+@dataclass(slots=True)
+class _InFlight:
+    call_id: int
+    outgoing: bool
+    kind: CallKind
+
+
+@dataclass(slots=True)
+class _PendingOutput:
+    thread: int
+    stream: Stream
+    data: bytearray
+
+
+def _remote_error_from_pb(error: pb.Error) -> RemoteError:
+    return RemoteError(
+        code=StatusCode.coerce(error.code),
+        type=error.type,
+        message=error.message,
+        traceback=error.traceback,
+    )
+
+
+def _remote_error_to_pb(error: RemoteError) -> pb.Error:
+    return pb.Error(
+        code=int(error.code), type=error.type, message=error.message, traceback=error.traceback
+    )
+
+
+class SessionCore:
+    """The state of one enclave session, as seen from one end (``role``)."""
+
+    def __init__(self, role: Role, *, limits: Limits | None = None) -> None:
+        self.role = role
+        self.limits = limits or Limits()
+        self.state = State.IDLE
+        self.error: ProtocolError | None = None
+        self.closed_by_peer: RemoteError | None = None
+        self._outbox: list[pb.Frame] = []
+        self._output: list[_PendingOutput] = []
+        self._output_size = 0
+        self._stacks: dict[int, list[_InFlight]] = {}
+        self._outgoing: dict[int, int] = {}  # call id -> thread, for our calls in flight
+        self._abandoned: set[int] = set()
+        self._abandoned_calls: set[int] = set()
+        self._next_id = 1 if role is Role.CLIENT else 2
+        self._last_peer_id = 0
+        self._max_depth = self.limits.max_depth
+        # proxy: bundle being received
+        self._manifest: Manifest | None = None
+        self._files: list[tuple[str, int]] = []
+        self._bundle = bytearray()
+        self._bundle_size = 0
+
+    # ------------------------------------------------------------------ queries
+
+    def depth(self, thread: int) -> int:
+        """Number of calls in flight on ``thread`` (0 when it is idle)."""
+        return len(self._stacks.get(thread, ()))
+
+    def is_abandoned(self, thread: int) -> bool:
+        """True if the client gave up on ``thread`` (see ``abandon_thread``)."""
+        return thread in self._abandoned
+
+    def busy_threads(self) -> list[int]:
+        """Threads with at least one call in flight."""
+        return list(self._stacks)
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes of output buffered but not yet moved to the outbox."""
+        return self._output_size
+
+    # --------------------------------------------------------------- local side
+
+    def _check_usable(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.state is State.CLOSED:
+            raise EnclaveUnavailableError("the enclave session is closed")
+
+    def _emit(self, frame: pb.Frame) -> None:
+        self.flush_output()
+        self._outbox.append(frame)
+
+    def open(self, bundle: Bundle) -> None:
+        """(client) Start the session: send the manifest, file index and bundle bytes."""
+        self._require_role(Role.CLIENT, "open")
+        self._check_usable()
+        if self.state is not State.IDLE:
+            raise RuntimeError("open() may be called only once")
+        m = bundle.manifest
+        paths = sorted(bundle.files)
+        self._emit(
+            pb.Frame(
+                open=pb.Open(
+                    protocol_version=PROTOCOL_VERSION,
+                    manifest=pb.Manifest(
+                        name=m.name,
+                        entry=m.entry,
+                        product_id=m.product_id,
+                        security_version=m.security_version,
+                        debug=m.debug,
+                    ),
+                    files=[pb.FileEntry(path=p, size=len(bundle.files[p])) for p in paths],
+                    max_depth=self._max_depth,
+                )
+            )
+        )
+        blob = b"".join(bundle.files[p] for p in paths)
+        step = self.limits.bundle_chunk_size
+        for start in range(0, len(blob), step):
+            self._emit(pb.Frame(bundle=pb.BundleChunk(data=blob[start : start + step])))
+        self.state = State.LOADING
+
+    def loaded(self, measurement: bytes = b"", error: RemoteError | None = None) -> None:
+        """(proxy) Report the outcome of loading the bundle."""
+        self._require_role(Role.PROXY, "loaded")
+        self._check_usable()
+        if self.state is not State.LOADING:
+            raise RuntimeError(f"loaded() in state {self.state.value}")
+        if error is not None:
+            self._emit(pb.Frame(loaded=pb.Loaded(error=_remote_error_to_pb(error))))
+            self.close()
+            return
+        self._emit(pb.Frame(loaded=pb.Loaded(measurement=measurement)))
+        self.state = State.READY
+
+    def start_call(
+        self,
+        thread: int,
+        kind: CallKind,
+        name: str = "",
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        oneway: bool = False,
+    ) -> int:
+        """Send a call on ``thread`` and return its id (0 for a one-way call).
+
+        Raises ``TypeError`` for values that cannot be sent (nothing is sent),
+        ``EnclaveError(RESOURCE_EXHAUSTED)`` beyond the nesting limit, and
+        ``RuntimeError`` when the thread is not in a state to make this call.
+        """
+        self._check_usable()
+        if self.state is not State.READY:
+            raise RuntimeError(f"cannot call in state {self.state.value}")
+        if kind.is_entry != (self.role is Role.CLIENT):
+            raise RuntimeError(f"the {self.role.value} cannot make a {kind.name} call")
+        stack = self._stacks.get(thread)
+        if oneway:
+            if kind is not CallKind.EXIT:
+                raise RuntimeError("only exit calls can be one-way")
+        elif stack and stack[-1].outgoing:
+            raise RuntimeError(f"thread {thread} is already waiting for call {stack[-1].call_id}")
+        elif not stack and self.role is Role.PROXY:
+            raise RuntimeError("exit calls can be made only while an entry call runs")
+        elif stack and len(stack) >= self._max_depth:
+            raise EnclaveError(
+                f"call nesting depth would exceed the limit of {self._max_depth}",
+                code=StatusCode.RESOURCE_EXHAUSTED,
+            )
+        payload = _values.encode([list(args), dict(kwargs or {})], what="args")
+        call_id = 0
+        if not oneway:
+            call_id = self._next_id
+            self._next_id += 2
+            self._stacks.setdefault(thread, []).append(_InFlight(call_id, True, kind))
+            self._outgoing[call_id] = thread
+        self._emit(
+            pb.Frame(
+                call=pb.Call(
+                    call_id=call_id,
+                    thread=thread,
+                    kind=int(kind),  # type: ignore[arg-type]
+                    name=name,
+                    args=payload,
+                    oneway=oneway,
+                )
+            )
+        )
+        return call_id
+
+    def send_result(
+        self, thread: int, call_id: int, value: Any = None, error: RemoteError | None = None
+    ) -> None:
+        """Answer the peer's call ``call_id``, which must be the top of ``thread``'s stack.
+
+        A value that cannot be encoded is sent as an error result instead, and the
+        ``TypeError`` is not raised: the caller's answer is still owed to the peer.
+        """
+        self._check_usable()
+        stack = self._stacks.get(thread)
+        if not stack or stack[-1].outgoing or stack[-1].call_id != call_id:
+            raise RuntimeError(f"call {call_id} is not the innermost call on thread {thread}")
+        stack.pop()
+        if not stack:
+            del self._stacks[thread]
+        if error is None:
+            try:
+                result = pb.Result(call_id=call_id, value=_values.encode(value, what="result"))
+            except TypeError as exc:
+                error = RemoteError(code=StatusCode.INVALID_ARGUMENT, type="TypeError",
+                                    message=str(exc))
+        if error is not None:
+            result = pb.Result(call_id=call_id, error=_remote_error_to_pb(error))
+        self._emit(pb.Frame(result=result))
+
+    def write_output(self, thread: int, stream: Stream, data: bytes) -> None:
+        """(proxy) Buffer one-way output; it leaves before any later frame.
+
+        Consecutive writes to the same thread and stream are coalesced; the buffer
+        moves to the outbox when it reaches ``output_chunk_size``, when another frame
+        is sent, or when the driver calls ``flush_output``.
+        """
+        self._require_role(Role.PROXY, "write_output")
+        self._check_usable()
+        if not data:
+            return
+        last = self._output[-1] if self._output else None
+        if last is not None and last.thread == thread and last.stream == stream:
+            last.data += data
+        else:
+            self._output.append(_PendingOutput(thread, stream, bytearray(data)))
+        self._output_size += len(data)
+        if self._output_size >= self.limits.output_chunk_size:
+            self.flush_output()
+
+    def flush_output(self) -> None:
+        """Move buffered output into the outbox, in order."""
+        for item in self._output:
+            self._outbox.append(
+                pb.Frame(
+                    output=pb.Output(
+                        thread=item.thread,
+                        stream=int(item.stream),  # type: ignore[arg-type]
+                        data=bytes(item.data),
+                    )
+                )
+            )
+        self._output.clear()
+        self._output_size = 0
+
+    def abandon_thread(self, thread: int) -> list[int]:
+        """(client) Give up on every call in flight on ``thread``; return their ids.
+
+        The outermost entry call is cancelled on the proxy. Later frames for the
+        thread are tolerated: results are dropped, exit calls are refused with
+        ``CANCELLED``. The thread's tag must not be used again.
+        """
+        self._require_role(Role.CLIENT, "abandon_thread")
+        stack = self._stacks.pop(thread, [])
+        self._abandoned.add(thread)
+        ids = [entry.call_id for entry in stack if entry.outgoing]
+        for call_id in ids:
+            del self._outgoing[call_id]
+        self._abandoned_calls.update(ids)
+        if ids and self.state is State.READY and self.error is None:
+            self._emit(pb.Frame(cancel=pb.Cancel(call_id=ids[0])))
+        return ids
+
+    def close(self, error: RemoteError | None = None) -> None:
+        """End the session from this side; idempotent."""
+        if self.state in (State.CLOSED, State.ERROR):
+            return
+        frame = pb.Close(error=_remote_error_to_pb(error)) if error else pb.Close()
+        self._emit(pb.Frame(close=frame))
+        self.state = State.CLOSED
+
+    def connection_lost(self) -> None:
+        """The transport is gone; the session is closed (not an error of the peer)."""
+        if self.state is not State.ERROR:
+            self.state = State.CLOSED
+        self._output.clear()
+        self._output_size = 0
+
+    def frames_to_send(self) -> list[pb.Frame]:
+        """Take the frames queued for the peer, in order (buffered output stays)."""
+        frames, self._outbox = self._outbox, []
+        return frames
+
+    # -------------------------------------------------------------- peer side
+
+    def receive(self, frames: Iterable[pb.Frame]) -> list[Event]:
+        """Process frames from the peer and return the events they produce.
+
+        Raises ``ProtocolError`` (and stays broken) if the peer broke the protocol.
+        """
+        if self.error is not None:
+            raise self.error
+        events: list[Event] = []
+        for frame in frames:
+            if self.state is State.CLOSED:
+                break  # nothing after Close (or after we closed) matters
+            try:
+                self._receive_one(frame, events)
+            except ProtocolError as exc:
+                self.error = exc
+                self.state = State.ERROR
+                self._outbox.append(
+                    pb.Frame(close=pb.Close(error=pb.Error(
+                        code=int(StatusCode.INTERNAL), type="ProtocolError", message=str(exc))))
+                )
+                raise
+        return events
+
+    def _receive_one(self, frame: pb.Frame, events: list[Event]) -> None:
+        kind = frame.WhichOneof("kind")
+        handler = _HANDLERS.get((self.role, kind))
+        if handler is None:
+            raise ProtocolError(f"peer sent a {kind or 'empty'} frame, which a "
+                                f"{self.role.value} never receives")
+        handler(self, getattr(frame, kind), events)
+
+    def _expect_state(self, *states: State, what: str) -> None:
+        if self.state not in states:
+            raise ProtocolError(f"peer sent {what} while the session is {self.state.value}")
+
+    def _on_open(self, frame: pb.Open, events: list[Event]) -> None:
+        self._expect_state(State.IDLE, what="Open")
+        if frame.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolError(f"peer speaks protocol version {frame.protocol_version}, "
+                                f"this proxy speaks {PROTOCOL_VERSION}")
+        if len(frame.files) > self.limits.max_bundle_files:
+            raise ProtocolError(f"bundle has {len(frame.files)} files, more than the limit "
+                                f"of {self.limits.max_bundle_files}")
+        try:
+            m = frame.manifest
+            self._manifest = Manifest(name=m.name, entry=m.entry, product_id=m.product_id,
+                                      security_version=m.security_version, debug=m.debug)
+        except BundleError as exc:
+            raise ProtocolError(f"peer sent an invalid manifest: {exc}") from None
+        self._files = [(f.path, f.size) for f in frame.files]
+        self._bundle_size = sum(size for _, size in self._files)
+        if self._bundle_size > self.limits.max_bundle_size:
+            raise ProtocolError(f"bundle of {self._bundle_size} bytes exceeds the limit of "
+                                f"{self.limits.max_bundle_size}")
+        if frame.max_depth:
+            self._max_depth = min(frame.max_depth, self.limits.max_depth)
+        self.state = State.RECEIVING_BUNDLE
+        if self._bundle_size == 0:
+            self._finish_bundle(events)
+
+    def _on_bundle(self, frame: pb.BundleChunk, events: list[Event]) -> None:
+        self._expect_state(State.RECEIVING_BUNDLE, what="a bundle chunk")
+        if len(self._bundle) + len(frame.data) > self._bundle_size:
+            raise ProtocolError("peer sent more bundle bytes than its Open declared")
+        self._bundle += frame.data
+        if len(self._bundle) == self._bundle_size:
+            self._finish_bundle(events)
+
+    def _finish_bundle(self, events: list[Event]) -> None:
+        assert self._manifest is not None
+        files: dict[str, bytes] = {}
+        view = memoryview(self._bundle)
+        offset = 0
+        for path, size in self._files:
+            if path in files:
+                raise ProtocolError(f"peer sent bundle path {path!r} twice")
+            files[path] = bytes(view[offset : offset + size])
+            offset += size
+        view.release()
+        self._bundle = bytearray()
+        try:
+            bundle = Bundle(manifest=self._manifest, files=files)
+        except BundleError as exc:
+            raise ProtocolError(f"peer sent an invalid bundle: {exc}") from None
+        self.state = State.LOADING
+        events.append(BundleReceived(bundle=bundle, max_depth=self._max_depth))
+
+    def _on_loaded(self, frame: pb.Loaded, events: list[Event]) -> None:
+        self._expect_state(State.LOADING, what="Loaded")
+        if frame.WhichOneof("outcome") == "error":
+            events.append(LoadedReceived(error=_remote_error_from_pb(frame.error)))
+            self.state = State.CLOSED
+            return
+        if len(frame.measurement) != 32:
+            raise ProtocolError("peer sent a measurement that is not 32 bytes")
+        self.state = State.READY
+        events.append(LoadedReceived(measurement=frame.measurement))
+
+    def _decode(self, payload: bytes, what: str) -> Any:
+        try:
+            return _values.decode(payload)
+        except ValueError as exc:
+            raise ProtocolError(f"peer sent {what} that does not decode: {exc}") from None
+
+    def _on_call(self, frame: pb.Call, events: list[Event]) -> None:
+        self._expect_state(State.READY, what="a call")
+        try:
+            kind = CallKind(frame.kind)
+        except ValueError:
+            raise ProtocolError(f"peer sent a call of unknown kind {frame.kind}") from None
+        if kind.is_entry == (self.role is Role.CLIENT):
+            raise ProtocolError(f"peer sent a {kind.name} call, which a "
+                                f"{self.role.value} never receives")
+        decoded = self._decode(frame.args, "call arguments")
+        if (not isinstance(decoded, list) or len(decoded) != 2
+                or not isinstance(decoded[0], list) or not isinstance(decoded[1], dict)
+                or not all(isinstance(k, str) for k in decoded[1])):
+            raise ProtocolError("peer sent call arguments that are not [args, kwargs]")
+        args, kwargs = tuple(decoded[0]), decoded[1]
+        thread = frame.thread
+        if frame.oneway:
+            if frame.call_id != 0 or kind is not CallKind.EXIT:
+                raise ProtocolError("peer sent a malformed one-way call")
+            events.append(CallReceived(thread=thread, call_id=0, kind=kind, name=frame.name,
+                                       args=args, kwargs=kwargs, oneway=True))
+            return
+        self._check_peer_id(frame.call_id)
+        if thread in self._abandoned:
+            # The client gave up on this thread; refuse its exit calls at once.
+            self._outbox.append(pb.Frame(result=pb.Result(call_id=frame.call_id, error=pb.Error(
+                code=int(StatusCode.CANCELLED), type="CancelledError",
+                message="the entry call was cancelled by the client"))))
+            return
+        stack = self._stacks.get(thread)
+        if self.role is Role.CLIENT:
+            if not stack or not stack[-1].outgoing:
+                raise ProtocolError(f"peer sent an exit call on thread {thread}, "
+                                    "which is not waiting for an entry call")
+        elif stack and not stack[-1].outgoing:
+            raise ProtocolError(f"peer sent an entry call on thread {thread} while "
+                                "that thread is running another")
+        if thread == 0:
+            raise ProtocolError("peer sent a call on thread 0")
+        if stack and len(stack) >= self._max_depth:
+            self._outbox.append(pb.Frame(result=pb.Result(call_id=frame.call_id, error=pb.Error(
+                code=int(StatusCode.RESOURCE_EXHAUSTED), type="RecursionError",
+                message=f"call nesting depth exceeds the limit of {self._max_depth}"))))
+            return
+        stack = self._stacks.setdefault(thread, [])
+        stack.append(_InFlight(frame.call_id, False, kind))
+        events.append(CallReceived(thread=thread, call_id=frame.call_id, kind=kind,
+                                   name=frame.name, args=args, kwargs=kwargs, depth=len(stack)))
+
+    def _check_peer_id(self, call_id: int) -> None:
+        peer_parity = 0 if self.role is Role.CLIENT else 1
+        if call_id % 2 != peer_parity or call_id <= self._last_peer_id:
+            raise ProtocolError(f"peer sent call id {call_id}, which is not a fresh id of its own")
+        self._last_peer_id = call_id
+
+    def _on_result(self, frame: pb.Result, events: list[Event]) -> None:
+        self._expect_state(State.READY, what="a result")
+        own_parity = 1 if self.role is Role.CLIENT else 0
+        if frame.call_id % 2 != own_parity or frame.call_id >= self._next_id:
+            raise ProtocolError(f"peer sent a result for call {frame.call_id}, "
+                                "which was never made")
+        thread = self._outgoing.get(frame.call_id)
+        if thread is None:
+            if frame.call_id in self._abandoned_calls:
+                self._abandoned_calls.discard(frame.call_id)
+                return  # the late result of an abandoned call
+            raise ProtocolError(f"peer sent a result for call {frame.call_id}, "
+                                "which is not waiting for one")
+        stack = self._stacks[thread]
+        if stack[-1].call_id != frame.call_id:
+            raise ProtocolError(f"peer sent the result of call {frame.call_id} before that of "
+                                f"call {stack[-1].call_id} nested in it")
+        stack.pop()
+        del self._outgoing[frame.call_id]
+        if not stack:
+            del self._stacks[thread]
+        outcome = frame.WhichOneof("outcome")
+        if outcome == "error":
+            events.append(ResultReceived(thread=thread, call_id=frame.call_id,
+                                         error=_remote_error_from_pb(frame.error)))
+        else:
+            value = self._decode(frame.value, "a result") if outcome == "value" else None
+            events.append(ResultReceived(thread=thread, call_id=frame.call_id, value=value))
+
+    def _on_output(self, frame: pb.Output, events: list[Event]) -> None:
+        self._expect_state(State.READY, State.LOADING, what="output")
+        try:
+            stream = Stream(frame.stream)
+        except ValueError:
+            raise ProtocolError(f"peer sent output for unknown stream {frame.stream}") from None
+        events.append(OutputReceived(thread=frame.thread, stream=stream, data=frame.data))
+
+    def _on_cancel(self, frame: pb.Cancel, events: list[Event]) -> None:
+        self._expect_state(State.READY, what="a cancel")
+        for thread, stack in self._stacks.items():
+            if stack[0].call_id == frame.call_id and not stack[0].outgoing:
+                events.append(CancelReceived(thread=thread, call_id=frame.call_id))
+                return
+        # The call may have finished while the cancel was on its way: nothing to do.
+
+    def _on_close(self, frame: pb.Close, events: list[Event]) -> None:
+        error = _remote_error_from_pb(frame.error) if frame.HasField("error") else None
+        self.closed_by_peer = error
+        self.state = State.CLOSED
+        events.append(CloseReceived(error=error))
+
+    def _require_role(self, role: Role, what: str) -> None:
+        if self.role is not role:
+            raise RuntimeError(f"{what}() is for the {role.value} side")
+
+
+_HANDLERS: dict[tuple[Role, str | None], Any] = {
+    (Role.PROXY, "open"): SessionCore._on_open,
+    (Role.PROXY, "bundle"): SessionCore._on_bundle,
+    (Role.CLIENT, "loaded"): SessionCore._on_loaded,
+    (Role.CLIENT, "call"): SessionCore._on_call,
+    (Role.PROXY, "call"): SessionCore._on_call,
+    (Role.CLIENT, "result"): SessionCore._on_result,
+    (Role.PROXY, "result"): SessionCore._on_result,
+    (Role.CLIENT, "output"): SessionCore._on_output,
+    (Role.PROXY, "cancel"): SessionCore._on_cancel,
+    (Role.CLIENT, "close"): SessionCore._on_close,
+    (Role.PROXY, "close"): SessionCore._on_close,
+}
+"""The transition table: which frames each role accepts (states are checked inside)."""

@@ -1,0 +1,198 @@
+"""The proxy process: ``RemoteEnclaveProxyServer`` hosts one enclave for one session.
+
+It listens on one address, accepts exactly one session (the one presenting the
+token its provisioner issued), loads the bundle that session sends, serves it,
+and exits when the session ends, when no client arrives in time, when it is
+signalled, or when the provisioner that started it dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+
+import grpc
+
+from .._errors import EnclaveError, HostCallError
+from .._proto.v1 import session_pb2_grpc as pb_grpc
+from ..protocol import Role, SessionCore
+from ..transport import Endpoint
+from ..transport.grpc import FrameSink, SessionServicer, channel_options
+from ..trusted._runtime import EnclaveRuntime
+
+__all__ = ["RemoteEnclaveProxyServer"]
+
+log = logging.getLogger("farside.proxy")
+
+FINALIZE_GRACE = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """Ask Linux to signal us when our parent dies (best effort, Linux only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("prctl(PR_SET_PDEATHSIG) is not available here")
+
+
+class RemoteEnclaveProxyServer:
+    """Serve one enclave session on ``listen`` (``unix:/path`` or ``host:port``)."""
+
+    def __init__(self, listen: str, token: str, *, idle_timeout: float = 30.0,
+                 parent_pid: int | None = None) -> None:
+        if not token:
+            raise ValueError("the proxy needs a session token")
+        self._listen = listen
+        self._idle_timeout = idle_timeout
+        self._parent_pid = parent_pid
+        self._wake = threading.Event()
+        self._stop_reason: str | None = None
+        self._runtime: EnclaveRuntime | None = None
+        self._endpoint: Endpoint | None = None
+        self._servicer = SessionServicer(token, self._on_open, self._on_lost)
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc"),
+                                   options=channel_options(), maximum_concurrent_rpcs=4)
+        pb_grpc.add_EnclaveSessionServicer_to_server(self._servicer, self._server)
+        self.address = ""
+
+    def start(self) -> str:
+        """Bind and start serving; return the address clients dial."""
+        port = self._server.add_insecure_port(self._listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {self._listen}")
+        if self._listen.startswith("unix:"):
+            self.address = self._listen
+        else:
+            host = self._listen.rsplit(":", 1)[0]
+            self.address = f"{host}:{port}"
+        self._server.start()
+        if self._parent_pid is not None:
+            _set_parent_death_signal(signal.SIGTERM)
+            if os.getppid() != self._parent_pid:  # it died before prctl took effect
+                self.stop("the provisioner that started this proxy is gone")
+        return self.address
+
+    def stop(self, reason: str) -> None:
+        """Ask the serving loop to end (safe from signal handlers and other threads)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._wake.set()
+
+    # ----------------------------------------------------------- session
+
+    def _on_open(self, servicer: SessionServicer) -> FrameSink:
+        runtime = EnclaveRuntime()
+        endpoint = Endpoint(SessionCore(Role.PROXY), servicer, runtime, error_type=HostCallError,
+                            error_from_exception=runtime.error_from_exception)
+        runtime.install(endpoint)
+        self._runtime, self._endpoint = runtime, endpoint
+        log.info("session opened")
+        self._wake.set()
+        return endpoint.feed
+
+    def _on_lost(self, error: EnclaveError) -> None:
+        if self._runtime is not None and self._runtime.close_received:
+            return  # the client said goodbye, then hung up: that is the normal end
+        log.warning("session lost: %s", error)
+        if self._endpoint is not None:
+            self._endpoint.fail(error)
+        self.stop("the client's session stream broke")
+
+    # ----------------------------------------------------------- lifecycle
+
+    def serve(self) -> int:
+        """Run until the session ends; return the process exit code."""
+        started = time.monotonic()
+        while True:
+            runtime = self._runtime
+            if self._stop_reason is not None:
+                break
+            if runtime is not None and runtime.ended.is_set():
+                self._stop_reason = "the session ended"
+                break
+            if runtime is None and time.monotonic() - started > self._idle_timeout:
+                self._stop_reason = f"no client connected within {self._idle_timeout:g} s"
+                break
+            if self._parent_pid is not None and os.getppid() != self._parent_pid:
+                self._stop_reason = "the provisioner that started this proxy is gone"
+                break
+            self._wake.wait(0.25)
+            self._wake.clear()
+        log.info("shutting down: %s", self._stop_reason)
+        self._finish()
+        return 0 if runtime is not None or self._stop_reason == "the session ended" else 3
+
+    def _finish(self) -> None:
+        runtime = self._runtime
+        if runtime is not None and self._endpoint is not None:
+            if not runtime.close_received:
+                self._finalize_abandoned(runtime)
+            self._endpoint.flush_output()
+        self._servicer.finish()
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        self._server.stop(grace=1.0).wait(2.0)
+
+    def _finalize_abandoned(self, runtime: EnclaveRuntime) -> None:
+        """The client is gone without destroying us: give finalize() a bounded chance."""
+        app = runtime.app
+        if app is None or not runtime.initialized or runtime.finalized:
+            return
+        runtime.finalized = True
+
+        def finalize() -> None:
+            try:
+                app.finalize(None)
+            except Exception:
+                log.exception("finalize() raised while the client was gone")
+
+        worker = threading.Thread(target=finalize, daemon=True, name="farside-finalize")
+        worker.start()
+        worker.join(FINALIZE_GRACE)
+        if worker.is_alive():
+            log.warning("finalize() did not return within %g s; exiting anyway", FINALIZE_GRACE)
+
+
+def _read_token(token_file: str | None, token_stdin: bool) -> str:
+    if token_stdin:
+        return sys.stdin.readline().strip()
+    if token_file:
+        with open(token_file, encoding="utf-8") as f:
+            return f.read().strip()
+    return os.environ.get("FARSIDE_SESSION_TOKEN", "")
+
+
+def run_proxy(listen: str, *, token_file: str | None, token_stdin: bool,
+              idle_timeout: float, parent_pid: int | None) -> int:
+    """``farside proxy``: serve one session, printing one ready line on stdout."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"farside-proxy[{os.getpid()}] %(levelname)s %(message)s")
+    token = _read_token(token_file, token_stdin)
+    if not token:
+        print("farside proxy: no session token (use --token-stdin, --token-file or "
+              "FARSIDE_SESSION_TOKEN)", file=sys.stderr)
+        return 2
+    server = RemoteEnclaveProxyServer(listen, token, idle_timeout=idle_timeout,
+                                      parent_pid=parent_pid)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        server.stop(f"received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        address = server.start()
+    except (OSError, RuntimeError) as exc:
+        print(f"farside proxy: cannot listen on {listen}: {exc}", file=sys.stderr)
+        return 2
+    print(f"farside-proxy ready {address}", flush=True)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads stdout after this line
+    return server.serve()

@@ -1,0 +1,337 @@
+"""The threaded driver of a ``SessionCore``, shared by the client and the proxy.
+
+An ``Endpoint`` serializes access to the core with one lock, sends what the core
+queues through its transport, and routes each event to the thread it belongs
+to. Every session thread (a client thread, or the enclave worker serving it)
+has a mailbox; a thread waiting for its call's result reads its mailbox, and
+when a nested call arrives there instead, it runs that call right where it is
+(re-entrancy, with thread affinity on both sides) and goes back to waiting.
+
+What runs an incoming call, and what happens to output and to the session's
+end, is up to the ``Handler`` the owner supplies: the client serves exit calls,
+the proxy serves entry calls. This module knows no gRPC: a transport is any
+object with ``send(frames)``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .._errors import (
+    DeadlineExceededError,
+    EnclaveCallError,
+    EnclaveError,
+    EnclaveUnavailableError,
+    ProtocolError,
+)
+from .._proto.v1 import session_pb2 as pb
+from ..protocol import (
+    CallKind,
+    CallReceived,
+    CloseReceived,
+    Event,
+    LoadedReceived,
+    RemoteError,
+    ResultReceived,
+    SessionCore,
+    State,
+    Stream,
+)
+
+__all__ = ["Endpoint", "Handler", "Sender"]
+
+
+class Sender(Protocol):
+    """The part of a transport an endpoint uses: queue frames for the peer, never block."""
+
+    def send(self, frames: list[pb.Frame]) -> None: ...
+
+
+class Handler(Protocol):
+    """What the owner of an endpoint does with the peer's requests."""
+
+    def handle_call(self, event: CallReceived) -> Any:
+        """Run an incoming call on the current thread and return its result (or raise)."""
+
+    def handle_event(self, event: Event) -> None:
+        """Deal with an event that is not routed to a waiting thread (runs on the reader)."""
+
+    def start_thread(self, thread: int) -> None:
+        """(proxy) A call arrived for a thread nobody serves yet: start its worker."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    pass
+
+
+Mail = CallReceived | ResultReceived | LoadedReceived | _Failure | _Stop
+
+
+class Endpoint:
+    """Drive ``core`` from many threads; see the module docstring."""
+
+    def __init__(
+        self,
+        core: SessionCore,
+        sender: Sender,
+        handler: Handler,
+        *,
+        error_type: type[EnclaveCallError] = EnclaveCallError,
+        error_from_exception: Callable[[BaseException], RemoteError],
+        output_delay: float = 0.002,
+    ) -> None:
+        self.core = core
+        self._sender = sender
+        self._handler = handler
+        self._error_type = error_type
+        self._error_from_exception = error_from_exception
+        self._lock = threading.Lock()
+        self._mailboxes: dict[int, queue.SimpleQueue[Mail]] = {}
+        self._failure: BaseException | None = None
+        self._output_delay = output_delay
+        self._flush_wanted = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._mailbox(0)  # the session's own: LoadedReceived waits here
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the session ended abnormally, or None while it is healthy."""
+        return self._failure
+
+    # ----------------------------------------------------------------- sending
+
+    def _send_queued(self) -> None:
+        frames = self.core.frames_to_send()
+        if frames:
+            self._sender.send(frames)
+
+    def _mailbox(self, thread: int) -> queue.SimpleQueue[Mail]:
+        box = self._mailboxes.get(thread)
+        if box is None:
+            box = self._mailboxes[thread] = queue.SimpleQueue()
+        return box
+
+    def run_locked(self, action: Callable[[SessionCore], Any]) -> Any:
+        """Run ``action(core)`` under the lock and send what it queued."""
+        with self._lock:
+            try:
+                return action(self.core)
+            finally:
+                self._send_queued()
+
+    def call(
+        self,
+        thread: int,
+        kind: CallKind,
+        name: str = "",
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Make a call on ``thread`` and wait for its result, serving nested calls."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._raise_if_failed()
+            box = self._mailbox(thread)
+            call_id = self.core.start_call(thread, kind, name, args, kwargs)
+            self._send_queued()
+        return self._wait(thread, box, call_id, deadline)
+
+    def notify(self, thread: int, name: str, args: tuple[Any, ...],
+               kwargs: Mapping[str, Any] | None = None) -> None:
+        """Send a one-way exit call (no result, no waiting)."""
+        with self._lock:
+            self._raise_if_failed()
+            self.core.start_call(thread, CallKind.EXIT, name, args, kwargs, oneway=True)
+            self._send_queued()
+
+    def write_output(self, thread: int, stream: Stream, data: bytes) -> None:
+        """Buffer one-way output; a background flusher sends it within ``output_delay``."""
+        with self._lock:
+            if self._failure is not None or self.core.state in (State.CLOSED, State.ERROR):
+                return  # nobody to tell; output of a dead session is dropped
+            self.core.write_output(thread, stream, data)
+            self._send_queued()  # write_output may have flushed a full chunk
+            if self.core.pending_output and self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name="farside-output-flusher", daemon=True)
+                self._flusher.start()
+        self._flush_wanted.set()
+
+    def flush_output(self) -> None:
+        """Send buffered output now."""
+        with self._lock:
+            if self.core.error is None and self._failure is None:
+                self.core.flush_output()
+                self._send_queued()
+
+    def _flush_loop(self) -> None:
+        while self._failure is None:
+            self._flush_wanted.wait()
+            time.sleep(self._output_delay)  # let a burst of writes coalesce
+            self._flush_wanted.clear()
+            self.flush_output()
+
+    def wait_loaded(self, timeout: float) -> LoadedReceived:
+        """(client) Wait for the proxy's answer to the bundle; raise on failure or timeout."""
+        box = self._mailboxes[0]
+        try:
+            mail = box.get(timeout=timeout)
+        except queue.Empty:
+            raise DeadlineExceededError(
+                f"the enclave proxy did not load the bundle within {timeout:g} s") from None
+        if isinstance(mail, LoadedReceived):
+            return mail
+        box.put(mail)
+        if isinstance(mail, _Failure):
+            raise mail.error
+        raise RuntimeError(f"unexpected {mail!r} while waiting for the bundle to load")
+
+    def serve(self, thread: int) -> None:
+        """(proxy worker) Serve calls arriving for ``thread`` until the session ends."""
+        self._wait(thread, self._mailbox(thread), None, None)
+
+    # ----------------------------------------------------------------- waiting
+
+    def _wait(self, thread: int, box: queue.SimpleQueue[Mail], call_id: int | None,
+              deadline: float | None) -> Any:
+        while True:
+            try:
+                if deadline is None:
+                    mail = box.get()
+                else:
+                    mail = box.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self._abandon(thread, box)
+                raise DeadlineExceededError(
+                    "the call's timeout passed; it was cancelled in the enclave") from None
+            if isinstance(mail, LoadedReceived):
+                raise ProtocolError("a Loaded frame reached a call's waiter")
+            if isinstance(mail, ResultReceived):
+                if mail.call_id != call_id:  # the core routes results by call id
+                    raise ProtocolError(f"result {mail.call_id} reached the wrong waiter")
+                if mail.error is not None:
+                    raise self._to_exception(mail.error)
+                return mail.value
+            if isinstance(mail, CallReceived):
+                self._serve_call(mail)
+            else:  # _Failure or _Stop: sticky, so every waiter on this thread sees it
+                box.put(mail)
+                if isinstance(mail, _Failure):
+                    raise mail.error
+                return None
+
+    def _abandon(self, thread: int, box: queue.SimpleQueue[Mail]) -> None:
+        with self._lock:
+            ids = self.core.abandon_thread(thread)
+            self._send_queued()
+        # Outer calls of this thread, waiting further up the stack, fail the same way.
+        for _ in ids[:-1]:
+            box.put(_Failure(DeadlineExceededError("an inner call timed out; the thread's "
+                                                   "calls were cancelled in the enclave")))
+
+    def _serve_call(self, event: CallReceived) -> None:
+        value: Any = None
+        error: RemoteError | None = None
+        try:
+            value = self._handler.handle_call(event)
+        except BaseException as exc:  # the peer must get an answer whatever happened
+            error = self._error_from_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            if not event.oneway:
+                with self._lock:
+                    if (self.core.error is None and self._failure is None
+                            and not self.core.is_abandoned(event.thread)):
+                        self.core.send_result(event.thread, event.call_id, value, error)
+                        self._send_queued()
+
+    def _to_exception(self, error: RemoteError) -> EnclaveError:
+        return self._error_type(error.message, remote_type=error.type,
+                                remote_traceback=error.traceback or None, code=error.code)
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    # ----------------------------------------------------------------- receiving
+
+    def feed(self, frames: list[pb.Frame]) -> None:
+        """Process frames from the peer (called by the transport's reader thread only)."""
+        with self._lock:
+            try:
+                events = self.core.receive(frames)
+            except ProtocolError as exc:
+                self._send_queued()  # the Close that tells the peer why
+                self._fail_locked(exc)
+                events = []
+            else:
+                self._send_queued()
+        for event in events:
+            self._dispatch(event)
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, ResultReceived):
+            self._mailboxes[event.thread].put(event)
+        elif isinstance(event, CallReceived):
+            self._route_call(event)
+        elif isinstance(event, CloseReceived):
+            self._handler.handle_event(event)
+            if event.error is not None and event.error.type == "ProtocolError":
+                error: EnclaveError = ProtocolError(f"peer closed the session: "
+                                                    f"{event.error.message}")
+            else:
+                error = EnclaveUnavailableError(
+                    "the enclave session was closed by the peer"
+                    + (f": {event.error.message}" if event.error else ""))
+            self.fail(error)
+        elif isinstance(event, LoadedReceived):
+            self._mailboxes[0].put(event)
+        else:
+            self._handler.handle_event(event)
+
+    def _route_call(self, event: CallReceived) -> None:
+        box = self._mailboxes.get(event.thread)
+        if event.oneway and (box is None or self.core.is_abandoned(event.thread)):
+            self._serve_call(event)  # nobody waits on that thread: serve it here
+            return
+        if box is None:
+            with self._lock:
+                box = self._mailbox(event.thread)
+            self._handler.start_thread(event.thread)
+        box.put(event)
+
+    # ----------------------------------------------------------------- ending
+
+    def fail(self, error: BaseException) -> None:
+        """End the session abnormally: every waiting and later call raises ``error``."""
+        with self._lock:
+            self._fail_locked(error)
+
+    def _fail_locked(self, error: BaseException) -> None:
+        if self._failure is not None:
+            return
+        self._failure = error
+        self.core.connection_lost()
+        for box in self._mailboxes.values():
+            box.put(_Failure(error))
+        self._flush_wanted.set()
+
+    def stop_threads(self) -> None:
+        """Tell every thread serving in ``serve`` to return."""
+        with self._lock:
+            for box in self._mailboxes.values():
+                box.put(_Stop())

@@ -1,0 +1,236 @@
+"""The trusted runtime: runs one enclave's code inside the proxy process.
+
+It loads the bundle it received, builds the ``TrustedApplication``, serves the
+client's entry calls on one worker thread per client thread, and gives enclave
+code its ways out (``host``, ``print``, ``open``), all as exit calls over the
+session. It owns the process-wide redirection of ``sys.stdout``/``sys.stderr``,
+which is why a proxy hosts exactly one enclave.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import sys
+import threading
+import traceback
+from typing import Any
+
+from .._config import EnclaveConfig
+from .._errors import EnclaveError, HostCallError, StatusCode
+from ..attestation import Bundle, measure_bundle
+from ..protocol import (
+    BundleReceived,
+    CallKind,
+    CallReceived,
+    CancelReceived,
+    CloseReceived,
+    Event,
+    RemoteError,
+    Stream,
+)
+from ..transport import Endpoint
+from ._app import TrustedApplication, is_ecall
+from ._files import open_on_host
+from ._loader import load_package
+
+__all__ = ["EnclaveRuntime", "current_runtime"]
+
+_local = threading.local()
+_current: EnclaveRuntime | None = None
+
+# OSErrors the client's file service may report; they are re-raised as themselves.
+_OS_ERRORS: dict[str, type[OSError]] = {
+    cls.__name__: cls
+    for cls in (OSError, PermissionError, FileNotFoundError, FileExistsError,
+                IsADirectoryError, NotADirectoryError, InterruptedError)
+}
+
+
+def current_runtime() -> EnclaveRuntime:
+    """The runtime of the enclave this process hosts; fails outside an enclave."""
+    if _current is None:
+        raise RuntimeError("farside.trusted.host works only inside an enclave run by a proxy")
+    return _current
+
+
+class _OutputRaw(io.RawIOBase):
+    """``sys.stdout``/``sys.stderr`` of the enclave: bytes become one-way output frames."""
+
+    def __init__(self, runtime: EnclaveRuntime, stream: Stream) -> None:
+        super().__init__()
+        self._runtime = runtime
+        self._stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._runtime.write_output(self._stream, chunk)
+        return len(chunk)
+
+
+class EnclaveRuntime:
+    """Serves one session's entry calls; the endpoint's handler on the proxy side."""
+
+    def __init__(self) -> None:
+        self.endpoint: Endpoint | None = None
+        self.app: TrustedApplication | None = None
+        self.bundle: Bundle | None = None
+        self.measurement = b""
+        self.debug = False
+        self.initialized = False
+        self.finalized = False
+        self.ended = threading.Event()
+        self.close_received = False
+        self._cancelled: set[int] = set()
+
+    # ------------------------------------------------------------- setup
+
+    def install(self, endpoint: Endpoint) -> None:
+        """Bind to the session's endpoint and take over this process's stdout/stderr."""
+        global _current  # noqa: PLW0603 (one enclave per process, by design)
+        self.endpoint = endpoint
+        _current = self
+        sys.stdout = io.TextIOWrapper(_OutputRaw(self, Stream.STDOUT), encoding="utf-8",
+                                      errors="backslashreplace", write_through=True)
+        sys.stderr = io.TextIOWrapper(_OutputRaw(self, Stream.STDERR), encoding="utf-8",
+                                      errors="backslashreplace", write_through=True)
+
+    def _endpoint(self) -> Endpoint:
+        assert self.endpoint is not None
+        return self.endpoint
+
+    def _load(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.debug = bundle.manifest.debug
+        self.measurement = measure_bundle(bundle)
+        try:
+            module = load_package(bundle, open_function=self.open)
+            build = getattr(module, "build_trusted_application", None)
+            if not callable(build):
+                raise LookupError(f"the bundle {bundle.manifest.entry!r} defines no "
+                                  "build_trusted_application() function")
+            app = build()
+            if not isinstance(app, TrustedApplication):
+                raise TypeError("build_trusted_application() returned "
+                                f"{type(app).__name__}, not a TrustedApplication")
+        except BaseException as exc:
+            error = RemoteError.from_exception(exc, debug=self.debug)
+            if isinstance(exc, SyntaxError) and self.debug:
+                error = RemoteError(code=error.code, type=error.type, message=error.message,
+                                    traceback="".join(traceback.format_exception_only(exc)))
+            self._endpoint().run_locked(lambda core: core.loaded(error=error))
+            self.ended.set()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.app = app
+        self._endpoint().run_locked(lambda core: core.loaded(self.measurement))
+
+    # ------------------------------------------------------------- Handler
+
+    def handle_event(self, event: Event) -> None:
+        """Events not bound for a waiting thread (the endpoint's reader calls this)."""
+        if isinstance(event, BundleReceived):
+            self._load(event.bundle)
+        elif isinstance(event, CancelReceived):
+            self._cancelled.add(event.thread)
+        elif isinstance(event, CloseReceived):
+            self.close_received = True
+            self.ended.set()
+
+    def start_thread(self, thread: int) -> None:
+        """Start the enclave worker that serves client thread ``thread``."""
+        worker = threading.Thread(target=self._work, args=(thread,), daemon=True,
+                                  name=f"farside-enclave-worker-{thread}")
+        worker.start()
+
+    def _work(self, thread: int) -> None:
+        _local.thread = thread
+        try:
+            self._endpoint().serve(thread)
+        except EnclaveError:
+            pass  # the session ended; the proxy is shutting down
+
+    def handle_call(self, event: CallReceived) -> Any:
+        """Run one entry call on the current (worker) thread."""
+        app = self.app
+        if app is None:
+            raise EnclaveError("the enclave is not loaded", code=StatusCode.FAILED_PRECONDITION)
+        kind, args = event.kind, event.args
+        if kind is CallKind.INITIALIZE:
+            if self.initialized:
+                raise EnclaveError("initialize() already ran", code=StatusCode.FAILED_PRECONDITION)
+            config = EnclaveConfig.from_wire(*args)
+            os.environ.update(config.environment)
+            app.initialize(config)
+            self.initialized = True
+            return None
+        if not self.initialized or self.finalized:
+            raise EnclaveError("the enclave is not initialized, or already finalized",
+                               code=StatusCode.FAILED_PRECONDITION)
+        if kind is CallKind.RUN:
+            return app.run(*args)
+        if kind is CallKind.FINALIZE:
+            self.finalized = True
+            app.finalize(*args)
+            return None
+        method = None if event.name.startswith("_") else getattr(app, event.name, None)
+        if method is None or not is_ecall(method):
+            names = sorted(n for n in dir(app) if not n.startswith("_")
+                           and is_ecall(getattr(app, n, None)))
+            raise EnclaveError(f"the enclave has no entry point named {event.name!r} "
+                               f"(its @ecall entry points: {', '.join(names) or 'none'})",
+                               code=StatusCode.NOT_FOUND)
+        return method(*args, **event.kwargs)
+
+    def error_from_exception(self, exc: BaseException) -> RemoteError:
+        """Endpoint hook: describe an exception for the client."""
+        return RemoteError.from_exception(exc, debug=self.debug)
+
+    # ------------------------------------------------------------- ways out
+
+    def _thread(self) -> int:
+        thread: int | None = getattr(_local, "thread", None)
+        if thread is None:
+            raise RuntimeError("exit calls can be made only from the thread running an "
+                               "entry call, not from threads the enclave started")
+        return thread
+
+    def exit_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call the client's exit handler ``name`` and return its result."""
+        return self._endpoint().call(self._thread(), CallKind.EXIT, name, args, kwargs)
+
+    def notify(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """One-way exit call: no result, no waiting."""
+        self._endpoint().notify(getattr(_local, "thread", 0), name, args, kwargs)
+
+    def write_output(self, stream: Stream, data: bytes) -> None:
+        """Queue stdout/stderr bytes for the client."""
+        endpoint = self.endpoint
+        if endpoint is not None:
+            endpoint.write_output(getattr(_local, "thread", 0), stream, data)
+
+    def _fs_call(self, name: str, *args: Any) -> Any:
+        try:
+            return self.exit_call(name, args, {})
+        except HostCallError as exc:
+            os_error = _OS_ERRORS.get(exc.remote_type)
+            if os_error is not None:
+                raise os_error(exc.message) from None
+            raise
+
+    def open(self, file: Any, mode: str = "r", buffering: int = -1, encoding: str | None = None,
+             errors: str | None = None, newline: str | None = None, closefd: bool = True,
+             opener: Any = None) -> Any:
+        """``open()`` inside the enclave: a file on the client's machine."""
+        if isinstance(file, int) or not closefd or opener is not None:
+            raise PermissionError("an enclave opens files on the host by path only")
+        if isinstance(file, os.PathLike):
+            file = os.fspath(file)
+        return open_on_host(self._fs_call, file, mode, buffering, encoding, errors, newline)
+
+

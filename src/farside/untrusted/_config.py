@@ -1,0 +1,86 @@
+"""The load configuration objects, shaped like Asylo's and spelled for Python."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .._config import EnclaveConfig
+from ..provision import LocalProvision, Provisioner
+
+__all__ = [
+    "EnclaveLoadConfig",
+    "RemoteLoadConfig",
+    "RemoteProxyClientConfig",
+    "SimLoadConfig",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimLoadConfig:
+    """Which enclave bundle to load in sim mode, and whether it is a debug enclave.
+
+    Debug enclaves send tracebacks of their exceptions to the client.
+    """
+
+    enclave_path: str | os.PathLike[str]
+    debug: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteProxyClientConfig:
+    """How the client gets and talks to its proxy.
+
+    ``load_timeout`` bounds provisioning and loading (seconds); ``max_depth``
+    bounds how deeply entry and exit calls may nest.
+    """
+
+    provision: Provisioner
+    load_timeout: float = 30.0
+    max_depth: int = 64
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.provision, Provisioner):
+            raise TypeError(f"provision must be a Provisioner such as LocalProvision(), "
+                            f"not {type(self.provision).__name__}")
+        if self.load_timeout <= 0 or self.max_depth < 1:
+            raise ValueError("load_timeout must be positive and max_depth at least 1")
+
+    @classmethod
+    def defaults_with_provision(cls, provision: Provisioner | None = None
+                                ) -> RemoteProxyClientConfig:
+        """Asylo's ``DefaultsWithProvision``: defaults, with this provisioner."""
+        return cls(provision=provision if provision is not None else LocalProvision())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteLoadConfig:
+    """Load an enclave in a remote proxy: how to reach it, and what to load there."""
+
+    proxy_config: RemoteProxyClientConfig
+    sim_load_config: SimLoadConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnclaveLoadConfig:
+    """Everything ``EnclaveManager.load_enclave`` needs.
+
+    ``exit_handlers`` are registered before ``initialize`` runs (handlers can also
+    be added later with ``EnclaveClient.register_exit_handler``). ``files_root``
+    is the directory the enclave's ``open()`` is confined to (default: the
+    working directory at load time).
+    """
+
+    name: str
+    remote_load_config: RemoteLoadConfig
+    config: EnclaveConfig = field(default_factory=EnclaveConfig)
+    exit_handlers: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    files_root: str | os.PathLike[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("EnclaveLoadConfig.name must be a non-empty str")
+        object.__setattr__(self, "exit_handlers", MappingProxyType(dict(self.exit_handlers)))

@@ -1,0 +1,152 @@
+"""The client's side of exit calls: output, the file service and user handlers.
+
+Exit calls run on the client thread whose entry call is waiting; output runs on
+the session's reader thread, in arrival order, before the result it precedes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from .._errors import EnclaveError, StatusCode
+from ..protocol import CallReceived, Event, OutputReceived, Stream
+
+__all__ = ["ExitHandlers", "FileService", "OutputSink", "RESERVED_PREFIX"]
+
+RESERVED_PREFIX = "farside."
+MAX_READ = 64 * 2**20
+_FLAGS = {
+    "r": os.O_RDONLY, "r+": os.O_RDWR,
+    "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND,
+    "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL, "x+": os.O_RDWR | os.O_CREAT | os.O_EXCL,
+}
+
+
+class OutputSink:
+    """Writes the enclave's stdout/stderr to this process's ``sys.stdout``/``sys.stderr``."""
+
+    def __init__(self) -> None:
+        self._decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in Stream}
+
+    def write(self, event: OutputReceived) -> None:
+        text = self._decoders[event.stream].decode(event.data)
+        target: IO[str] = sys.stdout if event.stream is Stream.STDOUT else sys.stderr
+        if text and target is not None:
+            target.write(text)
+            target.flush()
+
+
+class FileService:
+    """``farside.fs.*``: the enclave's files, confined to ``root`` on this machine."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self._files: dict[int, int] = {}  # handle -> fd
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def _resolve(self, path: Any) -> Path:
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise ValueError("a file path must be a non-empty str")
+        full = (self.root / path).resolve()
+        if full != self.root and self.root not in full.parents:
+            raise PermissionError(errno.EACCES,
+                                  f"{path!r} is outside the directory the client allows")
+        return full
+
+    def _fd(self, handle: Any) -> int:
+        with self._lock:
+            fd = self._files.get(handle) if isinstance(handle, int) else None
+        if fd is None:
+            raise ValueError(f"no open host file with handle {handle!r}")
+        return fd
+
+    def open(self, path: Any, mode: Any) -> int:
+        flags = _FLAGS.get(mode) if isinstance(mode, str) else None
+        if flags is None:
+            raise ValueError(f"invalid file mode {mode!r}")
+        full = self._resolve(path)
+        fd = os.open(full, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        with self._lock:
+            handle = self._next
+            self._next += 1
+            self._files[handle] = fd
+        return handle
+
+    def read(self, handle: Any, size: Any) -> bytes:
+        if not isinstance(size, int) or not 0 <= size <= MAX_READ:
+            raise ValueError(f"read size must be an int in [0, {MAX_READ}]")
+        return os.read(self._fd(handle), size)
+
+    def write(self, handle: Any, data: Any) -> int:
+        if not isinstance(data, bytes):
+            raise TypeError("write takes bytes")
+        return os.write(self._fd(handle), data)
+
+    def seek(self, handle: Any, offset: Any, whence: Any) -> int:
+        if not isinstance(offset, int) or whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
+            raise ValueError("invalid seek")
+        return os.lseek(self._fd(handle), offset, whence)
+
+    def close(self, handle: Any) -> None:
+        fd = self._fd(handle)
+        with self._lock:
+            self._files.pop(handle, None)
+        os.close(fd)
+
+    def close_all(self) -> None:
+        with self._lock:
+            fds, self._files = list(self._files.values()), {}
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class ExitHandlers:
+    """The client's exit-call dispatcher: the endpoint's handler on the client side."""
+
+    def __init__(self, files_root: Path, handlers: dict[str, Callable[..., Any]]) -> None:
+        self.files = FileService(files_root)
+        self.output = OutputSink()
+        self._builtin: dict[str, Callable[..., Any]] = {
+            "farside.fs.open": self.files.open,
+            "farside.fs.read": self.files.read,
+            "farside.fs.write": self.files.write,
+            "farside.fs.seek": self.files.seek,
+            "farside.fs.close": self.files.close,
+        }
+        self._user: dict[str, Callable[..., Any]] = {}
+        for name, fn in handlers.items():
+            self.register(name, fn)
+
+    def register(self, name: str, fn: Callable[..., Any]) -> None:
+        if not isinstance(name, str) or not name or name.startswith(RESERVED_PREFIX):
+            raise ValueError(f"exit handler names are non-empty str not starting with "
+                             f"{RESERVED_PREFIX!r}, got {name!r}")
+        if not callable(fn):
+            raise TypeError(f"exit handler {name!r} must be callable")
+        self._user[name] = fn
+
+    def handle_call(self, event: CallReceived) -> Any:
+        fn = self._builtin.get(event.name) or self._user.get(event.name)
+        if fn is None:
+            raise EnclaveError(f"no exit handler is registered for {event.name!r}",
+                               code=StatusCode.NOT_FOUND)
+        return fn(*event.args, **event.kwargs)
+
+    def handle_event(self, event: Event) -> None:
+        if isinstance(event, OutputReceived):
+            self.output.write(event)
+
+    def start_thread(self, thread: int) -> None:
+        raise AssertionError("the core routes exit calls only to waiting client threads")
