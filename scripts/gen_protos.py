@@ -58,8 +58,15 @@ def generate(out: Path) -> None:
 
 def same_tree(a: Path, b: Path) -> list[str]:
     """Return the relative paths that differ between two generated trees."""
-    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+    def files(root: Path) -> set[Path]:
+        return {
+            p.relative_to(root)
+            for p in root.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+
+    files_a, files_b = files(a), files(b)
     diff = sorted(str(p) for p in files_a ^ files_b)
     diff += sorted(
         str(p) for p in files_a & files_b if not filecmp.cmp(a / p, b / p, shallow=False)

@@ -31,8 +31,10 @@ class EnclaveConfig:
         env = dict(self.environment)
         for key, value in env.items():
             if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key:
-                raise TypeError(f"EnclaveConfig.environment entry {key!r}: {value!r} must map a "
-                                "non-empty str without '=' to a str")
+                raise TypeError(
+                    f"EnclaveConfig.environment entry {key!r}: {value!r} must map a "
+                    "non-empty str without '=' to a str"
+                )
         object.__setattr__(self, "environment", MappingProxyType(env))
         _values.encode(self.user, what="EnclaveConfig.user")  # TypeError now, not at load
 

@@ -56,9 +56,7 @@ def _ext_hook(code: int, data: bytes) -> object:
 
 
 def _unpackb(data: bytes) -> object:
-    return msgpack.unpackb(
-        data, raw=False, strict_map_key=False, ext_hook=_ext_hook, use_list=True
-    )
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook, use_list=True)
 
 
 def _find_unsupported(value: object, path: str, depth: int) -> tuple[str, str] | None:
@@ -68,14 +66,14 @@ def _find_unsupported(value: object, path: str, depth: int) -> tuple[str, str] |
     kind = type(value)
     if kind in _SCALARS:
         return None
-    if kind in (list, tuple):
-        for index, item in enumerate(value):  # type: ignore[call-overload]
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
             found = _find_unsupported(item, f"{path}[{index}]", depth + 1)
             if found:
                 return found
         return None
-    if kind is dict:
-        for key, item in value.items():  # type: ignore[attr-defined]
+    if isinstance(value, dict):
+        for key, item in value.items():
             if type(key) not in (str, int):
                 return f"{path}[{key!r}]", f"a dict key of type {type(key).__name__}"
             found = _find_unsupported(item, f"{path}[{key!r}]", depth + 1)

@@ -43,8 +43,10 @@ class Manifest:
         if not self.name:
             raise BundleError("manifest name must not be empty")
         validate_path(self.entry)
-        for label, number in (("product_id", self.product_id),
-                              ("security_version", self.security_version)):
+        for label, number in (
+            ("product_id", self.product_id),
+            ("security_version", self.security_version),
+        ):
             if not 0 <= number < 2**32:
                 raise BundleError(f"manifest {label} must be in [0, 2**32), got {number}")
 
@@ -78,7 +80,7 @@ def validate_path(path: str) -> str:
         raise BundleError(f"bundle path {path!r} is empty or too long")
     if "\x00" in path or "\\" in path or path.startswith("/"):
         raise BundleError(f"bundle path {path!r} must be relative and '/'-separated")
-    if posixpath.normpath(path) != path or path.split("/")[0] == "..":
+    if posixpath.normpath(path) != path or path.split("/", maxsplit=1)[0] == "..":
         raise BundleError(f"bundle path {path!r} is not normalized or leaves the bundle")
     return path
 
@@ -118,8 +120,9 @@ def load_bundle(path: str | os.PathLike[str], *, debug: bool = True) -> Bundle:
             if root.suffix != ".py":
                 raise BundleError(f"enclave bundle {str(root)!r} is not a .py file or package")
             files = {root.name: root.read_bytes()}
-            return Bundle(manifest=Manifest(name=root.stem, entry=root.name, debug=debug),
-                          files=files)
+            return Bundle(
+                manifest=Manifest(name=root.stem, entry=root.name, debug=debug), files=files
+            )
         if root.is_dir():
             if not (root / "__init__.py").is_file():
                 raise BundleError(f"enclave package {str(root)!r} has no __init__.py")
@@ -132,8 +135,9 @@ def load_bundle(path: str | os.PathLike[str], *, debug: bool = True) -> Bundle:
                     full = Path(dirpath) / filename
                     files[full.relative_to(root).as_posix()] = full.read_bytes()
             name = root.resolve().name
-            return Bundle(manifest=Manifest(name=name, entry="__init__.py", debug=debug),
-                          files=files)
+            return Bundle(
+                manifest=Manifest(name=name, entry="__init__.py", debug=debug), files=files
+            )
     except OSError as exc:
         raise BundleError(f"cannot read enclave bundle {str(root)!r}: {exc.strerror}") from exc
     raise BundleError(f"enclave bundle {str(root)!r} does not exist")

@@ -281,8 +281,9 @@ class SessionCore:
             try:
                 result = pb.Result(call_id=call_id, value=_values.encode(value, what="result"))
             except TypeError as exc:
-                error = RemoteError(code=StatusCode.INVALID_ARGUMENT, type="TypeError",
-                                    message=str(exc))
+                error = RemoteError(
+                    code=StatusCode.INVALID_ARGUMENT, type="TypeError", message=str(exc)
+                )
         if error is not None:
             result = pb.Result(call_id=call_id, error=_remote_error_to_pb(error))
         self._emit(pb.Frame(result=result))
@@ -379,8 +380,15 @@ class SessionCore:
                 self.error = exc
                 self.state = State.ERROR
                 self._outbox.append(
-                    pb.Frame(close=pb.Close(error=pb.Error(
-                        code=int(StatusCode.INTERNAL), type="ProtocolError", message=str(exc))))
+                    pb.Frame(
+                        close=pb.Close(
+                            error=pb.Error(
+                                code=int(StatusCode.INTERNAL),
+                                type="ProtocolError",
+                                message=str(exc),
+                            )
+                        )
+                    )
                 )
                 raise
         return events
@@ -389,8 +397,9 @@ class SessionCore:
         kind = frame.WhichOneof("kind")
         handler = _HANDLERS.get((self.role, kind))
         if handler is None:
-            raise ProtocolError(f"peer sent a {kind or 'empty'} frame, which a "
-                                f"{self.role.value} never receives")
+            raise ProtocolError(
+                f"peer sent a {kind or 'empty'} frame, which a {self.role.value} never receives"
+            )
         handler(self, getattr(frame, kind), events)
 
     def _expect_state(self, *states: State, what: str) -> None:
@@ -400,22 +409,33 @@ class SessionCore:
     def _on_open(self, frame: pb.Open, events: list[Event]) -> None:
         self._expect_state(State.IDLE, what="Open")
         if frame.protocol_version != PROTOCOL_VERSION:
-            raise ProtocolError(f"peer speaks protocol version {frame.protocol_version}, "
-                                f"this proxy speaks {PROTOCOL_VERSION}")
+            raise ProtocolError(
+                f"peer speaks protocol version {frame.protocol_version}, "
+                f"this proxy speaks {PROTOCOL_VERSION}"
+            )
         if len(frame.files) > self.limits.max_bundle_files:
-            raise ProtocolError(f"bundle has {len(frame.files)} files, more than the limit "
-                                f"of {self.limits.max_bundle_files}")
+            raise ProtocolError(
+                f"bundle has {len(frame.files)} files, more than the limit "
+                f"of {self.limits.max_bundle_files}"
+            )
         try:
             m = frame.manifest
-            self._manifest = Manifest(name=m.name, entry=m.entry, product_id=m.product_id,
-                                      security_version=m.security_version, debug=m.debug)
+            self._manifest = Manifest(
+                name=m.name,
+                entry=m.entry,
+                product_id=m.product_id,
+                security_version=m.security_version,
+                debug=m.debug,
+            )
         except BundleError as exc:
             raise ProtocolError(f"peer sent an invalid manifest: {exc}") from None
         self._files = [(f.path, f.size) for f in frame.files]
         self._bundle_size = sum(size for _, size in self._files)
         if self._bundle_size > self.limits.max_bundle_size:
-            raise ProtocolError(f"bundle of {self._bundle_size} bytes exceeds the limit of "
-                                f"{self.limits.max_bundle_size}")
+            raise ProtocolError(
+                f"bundle of {self._bundle_size} bytes exceeds the limit of "
+                f"{self.limits.max_bundle_size}"
+            )
         if frame.max_depth:
             self._max_depth = min(frame.max_depth, self.limits.max_depth)
         self.state = State.RECEIVING_BUNDLE
@@ -473,47 +493,91 @@ class SessionCore:
         except ValueError:
             raise ProtocolError(f"peer sent a call of unknown kind {frame.kind}") from None
         if kind.is_entry == (self.role is Role.CLIENT):
-            raise ProtocolError(f"peer sent a {kind.name} call, which a "
-                                f"{self.role.value} never receives")
+            raise ProtocolError(
+                f"peer sent a {kind.name} call, which a {self.role.value} never receives"
+            )
         decoded = self._decode(frame.args, "call arguments")
-        if (not isinstance(decoded, list) or len(decoded) != 2
-                or not isinstance(decoded[0], list) or not isinstance(decoded[1], dict)
-                or not all(isinstance(k, str) for k in decoded[1])):
+        if (
+            not isinstance(decoded, list)
+            or len(decoded) != 2
+            or not isinstance(decoded[0], list)
+            or not isinstance(decoded[1], dict)
+            or not all(isinstance(k, str) for k in decoded[1])
+        ):
             raise ProtocolError("peer sent call arguments that are not [args, kwargs]")
         args, kwargs = tuple(decoded[0]), decoded[1]
         thread = frame.thread
         if frame.oneway:
             if frame.call_id != 0 or kind is not CallKind.EXIT:
                 raise ProtocolError("peer sent a malformed one-way call")
-            events.append(CallReceived(thread=thread, call_id=0, kind=kind, name=frame.name,
-                                       args=args, kwargs=kwargs, oneway=True))
+            events.append(
+                CallReceived(
+                    thread=thread,
+                    call_id=0,
+                    kind=kind,
+                    name=frame.name,
+                    args=args,
+                    kwargs=kwargs,
+                    oneway=True,
+                )
+            )
             return
         self._check_peer_id(frame.call_id)
         if thread in self._abandoned:
             # The client gave up on this thread; refuse its exit calls at once.
-            self._outbox.append(pb.Frame(result=pb.Result(call_id=frame.call_id, error=pb.Error(
-                code=int(StatusCode.CANCELLED), type="CancelledError",
-                message="the entry call was cancelled by the client"))))
+            self._outbox.append(
+                pb.Frame(
+                    result=pb.Result(
+                        call_id=frame.call_id,
+                        error=pb.Error(
+                            code=int(StatusCode.CANCELLED),
+                            type="CancelledError",
+                            message="the entry call was cancelled by the client",
+                        ),
+                    )
+                )
+            )
             return
         stack = self._stacks.get(thread)
         if self.role is Role.CLIENT:
             if not stack or not stack[-1].outgoing:
-                raise ProtocolError(f"peer sent an exit call on thread {thread}, "
-                                    "which is not waiting for an entry call")
+                raise ProtocolError(
+                    f"peer sent an exit call on thread {thread}, "
+                    "which is not waiting for an entry call"
+                )
         elif stack and not stack[-1].outgoing:
-            raise ProtocolError(f"peer sent an entry call on thread {thread} while "
-                                "that thread is running another")
+            raise ProtocolError(
+                f"peer sent an entry call on thread {thread} while that thread is running another"
+            )
         if thread == 0:
             raise ProtocolError("peer sent a call on thread 0")
         if stack and len(stack) >= self._max_depth:
-            self._outbox.append(pb.Frame(result=pb.Result(call_id=frame.call_id, error=pb.Error(
-                code=int(StatusCode.RESOURCE_EXHAUSTED), type="RecursionError",
-                message=f"call nesting depth exceeds the limit of {self._max_depth}"))))
+            self._outbox.append(
+                pb.Frame(
+                    result=pb.Result(
+                        call_id=frame.call_id,
+                        error=pb.Error(
+                            code=int(StatusCode.RESOURCE_EXHAUSTED),
+                            type="RecursionError",
+                            message=f"call nesting depth exceeds the limit of {self._max_depth}",
+                        ),
+                    )
+                )
+            )
             return
         stack = self._stacks.setdefault(thread, [])
         stack.append(_InFlight(frame.call_id, False, kind))
-        events.append(CallReceived(thread=thread, call_id=frame.call_id, kind=kind,
-                                   name=frame.name, args=args, kwargs=kwargs, depth=len(stack)))
+        events.append(
+            CallReceived(
+                thread=thread,
+                call_id=frame.call_id,
+                kind=kind,
+                name=frame.name,
+                args=args,
+                kwargs=kwargs,
+                depth=len(stack),
+            )
+        )
 
     def _check_peer_id(self, call_id: int) -> None:
         peer_parity = 0 if self.role is Role.CLIENT else 1
@@ -525,27 +589,34 @@ class SessionCore:
         self._expect_state(State.READY, what="a result")
         own_parity = 1 if self.role is Role.CLIENT else 0
         if frame.call_id % 2 != own_parity or frame.call_id >= self._next_id:
-            raise ProtocolError(f"peer sent a result for call {frame.call_id}, "
-                                "which was never made")
+            raise ProtocolError(
+                f"peer sent a result for call {frame.call_id}, which was never made"
+            )
         thread = self._outgoing.get(frame.call_id)
         if thread is None:
             if frame.call_id in self._abandoned_calls:
                 self._abandoned_calls.discard(frame.call_id)
                 return  # the late result of an abandoned call
-            raise ProtocolError(f"peer sent a result for call {frame.call_id}, "
-                                "which is not waiting for one")
+            raise ProtocolError(
+                f"peer sent a result for call {frame.call_id}, which is not waiting for one"
+            )
         stack = self._stacks[thread]
         if stack[-1].call_id != frame.call_id:
-            raise ProtocolError(f"peer sent the result of call {frame.call_id} before that of "
-                                f"call {stack[-1].call_id} nested in it")
+            raise ProtocolError(
+                f"peer sent the result of call {frame.call_id} before that of "
+                f"call {stack[-1].call_id} nested in it"
+            )
         stack.pop()
         del self._outgoing[frame.call_id]
         if not stack:
             del self._stacks[thread]
         outcome = frame.WhichOneof("outcome")
         if outcome == "error":
-            events.append(ResultReceived(thread=thread, call_id=frame.call_id,
-                                         error=_remote_error_from_pb(frame.error)))
+            events.append(
+                ResultReceived(
+                    thread=thread, call_id=frame.call_id, error=_remote_error_from_pb(frame.error)
+                )
+            )
         else:
             value = self._decode(frame.value, "a result") if outcome == "value" else None
             events.append(ResultReceived(thread=thread, call_id=frame.call_id, value=value))

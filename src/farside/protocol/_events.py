@@ -66,8 +66,11 @@ class RemoteError:
     def from_exception(cls, exc: BaseException, *, debug: bool = False) -> RemoteError:
         """Describe ``exc`` for the peer; the traceback only when ``debug``."""
         kind = type(exc)
-        name = (kind.__qualname__ if kind.__module__ == "builtins"
-                else f"{kind.__module__}.{kind.__qualname__}")
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
         code = StatusCode.UNKNOWN
         if isinstance(exc, EnclaveError):
             code = exc.code

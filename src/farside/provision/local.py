@@ -55,8 +55,9 @@ class _Spawner:
     def run(self, job: Callable[[], Any]) -> Any:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, daemon=True,
-                                                name="farside-proxy-spawner")
+                self._thread = threading.Thread(
+                    target=self._loop, daemon=True, name="farside-proxy-spawner"
+                )
                 self._thread.start()
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._jobs.put((job, future))
@@ -107,8 +108,9 @@ class LocalProvision:
     ``idle_timeout`` is how long a proxy waits for its client before exiting.
     """
 
-    def __init__(self, *, python: str | None = None, idle_timeout: float = 30.0,
-                 stop_timeout: float = 5.0) -> None:
+    def __init__(
+        self, *, python: str | None = None, idle_timeout: float = 30.0, stop_timeout: float = 5.0
+    ) -> None:
         self.python = python or sys.executable
         self.idle_timeout = idle_timeout
         self.stop_timeout = stop_timeout
@@ -123,18 +125,28 @@ class LocalProvision:
         log_path = directory / "proxy.log"
         token = secrets.token_urlsafe(32)
         command = [
-            self.python, "-m", "farside", "proxy",
-            "--listen", f"unix:{socket_path}",
+            self.python,
+            "-m",
+            "farside",
+            "proxy",
+            "--listen",
+            f"unix:{socket_path}",
             "--token-stdin",
-            "--idle-timeout", str(self.idle_timeout),
-            "--parent-pid", str(os.getpid()),
+            "--idle-timeout",
+            str(self.idle_timeout),
+            "--parent-pid",
+            str(os.getpid()),
         ]
 
         def spawn() -> subprocess.Popen[bytes]:
             with log_path.open("wb") as log:
                 return subprocess.Popen(
-                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                    start_new_session=True, close_fds=True,
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    start_new_session=True,
+                    close_fds=True,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )
 
@@ -142,10 +154,13 @@ class LocalProvision:
             process: subprocess.Popen[bytes] = _spawner.run(spawn)
         except OSError as exc:
             shutil.rmtree(directory, ignore_errors=True)
-            raise EnclaveLoadError(f"cannot start the enclave proxy ({self.python}): {exc}") from exc
+            raise EnclaveLoadError(
+                f"cannot start the enclave proxy ({self.python}): {exc}"
+            ) from exc
         child = _Child(process, directory)
         try:
-            assert process.stdin is not None and process.stdout is not None
+            assert process.stdin is not None
+            assert process.stdout is not None
             process.stdin.write(token.encode() + b"\n")
             process.stdin.close()
             line = _read_ready_line(process.stdout, time.monotonic() + timeout)
@@ -158,8 +173,10 @@ class LocalProvision:
             raise EnclaveLoadError(
                 f"the enclave proxy for {name!r} {status} within {timeout:g} s; "
                 f"its stderr ends with:\n{_tail(log_path) or '(nothing)'}"
-                if line is None else f"the enclave proxy said {line!r} instead of being ready")
-        return ProxyLease(address=line[len(READY_PREFIX):], token=token, handle=child)
+                if line is None
+                else f"the enclave proxy said {line!r} instead of being ready"
+            )
+        return ProxyLease(address=line[len(READY_PREFIX) :], token=token, handle=child)
 
     def release(self, lease: ProxyLease) -> None:
         """Reap the proxy: wait for it to exit, then terminate, then kill it."""

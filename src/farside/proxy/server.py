@@ -47,8 +47,9 @@ def _set_parent_death_signal(sig: int) -> None:
 class RemoteEnclaveProxyServer:
     """Serve one enclave session on ``listen`` (``unix:/path`` or ``host:port``)."""
 
-    def __init__(self, listen: str, token: str, *, idle_timeout: float = 30.0,
-                 parent_pid: int | None = None) -> None:
+    def __init__(
+        self, listen: str, token: str, *, idle_timeout: float = 30.0, parent_pid: int | None = None
+    ) -> None:
         if not token:
             raise ValueError("the proxy needs a session token")
         self._listen = listen
@@ -59,8 +60,11 @@ class RemoteEnclaveProxyServer:
         self._runtime: EnclaveRuntime | None = None
         self._endpoint: Endpoint | None = None
         self._servicer = SessionServicer(token, self._on_open, self._on_lost)
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc"),
-                                   options=channel_options(), maximum_concurrent_rpcs=4)
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc"),
+            options=channel_options(),
+            maximum_concurrent_rpcs=4,
+        )
         pb_grpc.add_EnclaveSessionServicer_to_server(self._servicer, self._server)
         self.address = ""
 
@@ -91,8 +95,13 @@ class RemoteEnclaveProxyServer:
 
     def _on_open(self, servicer: SessionServicer) -> FrameSink:
         runtime = EnclaveRuntime()
-        endpoint = Endpoint(SessionCore(Role.PROXY), servicer, runtime, error_type=HostCallError,
-                            error_from_exception=runtime.error_from_exception)
+        endpoint = Endpoint(
+            SessionCore(Role.PROXY),
+            servicer,
+            runtime,
+            error_type=HostCallError,
+            error_from_exception=runtime.error_from_exception,
+        )
         runtime.install(endpoint)
         self._runtime, self._endpoint = runtime, endpoint
         log.info("session opened")
@@ -170,18 +179,31 @@ def _read_token(token_file: str | None, token_stdin: bool) -> str:
     return os.environ.get("FARSIDE_SESSION_TOKEN", "")
 
 
-def run_proxy(listen: str, *, token_file: str | None, token_stdin: bool,
-              idle_timeout: float, parent_pid: int | None) -> int:
+def run_proxy(
+    listen: str,
+    *,
+    token_file: str | None,
+    token_stdin: bool,
+    idle_timeout: float,
+    parent_pid: int | None,
+) -> int:
     """``farside proxy``: serve one session, printing one ready line on stdout."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"farside-proxy[{os.getpid()}] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"farside-proxy[{os.getpid()}] %(levelname)s %(message)s",
+    )
     token = _read_token(token_file, token_stdin)
     if not token:
-        print("farside proxy: no session token (use --token-stdin, --token-file or "
-              "FARSIDE_SESSION_TOKEN)", file=sys.stderr)
+        print(
+            "farside proxy: no session token (use --token-stdin, --token-file or "
+            "FARSIDE_SESSION_TOKEN)",
+            file=sys.stderr,
+        )
         return 2
-    server = RemoteEnclaveProxyServer(listen, token, idle_timeout=idle_timeout,
-                                      parent_pid=parent_pid)
+    server = RemoteEnclaveProxyServer(
+        listen, token, idle_timeout=idle_timeout, parent_pid=parent_pid
+    )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         server.stop(f"received {signal.Signals(signum).name}")

@@ -149,8 +149,9 @@ class Endpoint:
             self._send_queued()
         return self._wait(thread, box, call_id, deadline)
 
-    def notify(self, thread: int, name: str, args: tuple[Any, ...],
-               kwargs: Mapping[str, Any] | None = None) -> None:
+    def notify(
+        self, thread: int, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None
+    ) -> None:
         """Send a one-way exit call (no result, no waiting)."""
         with self._lock:
             self._raise_if_failed()
@@ -166,7 +167,8 @@ class Endpoint:
             self._send_queued()  # write_output may have flushed a full chunk
             if self.core.pending_output and self._flusher is None:
                 self._flusher = threading.Thread(
-                    target=self._flush_loop, name="farside-output-flusher", daemon=True)
+                    target=self._flush_loop, name="farside-output-flusher", daemon=True
+                )
                 self._flusher.start()
         self._flush_wanted.set()
 
@@ -191,7 +193,8 @@ class Endpoint:
             mail = box.get(timeout=timeout)
         except queue.Empty:
             raise DeadlineExceededError(
-                f"the enclave proxy did not load the bundle within {timeout:g} s") from None
+                f"the enclave proxy did not load the bundle within {timeout:g} s"
+            ) from None
         if isinstance(mail, LoadedReceived):
             return mail
         box.put(mail)
@@ -205,8 +208,9 @@ class Endpoint:
 
     # ----------------------------------------------------------------- waiting
 
-    def _wait(self, thread: int, box: queue.SimpleQueue[Mail], call_id: int | None,
-              deadline: float | None) -> Any:
+    def _wait(
+        self, thread: int, box: queue.SimpleQueue[Mail], call_id: int | None, deadline: float | None
+    ) -> Any:
         while True:
             try:
                 if deadline is None:
@@ -216,7 +220,8 @@ class Endpoint:
             except queue.Empty:
                 self._abandon(thread, box)
                 raise DeadlineExceededError(
-                    "the call's timeout passed; it was cancelled in the enclave") from None
+                    "the call's timeout passed; it was cancelled in the enclave"
+                ) from None
             if isinstance(mail, LoadedReceived):
                 raise ProtocolError("a Loaded frame reached a call's waiter")
             if isinstance(mail, ResultReceived):
@@ -239,8 +244,13 @@ class Endpoint:
             self._send_queued()
         # Outer calls of this thread, waiting further up the stack, fail the same way.
         for _ in ids[:-1]:
-            box.put(_Failure(DeadlineExceededError("an inner call timed out; the thread's "
-                                                   "calls were cancelled in the enclave")))
+            box.put(
+                _Failure(
+                    DeadlineExceededError(
+                        "an inner call timed out; the thread's calls were cancelled in the enclave"
+                    )
+                )
+            )
 
     def _serve_call(self, event: CallReceived) -> None:
         value: Any = None
@@ -254,14 +264,21 @@ class Endpoint:
         finally:
             if not event.oneway:
                 with self._lock:
-                    if (self.core.error is None and self._failure is None
-                            and not self.core.is_abandoned(event.thread)):
+                    if (
+                        self.core.error is None
+                        and self._failure is None
+                        and not self.core.is_abandoned(event.thread)
+                    ):
                         self.core.send_result(event.thread, event.call_id, value, error)
                         self._send_queued()
 
     def _to_exception(self, error: RemoteError) -> EnclaveError:
-        return self._error_type(error.message, remote_type=error.type,
-                                remote_traceback=error.traceback or None, code=error.code)
+        return self._error_type(
+            error.message,
+            remote_type=error.type,
+            remote_traceback=error.traceback or None,
+            code=error.code,
+        )
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -291,12 +308,14 @@ class Endpoint:
         elif isinstance(event, CloseReceived):
             self._handler.handle_event(event)
             if event.error is not None and event.error.type == "ProtocolError":
-                error: EnclaveError = ProtocolError(f"peer closed the session: "
-                                                    f"{event.error.message}")
+                error: EnclaveError = ProtocolError(
+                    f"peer closed the session: {event.error.message}"
+                )
             else:
                 error = EnclaveUnavailableError(
                     "the enclave session was closed by the peer"
-                    + (f": {event.error.message}" if event.error else ""))
+                    + (f": {event.error.message}" if event.error else "")
+                )
             self.fail(error)
         elif isinstance(event, LoadedReceived):
             self._mailboxes[0].put(event)

@@ -29,7 +29,7 @@ __all__ = [
     "error_from_rpc",
 ]
 
-TOKEN_METADATA_KEY = "farside-session-token"
+TOKEN_METADATA_KEY = "farside-session-token"  # noqa: S105 (a header name)
 MAX_MESSAGE_BYTES = 80 * 2**20  # a 64 MiB value plus framing
 
 FrameSink = Callable[[list[pb.Frame]], None]
@@ -52,18 +52,24 @@ def error_from_rpc(exc: grpc.RpcError, target: str) -> EnclaveError:
     """Map a failed stream to farside's error for it, naming the proxy's address."""
     code = exc.code() if isinstance(exc, grpc.Call) else None
     details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                grpc.StatusCode.FAILED_PRECONDITION):
-        return EnclaveLoadError(f"the enclave proxy at {target} refused the session: {details}",
-                                code=StatusCode.coerce(code.value[0]))
+    if code in (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ):
+        return EnclaveLoadError(
+            f"the enclave proxy at {target} refused the session: {details}",
+            code=StatusCode.coerce(code.value[0]),
+        )
     return EnclaveUnavailableError(f"lost the enclave proxy at {target}: {details}")
 
 
 class GrpcClientTransport:
     """The client's end of the stream: ``start`` opens it, ``send`` queues frames."""
 
-    def __init__(self, target: str, *, token: str,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(
+        self, target: str, *, token: str, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
         self.target = target
         self._token = token
         if credentials is None:
@@ -85,10 +91,10 @@ class GrpcClientTransport:
         ``lost`` is called once if the stream ends for any reason but ``close()``.
         """
         stub = pb_grpc.EnclaveSessionStub(self._channel)
-        self._call = stub.Session(self._requests(),
-                                  metadata=((TOKEN_METADATA_KEY, self._token),))
-        self._reader = threading.Thread(target=self._read, args=(sink, lost),
-                                        name="farside-session-reader", daemon=True)
+        self._call = stub.Session(self._requests(), metadata=((TOKEN_METADATA_KEY, self._token),))
+        self._reader = threading.Thread(
+            target=self._read, args=(sink, lost), name="farside-session-reader", daemon=True
+        )
         self._reader.start()
 
     def _read(self, sink: FrameSink, lost: LostCallback) -> None:
@@ -122,7 +128,7 @@ class GrpcClientTransport:
         self._channel.close()
 
 
-class SessionServicer(pb_grpc.EnclaveSessionServicer):
+class SessionServicer(pb_grpc.EnclaveSessionServicer):  # type: ignore[misc]
     """The proxy's end: accepts one stream carrying the right token, then only frames.
 
     ``on_open(send)`` is called when the session is accepted and returns the sink
@@ -130,8 +136,9 @@ class SessionServicer(pb_grpc.EnclaveSessionServicer):
     client go through ``send``; ``finish()`` ends the response stream.
     """
 
-    def __init__(self, token: str, on_open: Callable[[SessionServicer], FrameSink],
-                 on_lost: LostCallback) -> None:
+    def __init__(
+        self, token: str, on_open: Callable[[SessionServicer], FrameSink], on_lost: LostCallback
+    ) -> None:
         self._token = token.encode()
         self._on_open = on_open
         self._on_lost = on_lost
@@ -149,20 +156,29 @@ class SessionServicer(pb_grpc.EnclaveSessionServicer):
         self._finished = True
         self._outgoing.put(None)
 
-    def Session(self, request_iterator: Iterator[pb.Batch],  # noqa: N802 (gRPC's name)
-                context: grpc.ServicerContext) -> Iterator[pb.Batch]:
+    def Session(  # noqa: N802 (the RPC's name)
+        self,
+        request_iterator: Iterator[pb.Batch],
+        context: grpc.ServicerContext,
+    ) -> Iterator[pb.Batch]:
         presented = dict(context.invocation_metadata()).get(TOKEN_METADATA_KEY, "")
         if not isinstance(presented, str) or not hmac.compare_digest(
-                presented.encode(), self._token):
+            presented.encode(), self._token
+        ):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid session token")
         with self._lock:
             if self._taken:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              "this proxy already served its one session")
+                context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, "this proxy already served its one session"
+                )
             self._taken = True
         sink = self._on_open(self)
-        reader = threading.Thread(target=self._read, args=(request_iterator, sink),
-                                  name="farside-session-reader", daemon=True)
+        reader = threading.Thread(
+            target=self._read,
+            args=(request_iterator, sink),
+            name="farside-session-reader",
+            daemon=True,
+        )
         reader.start()
         while (batch := self._outgoing.get()) is not None:
             yield batch

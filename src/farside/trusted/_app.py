@@ -44,7 +44,7 @@ class TrustedApplication:
     def initialize(self, config: EnclaveConfig) -> None:
         """Set the enclave up; raising here fails the client's load."""
 
-    def run(self, input: Any) -> Any:  # noqa: A002 (Asylo's name)
+    def run(self, input: Any) -> Any:
         """Handle ``client.enter_and_run(input)`` and return its output."""
         raise NotImplementedError(f"{type(self).__name__} does not implement run()")
 

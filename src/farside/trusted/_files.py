@@ -86,8 +86,12 @@ def open_on_host(
     if not isinstance(file, str):
         raise TypeError(f"host files are named by str paths, not {type(file).__name__}")
     modes = set(mode)
-    if (len(modes) != len(mode) or not modes <= set("rwaxb+t")
-            or len(modes & set("rwax")) != 1 or {"b", "t"} <= modes):
+    if (
+        len(modes) != len(mode)
+        or not modes <= set("rwaxb+t")
+        or len(modes & set("rwax")) != 1
+        or {"b", "t"} <= modes
+    ):
         raise ValueError(f"invalid mode: {mode!r}")
     binary = "b" in modes
     if binary and (encoding or errors or newline is not None):
@@ -102,14 +106,15 @@ def open_on_host(
     size = BUFFER_SIZE if buffering in (-1, 1) else buffering
     buffered: io.BufferedIOBase
     if "+" in modes:
-        buffered = io.BufferedRandom(raw, size)  # type: ignore[arg-type]
+        buffered = io.BufferedRandom(raw, size)
     elif "r" in modes:
         buffered = io.BufferedReader(raw, size)
     else:
-        buffered = io.BufferedWriter(raw, size)  # type: ignore[arg-type]
+        buffered = io.BufferedWriter(raw, size)
     if binary:
         return buffered
-    text = io.TextIOWrapper(buffered, encoding or "utf-8", errors, newline,  # type: ignore[type-var]
-                            line_buffering=buffering == 1)
+    text = io.TextIOWrapper(
+        buffered, encoding or "utf-8", errors, newline, line_buffering=buffering == 1
+    )
     text.mode = mode  # type: ignore[misc]
     return text

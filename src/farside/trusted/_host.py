@@ -13,8 +13,9 @@ _RESERVED = "farside."
 
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or name.startswith(_RESERVED):
-        raise ValueError(f"exit handler names are non-empty str not starting with "
-                         f"{_RESERVED!r}, got {name!r}")
+        raise ValueError(
+            f"exit handler names are non-empty str not starting with {_RESERVED!r}, got {name!r}"
+        )
 
 
 class Host:
@@ -33,9 +34,15 @@ class Host:
         _check_name(name)
         current_runtime().notify(name, args, kwargs)
 
-    def open(self, file: str, mode: str = "r", buffering: int = -1,
-             encoding: str | None = None, errors: str | None = None,
-             newline: str | None = None) -> Any:
+    def open(
+        self,
+        file: str,
+        mode: str = "r",
+        buffering: int = -1,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> Any:
         """Open a file on the client's machine, confined to the root the client allows.
 
         Same arguments and return types as the builtin ``open``; paths that escape

@@ -46,8 +46,9 @@ class _BundleImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return f"{rel}.py", False
         return None
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         found = self._locate(fullname)
         if found is None:
             return None

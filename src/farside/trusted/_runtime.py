@@ -9,7 +9,7 @@ which is why a proxy hosts exactly one enclave.
 
 from __future__ import annotations
 
-import builtins
+import contextlib
 import io
 import os
 import sys
@@ -43,8 +43,15 @@ _current: EnclaveRuntime | None = None
 # OSErrors the client's file service may report; they are re-raised as themselves.
 _OS_ERRORS: dict[str, type[OSError]] = {
     cls.__name__: cls
-    for cls in (OSError, PermissionError, FileNotFoundError, FileExistsError,
-                IsADirectoryError, NotADirectoryError, InterruptedError)
+    for cls in (
+        OSError,
+        PermissionError,
+        FileNotFoundError,
+        FileExistsError,
+        IsADirectoryError,
+        NotADirectoryError,
+        InterruptedError,
+    )
 }
 
 
@@ -94,10 +101,18 @@ class EnclaveRuntime:
         global _current  # noqa: PLW0603 (one enclave per process, by design)
         self.endpoint = endpoint
         _current = self
-        sys.stdout = io.TextIOWrapper(_OutputRaw(self, Stream.STDOUT), encoding="utf-8",
-                                      errors="backslashreplace", write_through=True)
-        sys.stderr = io.TextIOWrapper(_OutputRaw(self, Stream.STDERR), encoding="utf-8",
-                                      errors="backslashreplace", write_through=True)
+        sys.stdout = io.TextIOWrapper(
+            _OutputRaw(self, Stream.STDOUT),
+            encoding="utf-8",
+            errors="backslashreplace",
+            write_through=True,
+        )
+        sys.stderr = io.TextIOWrapper(
+            _OutputRaw(self, Stream.STDERR),
+            encoding="utf-8",
+            errors="backslashreplace",
+            write_through=True,
+        )
 
     def _endpoint(self) -> Endpoint:
         assert self.endpoint is not None
@@ -111,17 +126,25 @@ class EnclaveRuntime:
             module = load_package(bundle, open_function=self.open)
             build = getattr(module, "build_trusted_application", None)
             if not callable(build):
-                raise LookupError(f"the bundle {bundle.manifest.entry!r} defines no "
-                                  "build_trusted_application() function")
+                raise LookupError(
+                    f"the bundle {bundle.manifest.entry!r} defines no "
+                    "build_trusted_application() function"
+                )
             app = build()
             if not isinstance(app, TrustedApplication):
-                raise TypeError("build_trusted_application() returned "
-                                f"{type(app).__name__}, not a TrustedApplication")
+                raise TypeError(
+                    "build_trusted_application() returned "
+                    f"{type(app).__name__}, not a TrustedApplication"
+                )
         except BaseException as exc:
             error = RemoteError.from_exception(exc, debug=self.debug)
             if isinstance(exc, SyntaxError) and self.debug:
-                error = RemoteError(code=error.code, type=error.type, message=error.message,
-                                    traceback="".join(traceback.format_exception_only(exc)))
+                error = RemoteError(
+                    code=error.code,
+                    type=error.type,
+                    message=error.message,
+                    traceback="".join(traceback.format_exception_only(exc)),
+                )
             self._endpoint().run_locked(lambda core: core.loaded(error=error))
             self.ended.set()
             if not isinstance(exc, Exception):
@@ -144,16 +167,15 @@ class EnclaveRuntime:
 
     def start_thread(self, thread: int) -> None:
         """Start the enclave worker that serves client thread ``thread``."""
-        worker = threading.Thread(target=self._work, args=(thread,), daemon=True,
-                                  name=f"farside-enclave-worker-{thread}")
+        worker = threading.Thread(
+            target=self._work, args=(thread,), daemon=True, name=f"farside-enclave-worker-{thread}"
+        )
         worker.start()
 
     def _work(self, thread: int) -> None:
         _local.thread = thread
-        try:
+        with contextlib.suppress(EnclaveError):  # the session ended: the proxy shuts down
             self._endpoint().serve(thread)
-        except EnclaveError:
-            pass  # the session ended; the proxy is shutting down
 
     def handle_call(self, event: CallReceived) -> Any:
         """Run one entry call on the current (worker) thread."""
@@ -170,8 +192,10 @@ class EnclaveRuntime:
             self.initialized = True
             return None
         if not self.initialized or self.finalized:
-            raise EnclaveError("the enclave is not initialized, or already finalized",
-                               code=StatusCode.FAILED_PRECONDITION)
+            raise EnclaveError(
+                "the enclave is not initialized, or already finalized",
+                code=StatusCode.FAILED_PRECONDITION,
+            )
         if kind is CallKind.RUN:
             return app.run(*args)
         if kind is CallKind.FINALIZE:
@@ -180,11 +204,14 @@ class EnclaveRuntime:
             return None
         method = None if event.name.startswith("_") else getattr(app, event.name, None)
         if method is None or not is_ecall(method):
-            names = sorted(n for n in dir(app) if not n.startswith("_")
-                           and is_ecall(getattr(app, n, None)))
-            raise EnclaveError(f"the enclave has no entry point named {event.name!r} "
-                               f"(its @ecall entry points: {', '.join(names) or 'none'})",
-                               code=StatusCode.NOT_FOUND)
+            names = sorted(
+                n for n in dir(app) if not n.startswith("_") and is_ecall(getattr(app, n, None))
+            )
+            raise EnclaveError(
+                f"the enclave has no entry point named {event.name!r} "
+                f"(its @ecall entry points: {', '.join(names) or 'none'})",
+                code=StatusCode.NOT_FOUND,
+            )
         return method(*args, **event.kwargs)
 
     def error_from_exception(self, exc: BaseException) -> RemoteError:
@@ -196,8 +223,10 @@ class EnclaveRuntime:
     def _thread(self) -> int:
         thread: int | None = getattr(_local, "thread", None)
         if thread is None:
-            raise RuntimeError("exit calls can be made only from the thread running an "
-                               "entry call, not from threads the enclave started")
+            raise RuntimeError(
+                "exit calls can be made only from the thread running an "
+                "entry call, not from threads the enclave started"
+            )
         return thread
 
     def exit_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -223,14 +252,20 @@ class EnclaveRuntime:
                 raise os_error(exc.message) from None
             raise
 
-    def open(self, file: Any, mode: str = "r", buffering: int = -1, encoding: str | None = None,
-             errors: str | None = None, newline: str | None = None, closefd: bool = True,
-             opener: Any = None) -> Any:
+    def open(
+        self,
+        file: Any,
+        mode: str = "r",
+        buffering: int = -1,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+        closefd: bool = True,
+        opener: Any = None,
+    ) -> Any:
         """``open()`` inside the enclave: a file on the client's machine."""
         if isinstance(file, int) or not closefd or opener is not None:
             raise PermissionError("an enclave opens files on the host by path only")
         if isinstance(file, os.PathLike):
             file = os.fspath(file)
         return open_on_host(self._fs_call, file, mode, buffering, encoding, errors, newline)
-
-

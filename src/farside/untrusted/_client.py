@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -37,10 +38,19 @@ class EnclaveClient:
     a context manager, the enclave is destroyed when the block ends.
     """
 
-    def __init__(self, *, name: str, endpoint: Endpoint, transport: GrpcClientTransport,
-                 lease: ProxyLease, provisioner: Provisioner, exits: ExitHandlers,
-                 measurement: bytes, debug: bool,
-                 on_destroyed: Callable[[EnclaveClient], None]) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        endpoint: Endpoint,
+        transport: GrpcClientTransport,
+        lease: ProxyLease,
+        provisioner: Provisioner,
+        exits: ExitHandlers,
+        measurement: bytes,
+        debug: bool,
+        on_destroyed: Callable[[EnclaveClient], None],
+    ) -> None:
         self._name = name
         self._endpoint = endpoint
         self._transport = transport
@@ -87,11 +97,18 @@ class EnclaveClient:
             tag = self._threads.tag = next(self._tags)
         return tag
 
-    def _call(self, kind: CallKind, name: str, args: tuple[Any, ...],
-              kwargs: dict[str, Any] | None, timeout: float | None) -> Any:
+    def _call(
+        self,
+        kind: CallKind,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> Any:
         if self._closed:
-            raise ClientClosedError(f"enclave {self._name!r} was destroyed; load it again "
-                                    "to make new calls")
+            raise ClientClosedError(
+                f"enclave {self._name!r} was destroyed; load it again to make new calls"
+            )
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive (or None to wait as long as it takes)")
         tag = self._thread_tag()
@@ -103,7 +120,7 @@ class EnclaveClient:
                 self._threads.tag = None
             raise
 
-    def enter_and_run(self, input: Any = None, *, timeout: float | None = None) -> Any:  # noqa: A002
+    def enter_and_run(self, input: Any = None, *, timeout: float | None = None) -> Any:
         """Run the enclave's ``TrustedApplication.run(input)`` and return its output.
 
         Raises ``EnclaveCallError`` if it raised, ``DeadlineExceededError`` after
@@ -137,17 +154,20 @@ class EnclaveClient:
         try:
             if not skip_finalize and self._endpoint.failure is None:
                 try:
-                    self._endpoint.call(self._thread_tag(), CallKind.FINALIZE, "",
-                                        (final_input,), timeout=FINALIZE_TIMEOUT)
+                    self._endpoint.call(
+                        self._thread_tag(),
+                        CallKind.FINALIZE,
+                        "",
+                        (final_input,),
+                        timeout=FINALIZE_TIMEOUT,
+                    )
                 except EnclaveUnavailableError:
                     pass  # already gone: nothing to finalize, and not an error
                 except EnclaveError as exc:
                     finalize_error = exc
         finally:
-            try:
+            with contextlib.suppress(EnclaveError):
                 self._endpoint.run_locked(lambda core: core.close())
-            except EnclaveError:
-                pass
             self._transport.close()
             self._endpoint.fail(ClientClosedError(f"enclave {self._name!r} was destroyed"))
             self._provisioner.release(self._lease)
@@ -159,8 +179,12 @@ class EnclaveClient:
     def __enter__(self) -> EnclaveClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         from ._manager import EnclaveManager
 
         try:

@@ -44,14 +44,17 @@ class RemoteProxyClientConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.provision, Provisioner):
-            raise TypeError(f"provision must be a Provisioner such as LocalProvision(), "
-                            f"not {type(self.provision).__name__}")
+            raise TypeError(
+                f"provision must be a Provisioner such as LocalProvision(), "
+                f"not {type(self.provision).__name__}"
+            )
         if self.load_timeout <= 0 or self.max_depth < 1:
             raise ValueError("load_timeout must be positive and max_depth at least 1")
 
     @classmethod
-    def defaults_with_provision(cls, provision: Provisioner | None = None
-                                ) -> RemoteProxyClientConfig:
+    def defaults_with_provision(
+        cls, provision: Provisioner | None = None
+    ) -> RemoteProxyClientConfig:
         """Asylo's ``DefaultsWithProvision``: defaults, with this provisioner."""
         return cls(provision=provision if provision is not None else LocalProvision())
 

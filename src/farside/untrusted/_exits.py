@@ -7,6 +7,7 @@ the session's reader thread, in arrival order, before the result it precedes.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import os
 import sys
@@ -23,10 +24,14 @@ __all__ = ["ExitHandlers", "FileService", "OutputSink", "RESERVED_PREFIX"]
 RESERVED_PREFIX = "farside."
 MAX_READ = 64 * 2**20
 _FLAGS = {
-    "r": os.O_RDONLY, "r+": os.O_RDWR,
-    "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
-    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND,
-    "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL, "x+": os.O_RDWR | os.O_CREAT | os.O_EXCL,
+    "r": os.O_RDONLY,
+    "r+": os.O_RDWR,
+    "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND,
+    "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+    "x+": os.O_RDWR | os.O_CREAT | os.O_EXCL,
 }
 
 
@@ -58,8 +63,9 @@ class FileService:
             raise ValueError("a file path must be a non-empty str")
         full = (self.root / path).resolve()
         if full != self.root and self.root not in full.parents:
-            raise PermissionError(errno.EACCES,
-                                  f"{path!r} is outside the directory the client allows")
+            raise PermissionError(
+                errno.EACCES, f"{path!r} is outside the directory the client allows"
+            )
         return full
 
     def _fd(self, handle: Any) -> int:
@@ -106,10 +112,8 @@ class FileService:
         with self._lock:
             fds, self._files = list(self._files.values()), {}
         for fd in fds:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 class ExitHandlers:
@@ -131,8 +135,10 @@ class ExitHandlers:
 
     def register(self, name: str, fn: Callable[..., Any]) -> None:
         if not isinstance(name, str) or not name or name.startswith(RESERVED_PREFIX):
-            raise ValueError(f"exit handler names are non-empty str not starting with "
-                             f"{RESERVED_PREFIX!r}, got {name!r}")
+            raise ValueError(
+                f"exit handler names are non-empty str not starting with "
+                f"{RESERVED_PREFIX!r}, got {name!r}"
+            )
         if not callable(fn):
             raise TypeError(f"exit handler {name!r} must be callable")
         self._user[name] = fn
@@ -140,8 +146,9 @@ class ExitHandlers:
     def handle_call(self, event: CallReceived) -> Any:
         fn = self._builtin.get(event.name) or self._user.get(event.name)
         if fn is None:
-            raise EnclaveError(f"no exit handler is registered for {event.name!r}",
-                               code=StatusCode.NOT_FOUND)
+            raise EnclaveError(
+                f"no exit handler is registered for {event.name!r}", code=StatusCode.NOT_FOUND
+            )
         return fn(*event.args, **event.kwargs)
 
     def handle_event(self, event: Event) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import secrets
@@ -74,8 +75,10 @@ class EnclaveManager:
         name = load_config.name
         with self._lock:
             if name in self._clients:
-                raise EnclaveNameError(f"an enclave named {name!r} is already loaded; destroy "
-                                       "it first or choose another name")
+                raise EnclaveNameError(
+                    f"an enclave named {name!r} is already loaded; destroy "
+                    "it first or choose another name"
+                )
             self._clients[name] = None
         try:
             client = _open_session(load_config, on_destroyed=self._forget)
@@ -93,12 +96,15 @@ class EnclaveManager:
             client = self._clients.get(name)
             known = sorted(n for n, c in self._clients.items() if c is not None)
         if client is None:
-            raise EnclaveNameError(f"no enclave named {name!r} is loaded "
-                                   f"(loaded: {', '.join(map(repr, known)) or 'none'})")
+            raise EnclaveNameError(
+                f"no enclave named {name!r} is loaded "
+                f"(loaded: {', '.join(map(repr, known)) or 'none'})"
+            )
         return client
 
-    def destroy_enclave(self, client: EnclaveClient, final_input: Any = None,
-                        skip_finalize: bool = False) -> None:
+    def destroy_enclave(
+        self, client: EnclaveClient, final_input: Any = None, skip_finalize: bool = False
+    ) -> None:
         """Run ``finalize(final_input)`` (unless skipped) and release everything.
 
         Destroying an enclave that is already gone is not an error; one destroyed
@@ -107,7 +113,7 @@ class EnclaveManager:
         """
         if not isinstance(client, EnclaveClient):
             raise TypeError("destroy_enclave takes the EnclaveClient that load_enclave returned")
-        client._destroy(final_input, skip_finalize)  # noqa: SLF001 (the manager owns clients)
+        client._destroy(final_input, skip_finalize)
 
     def _forget(self, client: EnclaveClient) -> None:
         with self._lock:
@@ -124,8 +130,9 @@ class EnclaveManager:
                 log.exception("destroying enclave %r at exit failed", client.name)
 
 
-def _open_session(load_config: EnclaveLoadConfig,
-                  on_destroyed: Callable[[EnclaveClient], None]) -> EnclaveClient:
+def _open_session(
+    load_config: EnclaveLoadConfig, on_destroyed: Callable[[EnclaveClient], None]
+) -> EnclaveClient:
     remote = load_config.remote_load_config
     proxy_config = remote.proxy_config
     sim = remote.sim_load_config
@@ -145,8 +152,7 @@ def _open_session(load_config: EnclaveLoadConfig,
         raise
     except Exception as exc:
         raise EnclaveLoadError(f"provisioning a proxy with {provisioner!r} failed: {exc}") from exc
-    transport = GrpcClientTransport(lease.address, token=lease.token,
-                                    credentials=lease.credentials)
+    transport = GrpcClientTransport(lease.address, token=lease.token, credentials=lease.credentials)
     core = SessionCore(Role.CLIENT, limits=Limits(max_depth=proxy_config.max_depth))
     endpoint = Endpoint(core, transport, exits, error_from_exception=_client_error)
     try:
@@ -157,32 +163,42 @@ def _open_session(load_config: EnclaveLoadConfig,
             detail = f"{loaded.error.type}: {loaded.error.message}"
             if loaded.error.traceback:
                 detail += "\n" + loaded.error.traceback.rstrip()
-            raise EnclaveLoadError(f"the enclave bundle {str(sim.enclave_path)!r} failed to "
-                                   f"load: {detail}", code=loaded.error.code)
+            raise EnclaveLoadError(
+                f"the enclave bundle {str(sim.enclave_path)!r} failed to load: {detail}",
+                code=loaded.error.code,
+            )
         if loaded.measurement != bundle.measurement():
             raise EnclaveLoadError("the proxy measured a different bundle than the one sent")
         try:
-            endpoint.call(1, CallKind.INITIALIZE, "", (load_config.config.to_wire(),),
-                          timeout=timeout)
+            endpoint.call(
+                1, CallKind.INITIALIZE, "", (load_config.config.to_wire(),), timeout=timeout
+            )
         except EnclaveCallError as exc:
-            raise EnclaveLoadError(f"the enclave's initialize() failed: {exc}",
-                                   code=exc.code) from exc
+            raise EnclaveLoadError(
+                f"the enclave's initialize() failed: {exc}", code=exc.code
+            ) from exc
     except BaseException as exc:
-        try:
+        with contextlib.suppress(EnclaveError):
             endpoint.run_locked(lambda c: c.close())
-        except EnclaveError:
-            pass
         transport.close(timeout=1.0)
         endpoint.fail(EnclaveLoadError("the enclave failed to load"))
         provisioner.release(lease)
         if isinstance(exc, EnclaveError) and not isinstance(exc, EnclaveLoadError):
-            raise EnclaveLoadError(f"loading enclave {load_config.name!r} failed: {exc}",
-                                   code=exc.code) from exc
+            raise EnclaveLoadError(
+                f"loading enclave {load_config.name!r} failed: {exc}", code=exc.code
+            ) from exc
         raise
-    return EnclaveClient(name=load_config.name, endpoint=endpoint, transport=transport,
-                         lease=lease, provisioner=provisioner, exits=exits,
-                         measurement=loaded.measurement, debug=sim.debug,
-                         on_destroyed=on_destroyed)
+    return EnclaveClient(
+        name=load_config.name,
+        endpoint=endpoint,
+        transport=transport,
+        lease=lease,
+        provisioner=provisioner,
+        exits=exits,
+        measurement=loaded.measurement,
+        debug=sim.debug,
+        on_destroyed=on_destroyed,
+    )
 
 
 def load(

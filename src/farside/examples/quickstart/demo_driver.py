@@ -1,6 +1,6 @@
 """The quickstart driver, in the long-form Asylo-style API (the seed's ``main``).
 
-    python -m farside.examples.quickstart.demo_driver --message "Asylo Rocks"
+python -m farside.examples.quickstart.demo_driver --message "Asylo Rocks"
 """
 
 from __future__ import annotations
@@ -14,15 +14,21 @@ import farside
 DEFAULT_ENCLAVE = Path(__file__).with_name("demo_enclave.py")
 
 
-def run(enclave_path: str, message: str, *, provision: farside.Provisioner | None = None,
-        decrypt: bool = False) -> str:
+def run(
+    enclave_path: str,
+    message: str,
+    *,
+    provision: farside.Provisioner | None = None,
+    decrypt: bool = False,
+) -> str:
     """Load the demo enclave, encrypt ``message`` inside it, destroy it; return the ciphertext."""
     kEnclaveName = "demo_enclave"  # noqa: N806 (the seed's name)
 
     # Part 1: Initialization
     manager = farside.EnclaveManager.instance()
     proxy_config = farside.RemoteProxyClientConfig.defaults_with_provision(
-        provision or farside.LocalProvision())
+        provision or farside.LocalProvision()
+    )
     load_config = farside.EnclaveLoadConfig(
         name=kEnclaveName,
         config=farside.EnclaveConfig(),
@@ -47,8 +53,11 @@ def run(enclave_path: str, message: str, *, provision: farside.Provisioner | Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Encrypt a message inside a farside enclave.")
-    parser.add_argument("--enclave_path", default=str(DEFAULT_ENCLAVE),
-                        help="the enclave bundle to load (default: the demo enclave)")
+    parser.add_argument(
+        "--enclave_path",
+        default=str(DEFAULT_ENCLAVE),
+        help="the enclave bundle to load (default: the demo enclave)",
+    )
     parser.add_argument("--message", required=True, help="the message to encrypt")
     args = parser.parse_args(argv)
     if not args.message:

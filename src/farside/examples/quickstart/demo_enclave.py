@@ -24,7 +24,7 @@ class DemoEnclave(TrustedApplication):
     def initialize(self, config: EnclaveConfig) -> None:
         self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
 
-    def run(self, input: Any) -> str:  # noqa: A002
+    def run(self, input: Any) -> str:
         if not isinstance(input, dict) or not isinstance(input.get("message"), str):
             raise ValueError('enter_and_run expects {"message": str}')
         return self.encrypt(input["message"])
