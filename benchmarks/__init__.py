@@ -1,0 +1,1 @@
+"""farside's benchmarks; see docs/ for how to run them."""

@@ -1,0 +1,70 @@
+"""Per-call costs of farside on this machine (local provisioning, Unix socket).
+
+    python -m benchmarks.call_latency [--calls N]
+
+Prints the median and p99 of: an empty call's round trip, a call with one nested
+exit call, and the time of a 10,000-line print loop inside one call (its output
+is captured, not shown), next to 10,000 empty calls for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import farside
+
+ENCLAVE = Path(__file__).with_name("bench_enclave.py")
+PAYLOAD = b"x" * 64
+
+
+def _timings(fn: Callable[[], object], calls: int, warmup: int = 200) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _summary(name: str, samples: list[float]) -> str:
+    samples = sorted(samples)
+    median = statistics.median(samples) * 1e6
+    p99 = samples[int(len(samples) * 0.99) - 1] * 1e6
+    return f"{name:<40} median {median:8.1f} µs   p99 {p99:8.1f} µs   (n={len(samples)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=5000)
+    args = parser.parse_args(argv)
+    with farside.load(ENCLAVE, exit_handlers={"echo": lambda v: v}) as enclave:
+        print(_summary("empty call", _timings(lambda: enclave.call("empty"), args.calls)))
+        print(_summary("64-byte echo", _timings(lambda: enclave.call("echo", PAYLOAD),
+                                                args.calls)))
+        print(_summary("call with one nested exit call",
+                       _timings(lambda: enclave.call("nested", PAYLOAD), args.calls)))
+        sink = io.StringIO()
+        with contextlib.redirect_stdout(sink):
+            start = time.perf_counter()
+            enclave.call("print_lines", 10_000)
+            loop = time.perf_counter() - start
+        assert sink.getvalue().count("\n") == 10_000, "print loop output incomplete"
+        start = time.perf_counter()
+        for _ in range(10_000):
+            enclave.call("empty")
+        empties = time.perf_counter() - start
+        print(f"{'10,000-line print loop in one call':<40} {loop * 1e3:8.1f} ms"
+              f"   ({loop / empties:.1%} of 10,000 empty calls: {empties * 1e3:.0f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
