@@ -73,6 +73,7 @@ class Limits:
     """Bounds the core enforces; the defaults suit most enclaves."""
 
     max_depth: int = 64
+    max_value_size: int = 64 * 2**20
     max_bundle_size: int = 64 * 2**20
     max_bundle_files: int = 10_000
     bundle_chunk_size: int = 2**20
@@ -241,7 +242,7 @@ class SessionCore:
                 f"call nesting depth would exceed the limit of {self._max_depth}",
                 code=StatusCode.RESOURCE_EXHAUSTED,
             )
-        payload = _values.encode([list(args), dict(kwargs or {})], what="args")
+        payload = self._encode([list(args), dict(kwargs or {})], "args")
         call_id = 0
         if not oneway:
             call_id = self._next_id
@@ -279,14 +280,23 @@ class SessionCore:
             del self._stacks[thread]
         if error is None:
             try:
-                result = pb.Result(call_id=call_id, value=_values.encode(value, what="result"))
-            except TypeError as exc:
+                result = pb.Result(call_id=call_id, value=self._encode(value, "result"))
+            except (TypeError, ValueError) as exc:
                 error = RemoteError(
-                    code=StatusCode.INVALID_ARGUMENT, type="TypeError", message=str(exc)
+                    code=StatusCode.INVALID_ARGUMENT, type=type(exc).__name__, message=str(exc)
                 )
         if error is not None:
             result = pb.Result(call_id=call_id, error=_remote_error_to_pb(error))
         self._emit(pb.Frame(result=result))
+
+    def _encode(self, value: Any, what: str) -> bytes:
+        data = _values.encode(value, what=what)
+        if len(data) > self.limits.max_value_size:
+            raise ValueError(
+                f"the {what} encode to {len(data)} bytes, more than the limit of "
+                f"{self.limits.max_value_size} bytes per call"
+            )
+        return data
 
     def write_output(self, thread: int, stream: Stream, data: bytes) -> None:
         """(proxy) Buffer one-way output; it leaves before any later frame.

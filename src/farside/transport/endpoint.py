@@ -222,6 +222,10 @@ class Endpoint:
                 raise DeadlineExceededError(
                     "the call's timeout passed; it was cancelled in the enclave"
                 ) from None
+            except KeyboardInterrupt:
+                if call_id is not None:  # Ctrl-C: give the call up as if it timed out
+                    self._abandon(thread, box)
+                raise
             if isinstance(mail, LoadedReceived):
                 raise ProtocolError("a Loaded frame reached a call's waiter")
             if isinstance(mail, ResultReceived):

@@ -36,6 +36,24 @@ FrameSink = Callable[[list[pb.Frame]], None]
 LostCallback = Callable[[EnclaveError], None]
 
 
+BATCH_BYTES = 4 * 2**20
+
+
+def batches(frames: list[pb.Frame]) -> Iterator[pb.Batch]:
+    """Group frames into batches of about ``BATCH_BYTES`` (a bundle upload is many chunks)."""
+    if len(frames) == 1:
+        yield pb.Batch(frames=frames)
+        return
+    start, size = 0, 0
+    for index, frame in enumerate(frames):
+        frame_size = frame.ByteSize()
+        if size and size + frame_size > BATCH_BYTES:
+            yield pb.Batch(frames=frames[start:index])
+            start, size = index, 0
+        size += frame_size
+    yield pb.Batch(frames=frames[start:])
+
+
 def channel_options() -> list[tuple[str, Any]]:
     """gRPC options both ends use: message size and keepalive."""
     return [
@@ -113,7 +131,8 @@ class GrpcClientTransport:
 
     def send(self, frames: list[pb.Frame]) -> None:
         """Queue frames for the proxy (never blocks)."""
-        self._outgoing.put(pb.Batch(frames=frames))
+        for batch in batches(frames):
+            self._outgoing.put(batch)
 
     def close(self, timeout: float = 5.0) -> None:
         """Half-close, wait up to ``timeout`` for the proxy to end the stream, then drop it."""
@@ -149,7 +168,8 @@ class SessionServicer(pb_grpc.EnclaveSessionServicer):  # type: ignore[misc]
 
     def send(self, frames: list[pb.Frame]) -> None:
         """Queue frames for the client (never blocks)."""
-        self._outgoing.put(pb.Batch(frames=frames))
+        for batch in batches(frames):
+            self._outgoing.put(batch)
 
     def finish(self) -> None:
         """End the response stream after the frames already queued."""

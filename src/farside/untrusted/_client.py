@@ -114,7 +114,7 @@ class EnclaveClient:
         tag = self._thread_tag()
         try:
             return self._endpoint.call(tag, kind, name, args, kwargs, timeout=timeout)
-        except DeadlineExceededError:
+        except (DeadlineExceededError, KeyboardInterrupt):
             # The abandoned worker finishes in the background; this thread gets a fresh one.
             if self._endpoint.core.is_abandoned(tag) and getattr(self._threads, "tag", None) == tag:
                 self._threads.tag = None
