@@ -208,26 +208,28 @@ class Endpoint:
 
     # ----------------------------------------------------------------- waiting
 
+    def _next_mail(
+        self, thread: int, box: queue.SimpleQueue[Mail], call_id: int | None, deadline: float | None
+    ) -> Mail:
+        try:
+            if deadline is None:
+                return box.get()
+            return box.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            self._abandon(thread, box)
+            raise DeadlineExceededError(
+                "the call's timeout passed; it was cancelled in the enclave"
+            ) from None
+        except KeyboardInterrupt:
+            if call_id is not None:  # Ctrl-C: give the call up as if it timed out
+                self._abandon(thread, box)
+            raise
+
     def _wait(
         self, thread: int, box: queue.SimpleQueue[Mail], call_id: int | None, deadline: float | None
     ) -> Any:
         while True:
-            try:
-                if deadline is None:
-                    mail = box.get()
-                else:
-                    mail = box.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                self._abandon(thread, box)
-                raise DeadlineExceededError(
-                    "the call's timeout passed; it was cancelled in the enclave"
-                ) from None
-            except KeyboardInterrupt:
-                if call_id is not None:  # Ctrl-C: give the call up as if it timed out
-                    self._abandon(thread, box)
-                raise
-            if isinstance(mail, LoadedReceived):
-                raise ProtocolError("a Loaded frame reached a call's waiter")
+            mail = self._next_mail(thread, box, call_id, deadline)
             if isinstance(mail, ResultReceived):
                 if mail.call_id != call_id:  # the core routes results by call id
                     raise ProtocolError(f"result {mail.call_id} reached the wrong waiter")
@@ -236,6 +238,8 @@ class Endpoint:
                 return mail.value
             if isinstance(mail, CallReceived):
                 self._serve_call(mail)
+            elif isinstance(mail, LoadedReceived):
+                raise ProtocolError("a Loaded frame reached a call's waiter")
             else:  # _Failure or _Stop: sticky, so every waiter on this thread sees it
                 box.put(mail)
                 if isinstance(mail, _Failure):
