@@ -187,7 +187,10 @@ def run_proxy(
     idle_timeout: float,
     parent_pid: int | None,
 ) -> int:
-    """``farside proxy``: serve one session, printing one ready line on stdout."""
+    """``farside proxy``: serve one session, printing one ready line on stdout.
+
+    Returns only on a usage error; otherwise it ends the process itself.
+    """
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -217,4 +220,7 @@ def run_proxy(
         return 2
     print(f"farside-proxy ready {address}", flush=True)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads stdout after this line
-    return server.serve()
+    code = server.serve()
+    # Enclave threads may still be running enclave code: they must not keep us alive.
+    logging.shutdown()
+    os._exit(code)
