@@ -8,11 +8,13 @@ survive the round trip through two msgpack extension types.
 
 ``encode`` raises ``TypeError`` naming the path of the first value it cannot send
 (``args[1]['key'][0]``), before anything is sent. ``decode`` raises ``ValueError``
-on bytes that are not a valid encoding; callers map it to ``ProtocolError``.
+on bytes that are not a valid encoding of such values (including dict keys that
+are not ``str``/``int``); callers map it to ``ProtocolError``.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -23,16 +25,42 @@ Value = Any
 """A value farside can send: see the module docstring for what that is."""
 
 MAX_DEPTH = 256
-"""Containers nested deeper than this are refused, on both ends."""
+"""Containers nested deeper than this are refused by ``encode``; ``decode`` is bounded
+by msgpack's own stack (about 1,000 levels) and refuses deeper input."""
+
+MAX_TUPLE_DEPTH = 32
+"""Tuples nested in tuples deeper than this are refused, on both ends.
+
+Each tuple level is a nested msgpack call on the C stack, so the bound keeps a
+hostile peer from exhausting it."""
 
 _EXT_TUPLE = 1
 _EXT_BIGINT = 2
 _SCALARS = (type(None), bool, int, float, str, bytes)
+_SUPPORTED = (*_SCALARS, list, tuple, dict)
+_nesting = threading.local()
+
+
+class _TupleDepth:
+    """Counts tuple nesting on this thread; raises ``error`` beyond MAX_TUPLE_DEPTH."""
+
+    def __init__(self, error: type[Exception]) -> None:
+        self._error = error
+
+    def __enter__(self) -> None:
+        depth = getattr(_nesting, "depth", 0) + 1
+        if depth > MAX_TUPLE_DEPTH:
+            raise self._error(f"tuples nested deeper than {MAX_TUPLE_DEPTH}")
+        _nesting.depth = depth
+
+    def __exit__(self, *exc: object) -> None:
+        _nesting.depth -= 1
 
 
 def _default(obj: object) -> msgpack.ExtType:
     if type(obj) is tuple:
-        return msgpack.ExtType(_EXT_TUPLE, _packb(list(obj)))
+        with _TupleDepth(TypeError):
+            return msgpack.ExtType(_EXT_TUPLE, _packb(list(obj)))
     if type(obj) is int:  # only reached for integers beyond 64 bits
         length = (obj.bit_length() + 8) // 8
         return msgpack.ExtType(_EXT_BIGINT, obj.to_bytes(length, "big", signed=True))
@@ -46,7 +74,8 @@ def _packb(value: object) -> bytes:
 
 def _ext_hook(code: int, data: bytes) -> object:
     if code == _EXT_TUPLE:
-        inner = _unpackb(data)
+        with _TupleDepth(ValueError):
+            inner = _unpackb(data)
         if not isinstance(inner, list):
             raise ValueError("tuple extension does not hold an array")
         return tuple(inner)
@@ -55,8 +84,22 @@ def _ext_hook(code: int, data: bytes) -> object:
     raise ValueError(f"unknown msgpack extension type {code}")
 
 
+def _dict_from_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    for key, _ in pairs:
+        if type(key) is not str and type(key) is not int:
+            raise ValueError(f"a dict key of type {type(key).__name__}")
+    return dict(pairs)
+
+
 def _unpackb(data: bytes) -> object:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook, use_list=True)
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=False,
+        ext_hook=_ext_hook,
+        object_pairs_hook=_dict_from_pairs,
+        use_list=True,
+    )
 
 
 def _find_unsupported(value: object, path: str, depth: int) -> tuple[str, str] | None:
@@ -66,13 +109,13 @@ def _find_unsupported(value: object, path: str, depth: int) -> tuple[str, str] |
     kind = type(value)
     if kind in _SCALARS:
         return None
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple) and kind in (list, tuple):
         for index, item in enumerate(value):
             found = _find_unsupported(item, f"{path}[{index}]", depth + 1)
             if found:
                 return found
         return None
-    if isinstance(value, dict):
+    if isinstance(value, dict) and kind is dict:
         for key, item in value.items():
             if type(key) not in (str, int):
                 return f"{path}[{key!r}]", f"a dict key of type {type(key).__name__}"
@@ -89,21 +132,20 @@ def encode(value: Value, *, what: str = "value") -> bytes:
     Raises ``TypeError`` for anything outside the supported types, naming its path.
     """
     try:
+        if type(value) not in _SUPPORTED:
+            raise TypeError(type(value).__name__)
         data = _packb(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        found = _find_unsupported(value, what, 0)
-        path, reason = found if found else (what, str(exc))
+        # msgpack packs some types we refuse (bytearray, memoryview, dict keys that
+        # are neither str nor int); only containers can hide one, so only they are walked.
+        found = _find_unsupported(value, what, 0) if type(value) in (list, tuple, dict) else None
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        found = _find_unsupported(value, what, 0) or (what, str(exc))
+    if found:
+        path, reason = found
         raise TypeError(
             f"cannot send {reason} at {path}: farside values are None, bool, int, "
             "float, str, bytes, and list/tuple/dict of those (dict keys str or int)"
-        ) from None
-    # msgpack accepts dict keys of any supported scalar type; we promise str or int.
-    # Only containers can hide a bad key, so only they pay for the walk.
-    if type(value) in (list, tuple, dict):
-        found = _find_unsupported(value, what, 0)
-        if found:
-            path, reason = found
-            raise TypeError(f"cannot send {reason} at {path}: dict keys must be str or int")
+        )
     return data
 
 

@@ -76,11 +76,15 @@ class Bundle:
 
 def validate_path(path: str) -> str:
     """Check a bundle-relative path: '/'-separated, normalized, inside the bundle."""
-    if not path or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BundleError(f"bundle path {path!r} is not valid UTF-8") from None
+    if not encoded or len(encoded) > MAX_PATH_BYTES:
         raise BundleError(f"bundle path {path!r} is empty or too long")
     if "\x00" in path or "\\" in path or path.startswith("/"):
         raise BundleError(f"bundle path {path!r} must be relative and '/'-separated")
-    if posixpath.normpath(path) != path or path.split("/", maxsplit=1)[0] == "..":
+    if posixpath.normpath(path) != path or path.split("/", maxsplit=1)[0] in ("..", "."):
         raise BundleError(f"bundle path {path!r} is not normalized or leaves the bundle")
     return path
 

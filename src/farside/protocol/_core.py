@@ -103,9 +103,22 @@ def _remote_error_from_pb(error: pb.Error) -> RemoteError:
     )
 
 
+MAX_ERROR_TEXT = 64 * 2**10
+
+
+def _text(value: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """Text protobuf accepts (valid UTF-8), bounded so errors cannot balloon."""
+    if len(value) > limit:
+        value = value[: limit // 2] + "\n[... truncated ...]\n" + value[-limit // 2 :]
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _remote_error_to_pb(error: RemoteError) -> pb.Error:
     return pb.Error(
-        code=int(error.code), type=error.type, message=error.message, traceback=error.traceback
+        code=int(error.code),
+        type=_text(error.type, 512),
+        message=_text(error.message),
+        traceback=_text(error.traceback),
     )
 
 
@@ -124,7 +137,8 @@ class SessionCore:
         self._stacks: dict[int, list[_InFlight]] = {}
         self._outgoing: dict[int, int] = {}  # call id -> thread, for our calls in flight
         self._abandoned: set[int] = set()
-        self._abandoned_calls: set[int] = set()
+        self._abandoned_calls: dict[int, int] = {}  # call id -> thread, results still due
+        self._abandoned_stacks: dict[int, list[_InFlight]] = {}
         self._next_id = 1 if role is Role.CLIENT else 2
         self._last_peer_id = 0
         self._max_depth = self.limits.max_depth
@@ -230,6 +244,8 @@ class SessionCore:
         if kind.is_entry != (self.role is Role.CLIENT):
             raise RuntimeError(f"the {self.role.value} cannot make a {kind.name} call")
         stack = self._stacks.get(thread)
+        if thread < 0 or (thread == 0 and not oneway) or thread in self._abandoned:
+            raise RuntimeError(f"thread tag {thread} cannot make calls")
         if oneway:
             if kind is not CallKind.EXIT:
                 raise RuntimeError("only exit calls can be one-way")
@@ -242,15 +258,17 @@ class SessionCore:
                 f"call nesting depth would exceed the limit of {self._max_depth}",
                 code=StatusCode.RESOURCE_EXHAUSTED,
             )
-        payload = self._encode([list(args), dict(kwargs or {})], "args")
-        call_id = 0
-        if not oneway:
-            call_id = self._next_id
-            self._next_id += 2
-            self._stacks.setdefault(thread, []).append(_InFlight(call_id, True, kind))
-            self._outgoing[call_id] = thread
-        self._emit(
-            pb.Frame(
+        kw = dict(kwargs or {})
+        try:
+            payload = self._encode([list(args), kw], "arguments")
+        except TypeError:
+            # Name the bad value as the caller wrote it, not inside our [args, kwargs].
+            _values.encode(list(args), what="args")
+            _values.encode(kw, what="kwargs")
+            raise
+        call_id = 0 if oneway else self._next_id
+        try:  # build the frame before touching any state: protobuf may refuse the name
+            frame = pb.Frame(
                 call=pb.Call(
                     call_id=call_id,
                     thread=thread,
@@ -260,7 +278,13 @@ class SessionCore:
                     oneway=oneway,
                 )
             )
-        )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid call name {name!r}: {exc}") from None
+        if not oneway:
+            self._next_id += 2
+            self._stacks.setdefault(thread, []).append(_InFlight(call_id, True, kind))
+            self._outgoing[call_id] = thread
+        self._emit(frame)
         return call_id
 
     def send_result(
@@ -275,19 +299,20 @@ class SessionCore:
         stack = self._stacks.get(thread)
         if not stack or stack[-1].outgoing or stack[-1].call_id != call_id:
             raise RuntimeError(f"call {call_id} is not the innermost call on thread {thread}")
+        self._emit(pb.Frame(result=self._result(call_id, value, error)))
         stack.pop()
         if not stack:
             del self._stacks[thread]
+
+    def _result(self, call_id: int, value: Any, error: RemoteError | None) -> pb.Result:
         if error is None:
             try:
-                result = pb.Result(call_id=call_id, value=self._encode(value, "result"))
+                return pb.Result(call_id=call_id, value=self._encode(value, "result"))
             except (TypeError, ValueError) as exc:
                 error = RemoteError(
                     code=StatusCode.INVALID_ARGUMENT, type=type(exc).__name__, message=str(exc)
                 )
-        if error is not None:
-            result = pb.Result(call_id=call_id, error=_remote_error_to_pb(error))
-        self._emit(pb.Frame(result=result))
+        return pb.Result(call_id=call_id, error=_remote_error_to_pb(error))
 
     def _encode(self, value: Any, what: str) -> bytes:
         data = _values.encode(value, what=what)
@@ -337,8 +362,10 @@ class SessionCore:
         """(client) Give up on every call in flight on ``thread``; return their ids.
 
         The outermost entry call is cancelled on the proxy. Later frames for the
-        thread are tolerated: results are dropped, exit calls are refused with
-        ``CANCELLED``. The thread's tag must not be used again.
+        thread are tolerated: results are dropped, new exit calls are refused with
+        ``CANCELLED``, and the exit calls the thread was serving are answered with
+        ``CANCELLED`` as the calls nested in them finish, so the proxy's worker
+        unwinds. The thread's tag must not be used again.
         """
         self._require_role(Role.CLIENT, "abandon_thread")
         stack = self._stacks.pop(thread, [])
@@ -346,7 +373,9 @@ class SessionCore:
         ids = [entry.call_id for entry in stack if entry.outgoing]
         for call_id in ids:
             del self._outgoing[call_id]
-        self._abandoned_calls.update(ids)
+            self._abandoned_calls[call_id] = thread
+        if stack:
+            self._abandoned_stacks[thread] = stack
         if ids and self.state is State.READY and self.error is None:
             self._emit(pb.Frame(cancel=pb.Cancel(call_id=ids[0])))
         return ids
@@ -605,8 +634,8 @@ class SessionCore:
         thread = self._outgoing.get(frame.call_id)
         if thread is None:
             if frame.call_id in self._abandoned_calls:
-                self._abandoned_calls.discard(frame.call_id)
-                return  # the late result of an abandoned call
+                self._unwind_abandoned(frame.call_id)
+                return
             raise ProtocolError(
                 f"peer sent a result for call {frame.call_id}, which is not waiting for one"
             )
@@ -630,6 +659,26 @@ class SessionCore:
         else:
             value = self._decode(frame.value, "a result") if outcome == "value" else None
             events.append(ResultReceived(thread=thread, call_id=frame.call_id, value=value))
+
+    def _unwind_abandoned(self, call_id: int) -> None:
+        """A late result of an abandoned call: answer the exit calls it was nested in."""
+        thread = self._abandoned_calls.pop(call_id)
+        stack = self._abandoned_stacks.get(thread, [])
+        index = next((i for i, e in enumerate(stack) if e.call_id == call_id and e.outgoing), None)
+        if index is not None:
+            del stack[index:]
+        while stack and not stack[-1].outgoing:
+            entry = stack.pop()
+            error = RemoteError(
+                code=StatusCode.CANCELLED,
+                type="CancelledError",
+                message="the entry call was cancelled by the client",
+            )
+            self._emit(
+                pb.Frame(result=pb.Result(call_id=entry.call_id, error=_remote_error_to_pb(error)))
+            )
+        if not stack:
+            self._abandoned_stacks.pop(thread, None)
 
     def _on_output(self, frame: pb.Output, events: list[Event]) -> None:
         self._expect_state(State.READY, State.LOADING, what="output")

@@ -72,11 +72,17 @@ class RemoteError:
             else f"{kind.__module__}.{kind.__qualname__}"
         )
         code = StatusCode.UNKNOWN
+        message = str(exc)
         if isinstance(exc, EnclaveError):
-            code = exc.code
+            # An error that came from the other side passes through as it was (type and
+            # plain message), so errors do not grow as they unwind through nested calls.
+            code, message = exc.code, exc.message
             name = getattr(exc, "remote_type", "") or name
-        tb = "".join(_traceback.format_exception(exc)) if debug else ""
-        return cls(code=code, type=name, message=str(exc), traceback=tb)
+        tb = ""
+        if debug:
+            frames = "".join(_traceback.format_tb(exc.__traceback__))
+            tb = f"Traceback (most recent call last):\n{frames}{name}: {message}\n"
+        return cls(code=code, type=name, message=message, traceback=tb)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +101,10 @@ class CallReceived:
     oneway: bool = False
     depth: int = 1
 
+    def __post_init__(self) -> None:
+        if self.oneway != (self.call_id == 0):
+            raise ValueError("a call has id 0 exactly when it is one-way")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResultReceived:
@@ -105,6 +115,10 @@ class ResultReceived:
     value: Any = None
     error: RemoteError | None = None
 
+    def __post_init__(self) -> None:
+        if self.error is not None and self.value is not None:
+            raise ValueError("a result has a value or an error, not both")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutputReceived:
@@ -113,6 +127,9 @@ class OutputReceived:
     thread: int
     stream: Stream
     data: bytes
+
+    def __post_init__(self) -> None:
+        Stream(self.stream)  # ValueError for anything but a known stream
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -332,7 +332,12 @@ class Endpoint:
 
     def _route_call(self, event: CallReceived) -> None:
         box = self._mailboxes.get(event.thread)
-        if event.oneway and (box is None or self.core.is_abandoned(event.thread)):
+        if event.oneway and (
+            box is None
+            or event.thread == 0
+            or not self.core.depth(event.thread)
+            or self.core.is_abandoned(event.thread)
+        ):
             self._serve_call(event)  # nobody waits on that thread: serve it here
             return
         if box is None:
