@@ -1,0 +1,179 @@
+"""Starting a proxy process and waiting until it listens: shared by every provisioner.
+
+A proxy gets its one-time session token on stdin (never on a command line or in
+the environment), prints ``farside-proxy ready ADDRESS`` once it listens, and
+logs to a private file in its own 0700 directory. Reaping waits, then
+terminates, then kills, so no proxy outlives its provisioner's decision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from .._errors import EnclaveLoadError
+
+__all__ = ["READY_PREFIX", "ProxyProcess", "proxy_command", "reap", "start_proxy"]
+
+READY_PREFIX = "farside-proxy ready "
+_STDERR_TAIL = 4000
+
+
+@dataclass(slots=True)
+class ProxyProcess:
+    """A started proxy: its process, private directory and the address it listens on."""
+
+    process: subprocess.Popen[bytes]
+    directory: Path
+    address: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "proxy.log"
+
+
+def proxy_command(
+    listen: str,
+    *,
+    python: str | None = None,
+    idle_timeout: float = 30.0,
+    parent_pid: int | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command line of ``farside proxy`` (the token goes to its stdin)."""
+    command = [
+        python or sys.executable,
+        "-m",
+        "farside",
+        "proxy",
+        "--listen",
+        listen,
+        "--token-stdin",
+        "--idle-timeout",
+        str(idle_timeout),
+    ]
+    if parent_pid is not None:
+        command += ["--parent-pid", str(parent_pid)]
+    return command + list(extra)
+
+
+def tail(path: Path) -> str:
+    """The end of a log file, for error messages."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _STDERR_TAIL))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _read_line(stream: IO[bytes], deadline: float) -> str | None:
+    """Read one line from a pipe, or None on EOF or when the deadline passes."""
+    line = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                return None
+            chunk = os.read(stream.fileno(), 1)  # byte by byte: later lines are not ours
+            if not chunk:
+                return None
+            line += chunk
+    return line.decode("utf-8", "replace").strip()
+
+
+Launcher = Callable[[Callable[[], "subprocess.Popen[bytes]"]], "subprocess.Popen[bytes]"]
+
+
+def start_proxy(
+    command: list[str],
+    *,
+    token: str,
+    directory: Path,
+    timeout: float,
+    name: str,
+    launch: Launcher | None = None,
+) -> ProxyProcess:
+    """Start ``command`` in ``directory`` and wait until it listens (``EnclaveLoadError`` if not).
+
+    The directory must exist (mode 0700); it is removed by ``reap``. ``launch``
+    runs the fork (``LocalProvision`` forks from one long-lived thread).
+    """
+    log_fd = os.open(directory / "proxy.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log_fd,
+            start_new_session=True,
+            close_fds=True,
+            cwd=directory,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    try:
+        process = launch(popen) if launch is not None else popen()
+    except OSError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise EnclaveLoadError(f"cannot start the enclave proxy ({command[0]}): {exc}") from exc
+    finally:
+        os.close(log_fd)
+    proxy = ProxyProcess(process, directory)
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write(token.encode() + b"\n")
+        process.stdin.close()
+        line = _read_line(process.stdout, time.monotonic() + timeout)
+    except OSError:
+        line = None
+    if line is not None and line.startswith(READY_PREFIX):
+        proxy.address = line[len(READY_PREFIX) :]
+        return proxy
+    reap(proxy, grace=0.0)
+    if line is None:
+        code = process.returncode
+        status = "did not start" if code is None else f"exited with code {code}"
+        message = (
+            f"the enclave proxy for {name!r} {status} within {timeout:g} s; its stderr "
+            f"ends with:\n{tail(proxy.log_path) or '(nothing)'}"
+        )
+    else:
+        message = f"the enclave proxy for {name!r} said {line!r} instead of being ready"
+    shutil.rmtree(directory, ignore_errors=True)
+    raise EnclaveLoadError(message)
+
+
+def reap(proxy: ProxyProcess, *, grace: float, remove: bool = True) -> int:
+    """Wait up to ``grace`` s for the proxy to exit, then SIGTERM, then SIGKILL; return its code."""
+    process = proxy.process
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            process.wait(2.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    if remove:
+        shutil.rmtree(proxy.directory, ignore_errors=True)
+    return process.returncode
