@@ -23,7 +23,8 @@ from ._errors import (
     ProtocolError,
     StatusCode,
 )
-from .provision import LocalProvision, Provisioner, ProxyLease
+from ._tls import TLSConfig
+from .provision import LocalProvision, Provisioner, ProxyLease, RemoteProvision
 from .untrusted import (
     EnclaveClient,
     EnclaveLoadConfig,
@@ -48,6 +49,8 @@ __all__ = [
     "EnclaveConfig",
     # provisioning
     "LocalProvision",
+    "RemoteProvision",
+    "TLSConfig",
     "Provisioner",
     "ProxyLease",
     # errors

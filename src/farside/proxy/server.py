@@ -19,9 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .._errors import EnclaveError, HostCallError
 from .._proto.v1 import session_pb2_grpc as pb_grpc
+from .._tls import TLSConfig
+from ..attestation.platform import load_platform_key
 from ..protocol import Role, SessionCore
 from ..transport import Endpoint
 from ..transport.grpc import FrameSink, SessionServicer, channel_options
@@ -48,11 +51,20 @@ class RemoteEnclaveProxyServer:
     """Serve one enclave session on ``listen`` (``unix:/path`` or ``host:port``)."""
 
     def __init__(
-        self, listen: str, token: str, *, idle_timeout: float = 30.0, parent_pid: int | None = None
+        self,
+        listen: str,
+        token: str,
+        *,
+        idle_timeout: float = 30.0,
+        parent_pid: int | None = None,
+        tls: TLSConfig | None = None,
+        platform_key: Ed25519PrivateKey | None = None,
     ) -> None:
         if not token:
             raise ValueError("the proxy needs a session token")
         self._listen = listen
+        self._tls = tls
+        self.platform_key = platform_key
         self._idle_timeout = idle_timeout
         self._parent_pid = parent_pid
         self._wake = threading.Event()
@@ -70,7 +82,10 @@ class RemoteEnclaveProxyServer:
 
     def start(self) -> str:
         """Bind and start serving; return the address clients dial."""
-        port = self._server.add_insecure_port(self._listen)
+        if self._tls is not None:
+            port = self._server.add_secure_port(self._listen, self._tls.server_credentials())
+        else:
+            port = self._server.add_insecure_port(self._listen)
         if port == 0:
             raise OSError(f"cannot listen on {self._listen}")
         if self._listen.startswith("unix:"):
@@ -94,7 +109,7 @@ class RemoteEnclaveProxyServer:
     # ----------------------------------------------------------- session
 
     def _on_open(self, servicer: SessionServicer) -> FrameSink:
-        runtime = EnclaveRuntime()
+        runtime = EnclaveRuntime(platform_key=self.platform_key)
         endpoint = Endpoint(
             SessionCore(Role.PROXY),
             servicer,
@@ -117,6 +132,13 @@ class RemoteEnclaveProxyServer:
         self.stop("the client's session stream broke")
 
     # ----------------------------------------------------------- lifecycle
+
+    def status(self) -> tuple[str, int]:
+        """(measurement hex once loaded, entry calls served so far), for the provisioner."""
+        runtime = self._runtime
+        if runtime is None:
+            return "", 0
+        return runtime.measurement.hex(), runtime.calls_served
 
     def serve(self) -> int:
         """Run until the session ends; return the process exit code."""
@@ -179,6 +201,22 @@ def _read_token(token_file: str | None, token_stdin: bool) -> str:
     return os.environ.get("FARSIDE_SESSION_TOKEN", "")
 
 
+def _report_status(server: RemoteEnclaveProxyServer, fd: int) -> None:
+    """Tell the provisioner (on our stdout pipe) what it lists: measurement and calls served."""
+    last: tuple[str, int] = ("", 0)
+    while True:
+        time.sleep(1.0)
+        current = server.status()
+        if current == last:
+            continue
+        measurement, calls = current
+        try:
+            os.write(fd, f"status {measurement or '-'} {calls}\n".encode())
+        except OSError:
+            return  # the provisioner is gone; the session goes on without it
+        last = current
+
+
 def run_proxy(
     listen: str,
     *,
@@ -186,9 +224,13 @@ def run_proxy(
     token_stdin: bool,
     idle_timeout: float,
     parent_pid: int | None,
+    tls: TLSConfig | None = None,
+    platform_key: str | None = None,
+    report_status: bool = False,
 ) -> int:
     """``farside proxy``: serve one session, printing one ready line on stdout.
 
+    With ``report_status``, stdout stays open for status lines to the provisioner.
     Returns only on a usage error; otherwise it ends the process itself.
     """
     logging.basicConfig(
@@ -204,8 +246,18 @@ def run_proxy(
             file=sys.stderr,
         )
         return 2
+    try:
+        key = load_platform_key(platform_key) if platform_key else None
+    except ValueError as exc:
+        print(f"farside proxy: {exc}", file=sys.stderr)
+        return 2
     server = RemoteEnclaveProxyServer(
-        listen, token, idle_timeout=idle_timeout, parent_pid=parent_pid
+        listen,
+        token,
+        idle_timeout=idle_timeout,
+        parent_pid=parent_pid,
+        tls=tls,
+        platform_key=key,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -215,11 +267,18 @@ def run_proxy(
     signal.signal(signal.SIGINT, on_signal)
     try:
         address = server.start()
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         print(f"farside proxy: cannot listen on {listen}: {exc}", file=sys.stderr)
         return 2
     print(f"farside-proxy ready {address}", flush=True)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads stdout after this line
+    status_fd = os.dup(sys.stdout.fileno())
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to the log
+    if report_status:
+        threading.Thread(
+            target=_report_status, args=(server, status_fd), daemon=True, name="farside-status"
+        ).start()
+    else:
+        os.close(status_fd)
     code = server.serve()
     # Enclave threads may still be running enclave code: they must not keep us alive.
     logging.shutdown()

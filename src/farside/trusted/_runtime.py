@@ -17,6 +17,8 @@ import threading
 import traceback
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from .._config import EnclaveConfig
 from .._errors import EnclaveError, HostCallError, StatusCode
 from ..attestation import Bundle, measure_bundle
@@ -82,7 +84,10 @@ class _OutputRaw(io.RawIOBase):
 class EnclaveRuntime:
     """Serves one session's entry calls; the endpoint's handler on the proxy side."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, platform_key: Ed25519PrivateKey | None = None) -> None:
+        self.platform_key = platform_key  # signs attestation evidence
+        self.calls_served = 0
+        self._calls_lock = threading.Lock()
         self.endpoint: Endpoint | None = None
         self.app: TrustedApplication | None = None
         self.bundle: Bundle | None = None
@@ -182,6 +187,8 @@ class EnclaveRuntime:
         app = self.app
         if app is None:
             raise EnclaveError("the enclave is not loaded", code=StatusCode.FAILED_PRECONDITION)
+        with self._calls_lock:
+            self.calls_served += 1
         kind, args = event.kind, event.args
         if kind is CallKind.INITIALIZE:
             if self.initialized:

@@ -1,0 +1,141 @@
+"""``RemoteProvision``: ask a provision server on a trusted machine for a proxy.
+
+The client dials the server (TLS, optionally mTLS and/or a bearer token), gets
+the address of a fresh proxy there and its one-time session token, and then
+opens its session straight to that proxy with the same TLS settings. Every
+failure becomes ``EnclaveLoadError`` naming the address and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+
+import grpc
+
+from .._errors import EnclaveLoadError, StatusCode
+from .._proto.v1 import provision_pb2 as pb
+from .._proto.v1 import provision_pb2_grpc as pb_grpc
+from .._tls import TLSConfig
+from ._base import ProxyLease
+
+__all__ = ["RemoteProvision"]
+
+log = logging.getLogger("farside")
+
+RELEASE_TIMEOUT = 5.0
+
+_REASONS = {
+    grpc.StatusCode.UNAVAILABLE: "is unreachable or the TLS handshake failed",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "did not answer in time",
+    grpc.StatusCode.PERMISSION_DENIED: "refused this client (permission denied)",
+    grpc.StatusCode.UNAUTHENTICATED: "refused this client (not authenticated)",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "is over capacity",
+    grpc.StatusCode.INVALID_ARGUMENT: "rejected the request as invalid",
+}
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost" or address.startswith("unix:"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class RemoteProvision:
+    """Provision proxies from the provision server at ``address`` (``host:port``).
+
+    ``tls`` is the client's ``TLSConfig`` (CA bundle; certificate and key for
+    mTLS), used for the server and for the proxies it starts; ``token`` is the
+    server's bearer token, if it requires one. Without ``tls`` the connection is
+    plaintext, which is only sensible on loopback: farside logs a warning otherwise.
+    """
+
+    def __init__(
+        self, address: str, *, tls: TLSConfig | None = None, token: str | None = None
+    ) -> None:
+        if not isinstance(address, str) or ":" not in address:
+            raise ValueError(f"the provision server address must be host:port, not {address!r}")
+        if tls is not None and not isinstance(tls, TLSConfig):
+            raise TypeError("tls must be a farside.TLSConfig")
+        self.address = address
+        self.tls = tls
+        self._token = token
+        self._channel: grpc.Channel | None = None
+        self._lock = threading.Lock()
+        if tls is None and not _is_loopback(address):
+            log.warning(
+                "farside: talking to the provision server at %s WITHOUT TLS: anyone on the "
+                "network can read and change the session",
+                address,
+            )
+
+    def __repr__(self) -> str:
+        return f"RemoteProvision({self.address!r}, tls={self.tls!r})"
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        if self.tls is None:
+            return None
+        try:
+            return self.tls.channel_credentials()
+        except ValueError as exc:
+            raise EnclaveLoadError(str(exc), code=StatusCode.INVALID_ARGUMENT) from exc
+
+    def _stub(self) -> pb_grpc.ProvisionerStub:
+        with self._lock:
+            if self._channel is None:
+                credentials = self._credentials()
+                self._channel = (
+                    grpc.secure_channel(self.address, credentials)
+                    if credentials is not None
+                    else grpc.insecure_channel(self.address)
+                )
+            return pb_grpc.ProvisionerStub(self._channel)
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._token}"),) if self._token else ()
+
+    def provision(self, *, name: str, timeout: float) -> ProxyLease:
+        """Ask the server for a proxy; ``EnclaveLoadError`` with the reason if it fails."""
+        try:
+            response = self._stub().Provision(
+                pb.ProvisionRequest(name=name), timeout=timeout, metadata=self._metadata()
+            )
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
+            reason = _REASONS.get(code, f"failed ({code.name})")
+            raise EnclaveLoadError(
+                f"the provision server at {self.address} {reason}: {details}",
+                code=StatusCode.coerce(code.value[0]),
+            ) from None
+        return ProxyLease(
+            address=response.address,
+            token=response.session_token,
+            credentials=self._credentials(),
+            handle=response.enclave_id,
+        )
+
+    def release(self, lease: ProxyLease) -> None:
+        """Tell the server we are done with the proxy (best effort; it reaps it anyway)."""
+        try:
+            self._stub().Release(
+                pb.ReleaseRequest(enclave_id=str(lease.handle)),
+                timeout=RELEASE_TIMEOUT,
+                metadata=self._metadata(),
+            )
+        except (grpc.RpcError, EnclaveLoadError) as exc:
+            log.info(
+                "farside: releasing enclave %s at %s failed: %s", lease.handle, self.address, exc
+            )
+
+    def close(self) -> None:
+        """Close the channel to the server (it reopens on the next use)."""
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None

@@ -1,0 +1,385 @@
+"""The provision server: a trusted machine's daemon that spawns one proxy per enclave.
+
+``ProvisionServer`` serves the ``Provisioner`` gRPC service (and the standard
+health service). Each ``Provision`` authenticates the caller (mTLS client
+certificate and/or bearer token), checks the limits, and starts a
+``farside proxy`` listening with TLS on the advertised address; only the caller
+learns the proxy's one-time session token. A monitor thread per proxy reads its
+status lines and reaps it when it exits, whatever the reason (session ended,
+released, no client in time, client gone, crashed): the server keeps serving.
+
+Proxies run in their own sessions and do not die with the server: a crash or
+restart of the server leaves running enclaves serving. A clean shutdown
+(``stop``) asks every proxy to finalize, waits a grace period, then kills and
+reaps them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from .._errors import EnclaveLoadError
+from .._proto.v1 import provision_pb2 as pb
+from .._proto.v1 import provision_pb2_grpc as pb_grpc
+from .._tls import TLSConfig
+from ..attestation.platform import PLATFORM_KEY, load_platform_key
+from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
+
+__all__ = ["ProvisionServer", "ProvisionServerConfig"]
+
+log = logging.getLogger("farside.provision")
+
+SERVICE_NAME = "farside.v1.Provisioner"
+MAX_REQUEST_BYTES = 64 * 2**10
+_NAME = re.compile(r"[A-Za-z0-9._\-]{1,128}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProvisionServerConfig:
+    """What ``farside provision-server`` is told on its command line."""
+
+    host: str = "127.0.0.1"
+    port: int = 4321
+    advertise: str | None = None
+    tls: TLSConfig | None = None
+    token: str | None = None
+    insecure: bool = False
+    platform_dir: Path | None = None
+    max_enclaves: int = 16
+    max_per_client: int = 4
+    workdir: Path | None = None
+    proxy_idle_timeout: float = 30.0
+    proxy_start_timeout: float = 30.0
+    grace: float = 5.0
+    python: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_enclaves < 1 or self.max_per_client < 1:
+            raise ValueError("--max-enclaves and --max-per-client must be at least 1")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"--port {self.port} is not a port number")
+        if self.tls is None and not self.insecure and not _is_loopback(self.host):
+            raise ValueError(
+                f"refusing to serve plaintext on {self.host}: give --tls-cert/--tls-key, "
+                "or --insecure to accept it"
+            )
+        authenticated = self.token is not None or (
+            self.tls is not None and self.tls.client_ca is not None
+        )
+        if not authenticated and not self.insecure and not _is_loopback(self.host):
+            raise ValueError(
+                "clients must authenticate: give --client-ca (mTLS) or --token-file, "
+                "or --insecure to accept anyone"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@dataclass(slots=True)
+class _Enclave:
+    enclave_id: str
+    name: str
+    client: str
+    proxy: ProxyProcess | None = None  # None while it starts
+    started: float = field(default_factory=time.monotonic)
+    measurement: str = ""
+    calls: int = 0
+    released: bool = False
+
+
+class ProvisionServer:
+    """Serve ``Provisioner`` on ``config.host:config.port`` until ``stop``."""
+
+    def __init__(self, config: ProvisionServerConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._enclaves: dict[str, _Enclave] = {}
+        self._stopping = False
+        if config.platform_dir is not None:  # fail now, not at the first Provision
+            load_platform_key(config.platform_dir / PLATFORM_KEY)
+        self._workdir = Path(tempfile.mkdtemp(prefix="farside-server-", dir=config.workdir))  # 0700
+        self._proxy_tls = self._materialize_tls()
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=8, thread_name_prefix="provision"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_ProvisionerServicer_to_server(_Servicer(self), self._server)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self.address = ""
+
+    def _materialize_tls(self) -> list[str]:
+        """The proxy's TLS flags: the server's own certificate, key and client CA, as files."""
+        tls = self.config.tls
+        if tls is None:
+            return []
+        flags = []
+        for flag, value, name in (
+            ("--tls-cert", tls.cert, "server.pem"),
+            ("--tls-key", tls.key, "server.key"),
+            ("--client-ca", tls.client_ca, "client-ca.pem"),
+        ):
+            if value is None:
+                continue
+            path = self._workdir / name if isinstance(value, bytes) else Path(value).resolve()
+            if isinstance(value, bytes):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(value)
+            flags += [flag, str(path)]
+        return flags
+
+    # ----------------------------------------------------------- lifecycle
+
+    def start(self) -> str:
+        """Bind and serve; return ``host:port`` (the real port when ``port`` was 0)."""
+        target = f"{self.config.host}:{self.config.port}"
+        try:
+            if self.config.tls is not None:
+                port = self._server.add_secure_port(target, self.config.tls.server_credentials())
+            else:
+                port = self._server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {target}: {exc}") from exc
+        if port == 0:
+            raise OSError(f"cannot listen on {target}")
+        self._server.start()
+        self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self.address = f"{self.config.host}:{port}"
+        return self.address
+
+    def stop(self) -> None:
+        """Refuse new work, ask every proxy to finalize, then kill and reap what is left."""
+        with self._lock:
+            self._stopping = True
+            enclaves = list(self._enclaves.values())
+        self._health.enter_graceful_shutdown()
+        stopped = self._server.stop(grace=1.0)
+        proxies = [e.proxy for e in enclaves if e.proxy is not None]
+        for proxy in proxies:
+            if proxy.process.poll() is None:
+                proxy.process.terminate()  # the proxy finalizes on SIGTERM
+        deadline = time.monotonic() + self.config.grace
+        for proxy in proxies:
+            reap(proxy, grace=max(0.0, deadline - time.monotonic()))
+        stopped.wait(5.0)
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def enclave_count(self) -> int:
+        """How many proxies are running."""
+        with self._lock:
+            return len(self._enclaves)
+
+    # ----------------------------------------------------------- requests
+
+    def authenticate(self, context: grpc.ServicerContext) -> str:
+        """The caller's identity, or abort with PERMISSION_DENIED."""
+        identity = ""
+        auth = context.auth_context()
+        names = auth.get("x509_common_name") or auth.get("x509_subject_alternative_name")
+        if names:
+            first: Any = names[0]
+            identity = "cert:" + (
+                first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first)
+            )
+        elif self.config.tls is not None and self.config.tls.client_ca is not None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "a client certificate is required")
+        if self.config.token is not None:
+            header = dict(context.invocation_metadata()).get("authorization", "")
+            presented = (
+                header[7:] if isinstance(header, str) and header.startswith("Bearer ") else ""
+            )
+            if not presented or not hmac.compare_digest(
+                presented.encode(), self.config.token.encode()
+            ):
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "missing or wrong bearer token" if presented == "" else "wrong bearer token",
+                )
+            if not identity:
+                digest = hashlib.sha256(self.config.token.encode()).hexdigest()[:12]
+                identity = f"token:{digest}"
+        return identity or f"peer:{context.peer()}"
+
+    def provision(self, name: str, client: str) -> tuple[str, str, str]:
+        """Start a proxy for ``client``; return (enclave id, address, session token)."""
+        with self._lock:
+            if self._stopping:
+                raise RefusedError(
+                    grpc.StatusCode.UNAVAILABLE, "the provision server is shutting down"
+                )
+            if len(self._enclaves) >= self.config.max_enclaves:
+                raise RefusedError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this server runs its maximum of {self.config.max_enclaves} enclaves; "
+                    "try again later or another server",
+                )
+            mine = sum(1 for e in self._enclaves.values() if e.client == client)
+            if mine >= self.config.max_per_client:
+                raise RefusedError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"you already run {mine} enclaves here, the maximum per client; "
+                    "destroy one first",
+                )
+            enclave_id = secrets.token_hex(8)
+            enclave = _Enclave(enclave_id, name, client)
+            self._enclaves[enclave_id] = enclave  # holds the slot while the proxy starts
+        try:
+            proxy, token = self._start_proxy(enclave_id, name)
+        except BaseException:
+            with self._lock:
+                del self._enclaves[enclave_id]
+            raise
+        with self._lock:
+            enclave.proxy = proxy
+            enclave.started = time.monotonic()
+        threading.Thread(
+            target=self._monitor,
+            args=(enclave, proxy),
+            daemon=True,
+            name=f"farside-proxy-{enclave_id}",
+        ).start()
+        log.info("provisioned %s (%s) for %s at %s", enclave_id, name, client, proxy.address)
+        return enclave_id, proxy.address, token
+
+    def _start_proxy(self, enclave_id: str, name: str) -> tuple[ProxyProcess, str]:
+        directory = self._workdir / enclave_id
+        directory.mkdir(mode=0o700)
+        token = secrets.token_urlsafe(32)
+        host = self.config.advertise or self.config.host
+        extra = [*self._proxy_tls, "--report-status"]
+        if self.config.platform_dir is not None:
+            extra += ["--platform-key", str((self.config.platform_dir / PLATFORM_KEY).resolve())]
+        command = proxy_command(
+            f"{host}:0",
+            python=self.config.python,
+            idle_timeout=self.config.proxy_idle_timeout,
+            extra=extra,
+        )
+        try:
+            proxy = start_proxy(
+                command,
+                token=token,
+                directory=directory,
+                timeout=self.config.proxy_start_timeout,
+                name=name,
+            )
+        except EnclaveLoadError as exc:
+            log.error("proxy for %s failed to start: %s", enclave_id, exc)
+            raise RefusedError(
+                grpc.StatusCode.INTERNAL, "the enclave proxy failed to start"
+            ) from exc
+        return proxy, token
+
+    def _monitor(self, enclave: _Enclave, proxy: ProxyProcess) -> None:
+        """Read the proxy's status lines until it exits, then reap it."""
+        process = proxy.process
+        assert process.stdout is not None
+        for raw in process.stdout:
+            parts = raw.decode("utf-8", "replace").split()
+            if len(parts) == 3 and parts[0] == "status":
+                enclave.measurement = "" if parts[1] == "-" else parts[1][:64]
+                enclave.calls = int(parts[2]) if parts[2].isdigit() else enclave.calls
+        code = reap(proxy, grace=self.config.grace)
+        with self._lock:
+            self._enclaves.pop(enclave.enclave_id, None)
+        if code == 0:
+            log.info("enclave %s ended; its proxy was reaped", enclave.enclave_id)
+        else:
+            log.warning(
+                "the proxy of enclave %s exited with code %s; reaped", enclave.enclave_id, code
+            )
+
+    def release(self, enclave_id: str, client: str) -> None:
+        """Stop the caller's proxy ``enclave_id`` (finalize on SIGTERM); unknown ids are fine."""
+        with self._lock:
+            enclave = self._enclaves.get(enclave_id)
+            if enclave is None or enclave.client != client or enclave.proxy is None:
+                return
+            enclave.released = True
+            process = enclave.proxy.process
+        try:  # after a clean session end the proxy is already on its way out
+            process.wait(1.0)
+        except subprocess.TimeoutExpired:
+            process.terminate()  # it finalizes on SIGTERM; the monitor reaps it
+
+    def list_enclaves(self) -> list[pb.EnclaveInfo]:
+        """What ``ListEnclaves`` returns."""
+        now = time.monotonic()
+        with self._lock:
+            return [
+                pb.EnclaveInfo(
+                    enclave_id=e.enclave_id,
+                    name=e.name,
+                    client=e.client,
+                    measurement=e.measurement,
+                    uptime_seconds=now - e.started,
+                    calls_served=e.calls,
+                    address=e.proxy.address,
+                    pid=e.proxy.process.pid,
+                )
+                for e in self._enclaves.values()
+                if e.proxy is not None
+            ]
+
+
+class RefusedError(Exception):
+    """A request the server turns down, with the status code to answer it with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
+    def __init__(self, server: ProvisionServer) -> None:
+        self._server = server
+
+    def Provision(self, request: pb.ProvisionRequest, context: Any) -> pb.ProvisionResponse:  # noqa: N802
+        client = self._server.authenticate(context)
+        if not _NAME.fullmatch(request.name):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the enclave name must be 1-128 characters of letters, digits, '.', '_', '-'",
+            )
+        try:
+            enclave_id, address, token = self._server.provision(request.name, client)
+        except RefusedError as exc:
+            context.abort(exc.code, str(exc))
+        return pb.ProvisionResponse(enclave_id=enclave_id, address=address, session_token=token)
+
+    def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:  # noqa: N802
+        client = self._server.authenticate(context)
+        if not re.fullmatch(r"[0-9a-f]{16}", request.enclave_id):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed enclave id")
+        self._server.release(request.enclave_id, client)
+        return pb.ReleaseResponse()
+
+    def ListEnclaves(  # noqa: N802
+        self, request: pb.ListEnclavesRequest, context: Any
+    ) -> pb.ListEnclavesResponse:
+        self._server.authenticate(context)
+        return pb.ListEnclavesResponse(enclaves=self._server.list_enclaves())
