@@ -403,6 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``farside`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse cannot take `run ENCLAVE --call NAME ARG...` (positionals after an option)
+    # in one pass; the leftover plain words are the call's arguments.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (
+        args.command != "run"
+        or any(word.startswith("-") and _parse_arg(word) == word for word in extra)
+    ):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.args = [*args.args, *extra]
     code: int = args.func(args)
     return code

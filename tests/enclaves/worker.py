@@ -19,6 +19,7 @@ class Worker(TrustedApplication):
     def initialize(self, config: EnclaveConfig) -> None:
         self.config_user = config.user
         self.runs = 0
+        self.finalize_fails = False
         user = config.user if isinstance(config.user, dict) else {}
         if user.get("fail_initialize"):
             raise RuntimeError(f"initialize refused: {user['fail_initialize']}")
@@ -28,8 +29,10 @@ class Worker(TrustedApplication):
         return {"ran": input, "runs": self.runs}
 
     def finalize(self, final_input: Any) -> None:
-        if final_input == "raise":
+        if final_input == "raise" or self.finalize_fails:
             raise RuntimeError("finalize was asked to raise")
+        if final_input == "notify":
+            host.notify("finalized", final_input)
 
     # ------------------------------------------------------------ identity
 
@@ -48,6 +51,14 @@ class Worker(TrustedApplication):
     @ecall
     def config(self) -> Any:
         return self.config_user
+
+    @ecall
+    def arm_finalize_failure(self) -> None:
+        self.finalize_fails = True
+
+    @ecall
+    def bad_result(self) -> Any:
+        return {"fine": 1, "not fine": object()}
 
     @ecall
     def sleep(self, seconds: float) -> str:

@@ -201,6 +201,11 @@ def _read_token(token_file: str | None, token_stdin: bool) -> str:
     return os.environ.get("FARSIDE_SESSION_TOKEN", "")
 
 
+def _announce_ready(address: str) -> None:
+    """The line provisioners wait for, on the raw stdout descriptor."""
+    os.write(1, f"farside-proxy ready {address}\n".encode())
+
+
 def _report_status(server: RemoteEnclaveProxyServer, fd: int) -> None:
     """Tell the provisioner (on our stdout pipe) what it lists: measurement and calls served."""
     last: tuple[str, int] = ("", 0)
@@ -270,16 +275,24 @@ def run_proxy(
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"farside proxy: cannot listen on {listen}: {exc}", file=sys.stderr)
         return 2
-    print(f"farside-proxy ready {address}", flush=True)
-    status_fd = os.dup(sys.stdout.fileno())
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to the log
-    if report_status:
-        threading.Thread(
-            target=_report_status, args=(server, status_fd), daemon=True, name="farside-status"
-        ).start()
-    else:
-        os.close(status_fd)
-    code = server.serve()
-    # Enclave threads may still be running enclave code: they must not keep us alive.
-    logging.shutdown()
-    os._exit(code)
+    # The session may open (and the runtime take over sys.stdout/sys.stderr) as soon as
+    # this line is out, so from here on only the raw descriptors 1 and 2 are used.
+    _announce_ready(address)
+    status_fd = os.dup(1)
+    os.dup2(2, 1)  # stray writes to fd 1 go to the log
+    code = 1
+    try:
+        if report_status:
+            threading.Thread(
+                target=_report_status,
+                args=(server, status_fd),
+                daemon=True,
+                name="farside-status",
+            ).start()
+        else:
+            os.close(status_fd)
+        code = server.serve()
+    finally:
+        # Enclave threads may still be running enclave code: they must not keep us alive.
+        logging.shutdown()
+        os._exit(code)

@@ -123,8 +123,12 @@ class Endpoint:
         return box
 
     def run_locked(self, action: Callable[[SessionCore], Any]) -> Any:
-        """Run ``action(core)`` under the lock and send what it queued."""
+        """Run ``action(core)`` under the lock and send what it queued.
+
+        Raises the session's failure (which names its cause) if it already ended.
+        """
         with self._lock:
+            self._raise_if_failed()
             try:
                 return action(self.core)
             finally:

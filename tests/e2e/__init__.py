@@ -1,0 +1,1 @@
+"""End-to-end tests: the farside command and the quickstart, run as subprocesses."""

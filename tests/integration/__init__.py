@@ -1,0 +1,1 @@
+"""Integration tests: real proxy processes, driven through the public API."""
