@@ -47,10 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with farside.load(ENCLAVE, exit_handlers={"echo": lambda v: v}) as enclave:
         print(_summary("empty call", _timings(lambda: enclave.call("empty"), args.calls)))
-        print(_summary("64-byte echo", _timings(lambda: enclave.call("echo", PAYLOAD),
-                                                args.calls)))
-        print(_summary("call with one nested exit call",
-                       _timings(lambda: enclave.call("nested", PAYLOAD), args.calls)))
+        print(_summary("64-byte echo", _timings(lambda: enclave.call("echo", PAYLOAD), args.calls)))
+        print(
+            _summary(
+                "call with one nested exit call",
+                _timings(lambda: enclave.call("nested", PAYLOAD), args.calls),
+            )
+        )
         sink = io.StringIO()
         with contextlib.redirect_stdout(sink):
             start = time.perf_counter()
@@ -61,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(10_000):
             enclave.call("empty")
         empties = time.perf_counter() - start
-        print(f"{'10,000-line print loop in one call':<40} {loop * 1e3:8.1f} ms"
-              f"   ({loop / empties:.1%} of 10,000 empty calls: {empties * 1e3:.0f} ms)")
+        print(
+            f"{'10,000-line print loop in one call':<40} {loop * 1e3:8.1f} ms"
+            f"   ({loop / empties:.1%} of 10,000 empty calls: {empties * 1e3:.0f} ms)"
+        )
     return 0
 
 
