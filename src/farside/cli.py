@@ -172,6 +172,7 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
             max_per_client=args.max_per_client,
             workdir=Path(args.workdir) if args.workdir else None,
             proxy_idle_timeout=args.proxy_idle_timeout,
+            proxy_ports=_port_range(args.proxy_ports) if args.proxy_ports else None,
         )
         server = ProvisionServer(config)
     except (ValueError, OSError) as exc:
@@ -196,6 +197,13 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
     logging.info("shutting down: finalizing %d enclave(s)", server.enclave_count())
     server.stop()
     return 0
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    if not (low.isdigit() and high.isdigit()):
+        raise ValueError(f"--proxy-ports takes LOW-HIGH, not {text!r}")
+    return int(low), int(high)
 
 
 def _cmd_platform_init(args: argparse.Namespace) -> int:
@@ -297,6 +305,11 @@ def _add_server_parser(sub: Any) -> None:
         type=float,
         default=30.0,
         help="a proxy exits if its client does not connect in time (s)",
+    )
+    server.add_argument(
+        "--proxy-ports",
+        metavar="LOW-HIGH",
+        help="ports proxies listen on (default: any free port); keeps firewall rules small",
     )
     server.add_argument(
         "--insecure",

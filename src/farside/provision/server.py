@@ -65,6 +65,7 @@ class ProvisionServerConfig:
     max_enclaves: int = 16
     max_per_client: int = 4
     workdir: Path | None = None
+    proxy_ports: tuple[int, int] | None = None  # inclusive range; None: any free port
     proxy_idle_timeout: float = 30.0
     proxy_start_timeout: float = 30.0
     grace: float = 5.0
@@ -75,6 +76,10 @@ class ProvisionServerConfig:
             raise ValueError("--max-enclaves and --max-per-client must be at least 1")
         if not 0 <= self.port < 65536:
             raise ValueError(f"--port {self.port} is not a port number")
+        if self.proxy_ports is not None:
+            low, high = self.proxy_ports
+            if not 0 < low <= high < 65536:
+                raise ValueError(f"--proxy-ports {low}-{high} is not a range of ports")
         if self.tls is None and not self.insecure and not _is_loopback(self.host):
             raise ValueError(
                 f"refusing to serve plaintext on {self.host}: give --tls-cert/--tls-key, "
@@ -266,33 +271,59 @@ class ProvisionServer:
         return enclave_id, proxy.address, token
 
     def _start_proxy(self, enclave_id: str, name: str) -> tuple[ProxyProcess, str]:
-        directory = self._workdir / enclave_id
-        directory.mkdir(mode=0o700)
         token = secrets.token_urlsafe(32)
         host = self.config.advertise or self.config.host
         extra = [*self._proxy_tls, "--report-status"]
         if self.config.platform_dir is not None:
             extra += ["--platform-key", str((self.config.platform_dir / PLATFORM_KEY).resolve())]
-        command = proxy_command(
-            f"{host}:0",
-            python=self.config.python,
-            idle_timeout=self.config.proxy_idle_timeout,
-            extra=extra,
-        )
-        try:
-            proxy = start_proxy(
-                command,
-                token=token,
-                directory=directory,
-                timeout=self.config.proxy_start_timeout,
-                name=name,
+        error: EnclaveLoadError | None = None
+        for port in self._candidate_ports():
+            directory = self._workdir / enclave_id
+            directory.mkdir(mode=0o700, exist_ok=True)
+            command = proxy_command(
+                f"{host}:{port}",
+                python=self.config.python,
+                idle_timeout=self.config.proxy_idle_timeout,
+                extra=extra,
             )
-        except EnclaveLoadError as exc:
-            log.error("proxy for %s failed to start: %s", enclave_id, exc)
+            try:
+                proxy = start_proxy(
+                    command,
+                    token=token,
+                    directory=directory,
+                    timeout=self.config.proxy_start_timeout,
+                    name=name,
+                )
+            except EnclaveLoadError as exc:
+                error = exc
+                if "cannot listen" in str(exc):
+                    continue  # that port is taken by someone else: try the next one
+                break
+            return proxy, token
+        log.error("proxy for %s failed to start: %s", enclave_id, error)
+        if (
+            self.config.proxy_ports is not None
+            and error is not None
+            and ("cannot listen" in str(error))
+        ):
             raise RefusedError(
-                grpc.StatusCode.INTERNAL, "the enclave proxy failed to start"
-            ) from exc
-        return proxy, token
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "no free port is left in this server's proxy port range",
+            )
+        raise RefusedError(grpc.StatusCode.INTERNAL, "the enclave proxy failed to start")
+
+    def _candidate_ports(self) -> list[int]:
+        """Ports to try for a new proxy: any (0), or the free ones of --proxy-ports."""
+        if self.config.proxy_ports is None:
+            return [0]
+        low, high = self.config.proxy_ports
+        with self._lock:
+            used = {
+                int(e.proxy.address.rsplit(":", 1)[1])
+                for e in self._enclaves.values()
+                if e.proxy is not None
+            }
+        return [p for p in range(low, high + 1) if p not in used][:8]
 
     def _monitor(self, enclave: _Enclave, proxy: ProxyProcess) -> None:
         """Read the proxy's status lines until it exits, then reap it."""
