@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from .._config import EnclaveConfig
 from .._errors import EnclaveError, HostCallError, StatusCode
 from ..attestation import Bundle, measure_bundle
+from ..attestation.identity import EnclaveIdentity, sealing_root
 from ..protocol import (
     BundleReceived,
     CallKind,
@@ -86,6 +87,7 @@ class EnclaveRuntime:
 
     def __init__(self, *, platform_key: Ed25519PrivateKey | None = None) -> None:
         self.platform_key = platform_key  # signs attestation evidence
+        self.identity: EnclaveIdentity | None = None  # set once the bundle is loaded
         self.calls_served = 0
         self._calls_lock = threading.Lock()
         self.endpoint: Endpoint | None = None
@@ -127,6 +129,13 @@ class EnclaveRuntime:
         self.bundle = bundle
         self.debug = bundle.manifest.debug
         self.measurement = measure_bundle(bundle)
+        manifest = bundle.manifest
+        self.identity = EnclaveIdentity(
+            measurement=self.measurement,
+            product_id=manifest.product_id,
+            security_version=manifest.security_version,
+            debug=manifest.debug,
+        )
         try:
             module = load_package(bundle, open_function=self.open)
             build = getattr(module, "build_trusted_application", None)
@@ -220,6 +229,13 @@ class EnclaveRuntime:
                 code=StatusCode.NOT_FOUND,
             )
         return method(*args, **event.kwargs)
+
+    @property
+    def sealing_root(self) -> bytes:
+        """The platform sealing secret; ``RuntimeError`` if this proxy has no platform key."""
+        if self.platform_key is None:
+            raise RuntimeError("this proxy has no platform identity, so it cannot seal")
+        return sealing_root(self.platform_key)
 
     def error_from_exception(self, exc: BaseException) -> RemoteError:
         """Endpoint hook: describe an exception for the client."""
