@@ -22,8 +22,11 @@ from ._errors import (
     HostCallError,
     ProtocolError,
     StatusCode,
+    UnsealError,
 )
 from ._tls import TLSConfig
+from .attestation.evidence import AttestationPolicy
+from .attestation.identity import EnclaveIdentity
 from .provision import LocalProvision, Provisioner, ProxyLease, RemoteProvision
 from .untrusted import (
     EnclaveClient,
@@ -47,6 +50,9 @@ __all__ = [
     "RemoteProxyClientConfig",
     "SimLoadConfig",
     "EnclaveConfig",
+    # attestation
+    "AttestationPolicy",
+    "EnclaveIdentity",
     # provisioning
     "LocalProvision",
     "RemoteProvision",
@@ -65,4 +71,5 @@ __all__ = [
     "ProtocolError",
     "ClientClosedError",
     "EnclaveNameError",
+    "UnsealError",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import secrets
 from pathlib import Path
 
 from cryptography import x509
@@ -65,6 +66,11 @@ def _issue(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
     )
     if ca:
         builder = builder.add_extension(
@@ -113,7 +119,9 @@ def make_dev_certs(
                 f"{', '.join(existing)} already exist in {str(root)!r}; pass --force to replace"
             )
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _issue("farside development CA", ca_key, None, ca_key, days, ca=True)
+    # A unique name: clients may trust several development CAs in one bundle.
+    ca_name = f"farside development CA {secrets.token_hex(4)}"
+    ca = _issue(ca_name, ca_key, None, ca_key, days, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
     server = _issue(
         hosts[0], server_key, ca, ca_key, days, hosts=hosts, usage=[ExtendedKeyUsageOID.SERVER_AUTH]

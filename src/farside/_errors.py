@@ -10,6 +10,7 @@ layer boundary with ``raise ... from``, never leaked::
      ├─ EnclaveCallError            code on the other side raised: .remote_type, .remote_traceback
      │   └─ HostCallError           (inside the enclave) an exit handler on the client raised
      ├─ EnclaveUnavailableError     proxy/stream gone (crash, kill, network); raised promptly
+     ├─ UnsealError                 (inside the enclave) a sealed blob could not be opened; opaque
      ├─ DeadlineExceededError       a call's timeout passed; the call is cancelled on the far side
      └─ ProtocolError               the peer sent a malformed or unexpected frame
 
@@ -35,6 +36,7 @@ __all__ = [
     "HostCallError",
     "ProtocolError",
     "StatusCode",
+    "UnsealError",
 ]
 
 
@@ -89,9 +91,17 @@ class EnclaveLoadError(EnclaveError):
 
 
 class AttestationError(EnclaveLoadError):
-    """The enclave did not prove what it is: evidence missing, invalid, or against policy."""
+    """The enclave did not prove what it is: evidence missing, invalid, or against policy.
+
+    ``check`` names the check that failed: "evidence", "platform signature", "nonce",
+    "channel binding", "measurement", "signer", "product id", "security version", "debug".
+    """
 
     default_code = StatusCode.PERMISSION_DENIED
+
+    def __init__(self, message: str, *, check: str = "", code: StatusCode | None = None) -> None:
+        super().__init__(message, code=code)
+        self.check = check
 
 
 class EnclaveCallError(EnclaveError):
@@ -128,6 +138,24 @@ class EnclaveUnavailableError(EnclaveError):
     """The enclave is gone: its proxy crashed or was killed, or the connection broke."""
 
     default_code = StatusCode.UNAVAILABLE
+
+
+class UnsealError(EnclaveError):
+    """A sealed blob could not be opened, for whatever reason; the one error unseal raises.
+
+    Another enclave or platform, tampering, truncation, an unknown format and a
+    blob from a higher security version all raise this, with the same message and
+    code, so a caller probing with crafted blobs learns nothing about why.
+
+    The code is ``DATA_LOSS`` ("unrecoverable data loss or corruption"), not
+    ``PERMISSION_DENIED``: one opaque error cannot claim that a permission check
+    failed when the cause may be corruption, and to the unsealer a blob sealed
+    for another enclave is indistinguishable from corrupted bytes (the key is
+    derived, never compared). Either way the data is not recoverable from this
+    blob here. ``PERMISSION_DENIED`` stays the code of a failed attestation.
+    """
+
+    default_code = StatusCode.DATA_LOSS
 
 
 class DeadlineExceededError(EnclaveError):

@@ -13,7 +13,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from farside import Provisioner, TLSConfig
+    from farside import AttestationPolicy, Provisioner, TLSConfig
+    from farside.attestation import Bundle
 
 __all__ = ["build_parser", "main"]
 
@@ -69,6 +70,18 @@ def _provisioner(args: argparse.Namespace) -> Provisioner:
     return RemoteProvision(args.remote, tls=_client_tls(args), token=token)
 
 
+def _policy(args: argparse.Namespace, *, debug: bool) -> AttestationPolicy | None:
+    from farside import AttestationPolicy
+
+    if not (args.platform_key or args.trust_any_platform):
+        return None  # the default: exactly this bundle, on a platform the provisioner vouches for
+    return AttestationPolicy(
+        platform_keys=tuple(args.platform_key or ()),
+        allow_debug=debug,
+        trust_any_platform=args.trust_any_platform,
+    )
+
+
 def _add_remote_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("remote provisioning (default: a local proxy process)")
     group.add_argument("--remote", metavar="HOST:PORT", help="the provision server to use")
@@ -76,6 +89,17 @@ def _add_remote_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-cert", metavar="FILE", help="client certificate (mTLS)")
     group.add_argument("--tls-key", metavar="FILE", help="client key (mTLS)")
     group.add_argument("--token-file", metavar="FILE", help="the server's bearer token")
+    group.add_argument(
+        "--platform-key",
+        metavar="FILE",
+        action="append",
+        help="a trusted machine's platform.pub: its evidence is accepted (repeatable)",
+    )
+    group.add_argument(
+        "--trust-any-platform",
+        action="store_true",
+        help="accept evidence signed by any platform (development only; logged loudly)",
+    )
 
 
 # ----------------------------------------------------------------- commands
@@ -86,7 +110,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from farside.examples.quickstart import demo_driver
 
     try:
-        demo_driver.run(args.enclave_path, args.message, provision=_provisioner(args), decrypt=True)
+        demo_driver.run(
+            args.enclave_path,
+            args.message,
+            provision=_provisioner(args),
+            policy=_policy(args, debug=True),
+            decrypt=True,
+        )
     except (farside.EnclaveError, ValueError) as exc:
         return _fail("demo", exc)
     return 0
@@ -98,7 +128,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     call_args = [_parse_arg(a) for a in args.args]
     try:
         with farside.load(
-            args.enclave, debug=not args.no_debug, provision=_provisioner(args)
+            args.enclave,
+            debug=not args.no_debug,
+            provision=_provisioner(args),
+            policy=_policy(args, debug=not args.no_debug),
         ) as enclave:
             if args.call:
                 result = enclave.call(args.call, *call_args)
@@ -115,10 +148,12 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     from farside.proxy import run_proxy
 
     tls = None
-    if args.tls_cert or args.tls_key or args.client_ca:
-        if not (args.tls_cert and args.tls_key):
-            return _fail("proxy", "--tls-cert and --tls-key go together")
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key) or args.tls_ephemeral:
+            return _fail("proxy", "give --tls-cert with --tls-key, or --tls-ephemeral")
         tls = TLSConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
+    elif args.client_ca and not args.tls_ephemeral:
+        return _fail("proxy", "--client-ca needs TLS (--tls-cert/--tls-key or --tls-ephemeral)")
     return run_proxy(
         args.listen,
         token_file=args.token_file,
@@ -128,22 +163,91 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         tls=tls,
         platform_key=args.platform_key,
         report_status=args.report_status,
+        tls_ephemeral=args.tls_ephemeral,
+        client_ca=args.client_ca,
     )
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
-    from farside.attestation import BundleError, load_bundle
+    from farside.attestation import BundleError, load_bundle, verify_bundle_signature
+    from farside.attestation.identity import UNSIGNED
 
     try:
-        bundle = load_bundle(args.path, debug=not args.no_debug)
+        # Without --no-debug, the bundle's own flag (enclave.toml's, an archive's, else debug).
+        bundle = load_bundle(args.path, debug=False if args.no_debug else None)
+        signer = verify_bundle_signature(bundle)
     except BundleError as exc:
         return _fail("measure", exc)
-    m = bundle.manifest
-    print(
-        f"bundle: {m.name} (entry {m.entry}, {len(bundle.files)} files, {bundle.size} bytes, "
-        f"debug={m.debug})"
-    )
+    print(_describe(bundle))
+    print(f"signer: {'unsigned' if signer == UNSIGNED else signer.hex()}")
     print(bundle.measurement().hex())
+    return 0
+
+
+def _describe(bundle: Bundle) -> str:
+    m = bundle.manifest
+    return (
+        f"bundle: {m.name} (entry {m.entry}, {len(bundle.files)} files, {bundle.size} bytes, "
+        f"product_id={m.product_id}, security_version={m.security_version}, debug={m.debug})"
+    )
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from farside.attestation import BundleError, build_bundle
+
+    try:
+        bundle = build_bundle(
+            args.path,
+            args.out,
+            name=args.name,
+            product_id=args.product_id,
+            security_version=args.security_version,
+            debug=False if args.no_debug else None,
+        )
+    except (BundleError, OSError) as exc:
+        return _fail("build", exc)
+    print(f"wrote {args.out}")
+    print(_describe(bundle))
+    print(bundle.measurement().hex())
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from farside.attestation import generate_signer_key
+
+    try:
+        public = generate_signer_key(args.out, force=args.force)
+    except (OSError, ValueError) as exc:
+        return _fail("keygen", exc)
+    print(f"wrote {args.out} (0600) and {public}; the signer identity:")
+    print(_signer_of_key(args.out).hex())
+    return 0
+
+
+def _signer_of_key(path: Path) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    from farside.attestation import load_signer_key
+    from farside.attestation.identity import signer_of
+
+    public = load_signer_key(path).public_key()
+    return signer_of(
+        public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from farside.attestation import sign_bundle, verify_bundle_signature
+
+    try:
+        bundle = sign_bundle(args.archive, args.key)
+        signer = verify_bundle_signature(bundle)
+    except ValueError as exc:  # BundleError for the archive, ValueError for the key
+        return _fail("sign", exc)
+    print(f"signed {args.archive}")
+    print(_describe(bundle))
+    print(f"measurement: {bundle.measurement().hex()}")
+    print(signer.hex())
     return 0
 
 
@@ -265,6 +369,11 @@ def _add_proxy_parser(sub: Any) -> None:
     )
     proxy.add_argument("--tls-cert", help="serve TLS with this certificate")
     proxy.add_argument("--tls-key", help="the certificate's key")
+    proxy.add_argument(
+        "--tls-ephemeral",
+        metavar="HOST",
+        help="serve TLS with a fresh self-signed certificate for HOST (written to tls-cert.pem)",
+    )
     proxy.add_argument("--client-ca", help="require client certificates signed by this CA")
     proxy.add_argument("--platform-key", help="the platform key that signs attestation evidence")
     proxy.add_argument(
@@ -356,6 +465,58 @@ def _add_key_parsers(sub: Any) -> None:
     certs.set_defaults(func=_cmd_certs)
 
 
+def _add_bundle_parsers(sub: Any) -> None:
+    build = sub.add_parser(
+        "build",
+        help="build an enclave bundle archive (.fsb)",
+        description="Write PATH (a .py file or package directory) as a deterministic .fsb "
+        "archive with its manifest. Manifest fields come from the flags, else the package's "
+        "enclave.toml ([enclave] name, product_id, security_version, debug), else the "
+        "defaults (the file or directory name, 0, 0, debug). Prints the measurement on the "
+        "last line.",
+    )
+    build.add_argument("path", type=Path, help="a .py file or package directory")
+    build.add_argument(
+        "--out", type=Path, required=True, metavar="FILE.fsb", help="the archive to write (.fsb)"
+    )
+    build.add_argument(
+        "--name", metavar="N", help="the enclave's name (default: the file or directory name)"
+    )
+    build.add_argument("--product-id", type=int, metavar="N", help="the product id (default 0)")
+    build.add_argument(
+        "--security-version", type=int, metavar="N", help="the security version (default 0)"
+    )
+    build.add_argument("--no-debug", action="store_true", help="build a non-debug enclave")
+    build.set_defaults(func=_cmd_build)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="make a signer key for bundles (Ed25519)",
+        description="Write a signer key (PKCS#8 PEM, mode 0600) to --out and its public key "
+        "next to it (.pub). Prints the signer identity (SHA-256 of the public key) on the "
+        "last line.",
+    )
+    keygen.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="the key to write (signer.key)"
+    )
+    keygen.add_argument("--force", action="store_true", help="replace an existing key")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    sign = sub.add_parser(
+        "sign",
+        help="sign a built bundle archive",
+        description="Sign the archive's measurement with the signer key, adding (or replacing) "
+        "its signature in place. Prints the signer identity on the last line.",
+    )
+    sign.add_argument(
+        "archive", type=Path, metavar="FILE.fsb", help="a .fsb archive (farside build)"
+    )
+    sign.add_argument(
+        "--key", type=Path, required=True, metavar="FILE", help="the signer key (farside keygen)"
+    )
+    sign.set_defaults(func=_cmd_sign)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``farside`` command."""
     from farside.examples.quickstart.demo_driver import DEFAULT_ENCLAVE
@@ -402,15 +563,17 @@ def build_parser() -> argparse.ArgumentParser:
     measure = sub.add_parser(
         "measure",
         help="print an enclave bundle's measurement",
-        description="Print the bundle's SHA-256 measurement (64 hex digits, on the last line), "
-        "the one the proxy reports on load.",
+        description="Print the bundle's manifest, its signer ('signer: HEX' after checking the "
+        "signature, or 'signer: unsigned') and its SHA-256 measurement (64 hex digits, on the "
+        "last line), the one the proxy reports on load.",
     )
-    measure.add_argument("path", type=Path, help="a .py file or package directory")
+    measure.add_argument("path", type=Path, help="a .py file, package directory or .fsb archive")
     measure.add_argument("--no-debug", action="store_true", help="measure as non-debug")
     measure.set_defaults(func=_cmd_measure)
 
     _add_server_parser(sub)
     _add_key_parsers(sub)
+    _add_bundle_parsers(sub)
     return parser
 
 

@@ -1,28 +1,73 @@
-"""Enclave bundles: reading them from disk, and their measurement.
+"""Enclave bundles: reading them from disk, building archives, and their measurement.
 
-A bundle is a single ``.py`` file or a package directory (with ``__init__.py``).
-Its measurement is SHA-256 over a canonical encoding of its manifest and files
-(``docs/architecture.md`` specifies the bytes); the client computes it from what
-it sends and the proxy from what it received, so both name the same code.
+A bundle is a single ``.py`` file, a package directory (with ``__init__.py``), or a
+built archive (``.fsb``, see ``build_bundle``). Its measurement is SHA-256 over a
+canonical encoding of its manifest and files (``docs/architecture.md`` specifies the
+bytes); the client computes it from what it sends and the proxy from what it
+received, so both name the same code.
 
-This module reads files only in ``load_bundle``; everything else is pure.
+A package directory may hold ``enclave.toml`` with an ``[enclave]`` table (``name``,
+``product_id``, ``security_version``, ``debug``): it sets the manifest, and is not
+itself one of the measured files (its content is measured through the manifest).
+
+An archive is a zip written byte-for-byte deterministically (``encode_archive``):
+``manifest.json``, then ``files/<path>`` for each file sorted by UTF-8 path, then
+``signature.json`` when signed. Reading one (``decode_archive``) trusts nothing in
+it: sizes, counts, paths and every manifest field are checked.
+
+This module reads and writes files only in ``load_bundle`` and ``build_bundle``;
+signing is ``farside.attestation.signing``'s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
+import json
 import os
 import posixpath
+import re
 import struct
+import tomllib
+import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Bundle", "BundleError", "Manifest", "load_bundle", "measure_bundle", "validate_path"]
+from .platform import write_private
+
+__all__ = [
+    "Bundle",
+    "BundleError",
+    "BundleSignature",
+    "Manifest",
+    "build_bundle",
+    "decode_archive",
+    "encode_archive",
+    "load_bundle",
+    "measure_bundle",
+    "validate_path",
+]
 
 MEASUREMENT_DOMAIN = b"farside.bundle.v1\x00"
 MAX_PATH_BYTES = 1024
+MANIFEST_SOURCE = "enclave.toml"
+ARCHIVE_SUFFIX = ".fsb"
+ARCHIVE_VERSION = 1
+MAX_ARCHIVE_ENTRIES = 10_000
+MAX_ARCHIVE_CONTENT = 64 * 1024 * 1024  # total uncompressed bytes of all entries
+MAX_ARCHIVE_BYTES = 2 * MAX_ARCHIVE_CONTENT  # the .fsb file itself, before it is parsed
+_MAX_METADATA_BYTES = 64 * 1024  # manifest.json, signature.json
 _SKIPPED_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache"})
+_MANIFEST_ENTRY = "manifest.json"
+_SIGNATURE_ENTRY = "signature.json"
+_FILES_PREFIX = "files/"
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold
+_ZIP_FILE_MODE = 0o100644 << 16  # a regular file, rw-r--r--, in the Unix attribute bits
+_HEX = re.compile(r"[0-9a-f]*")
 
 
 class BundleError(ValueError):
@@ -52,11 +97,34 @@ class Manifest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BundleSignature:
+    """A signer's Ed25519 signature over a bundle's measurement (``signature.json``).
+
+    Carried by a signed archive and not measured. It is a claim until
+    ``verify_bundle_signature`` checks it and gives the signer identity.
+    """
+
+    public_key: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.public_key, bytes) or len(self.public_key) != 32:
+            raise BundleError("a bundle signature's public key is 32 raw bytes")
+        if not isinstance(self.signature, bytes) or len(self.signature) != 64:
+            raise BundleError("a bundle signature is 64 bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Bundle:
-    """An enclave's code: its manifest and its files (bundle-relative path -> bytes)."""
+    """An enclave's code: its manifest and its files (bundle-relative path -> bytes).
+
+    ``signature`` is a signer's signature when the bundle came from a signed archive;
+    it is not part of the measurement.
+    """
 
     manifest: Manifest
     files: Mapping[str, bytes] = field(default_factory=dict)
+    signature: BundleSignature | None = None
 
     def __post_init__(self) -> None:
         for path in self.files:
@@ -113,35 +181,351 @@ def measure_bundle(bundle: Bundle) -> bytes:
     return digest.digest()
 
 
-def load_bundle(path: str | os.PathLike[str], *, debug: bool = True) -> Bundle:
-    """Read an enclave bundle (a ``.py`` file or a package directory) from disk.
+# ------------------------------------------------------------------ loading
 
-    Raises ``BundleError`` naming the path when it is missing or not a bundle.
+
+def load_bundle(path: str | os.PathLike[str], *, debug: bool | None = None) -> Bundle:
+    """Read an enclave bundle (a ``.py`` file, package directory or ``.fsb`` archive).
+
+    ``debug`` is the mode the caller will run the enclave in; ``None`` takes the
+    bundle's own. A ``.py`` file or a package without a ``debug`` in its
+    ``enclave.toml`` gets ``debug`` (``True`` when ``None``). Where the bundle fixes
+    the flag itself (an archive's manifest, or ``enclave.toml``), a ``debug`` that
+    differs is refused rather than silently overridden: a loader asking for a
+    production enclave must not get a debug one, nor the other way round.
+
+    An archive's signature is read but not verified; ``verify_bundle_signature`` does
+    that. Raises ``BundleError`` naming the path when it is missing or not a bundle.
     """
     root = Path(path)
     try:
         if root.is_file():
+            if root.suffix == ARCHIVE_SUFFIX:
+                return _load_archive(root, debug)
             if root.suffix != ".py":
-                raise BundleError(f"enclave bundle {str(root)!r} is not a .py file or package")
+                raise BundleError(
+                    f"enclave bundle {str(root)!r} is not a .py file, package or .fsb archive"
+                )
             files = {root.name: root.read_bytes()}
-            return Bundle(
-                manifest=Manifest(name=root.stem, entry=root.name, debug=debug), files=files
-            )
+            manifest = Manifest(name=root.stem, entry=root.name, debug=_or_true(debug))
+            return Bundle(manifest=manifest, files=files)
         if root.is_dir():
-            if not (root / "__init__.py").is_file():
-                raise BundleError(f"enclave package {str(root)!r} has no __init__.py")
-            files = {}
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
-                for filename in sorted(filenames):
-                    if filename.endswith((".pyc", ".pyo")):
-                        continue
-                    full = Path(dirpath) / filename
-                    files[full.relative_to(root).as_posix()] = full.read_bytes()
-            name = root.resolve().name
-            return Bundle(
-                manifest=Manifest(name=name, entry="__init__.py", debug=debug), files=files
-            )
+            return _load_package(root, debug)
     except OSError as exc:
         raise BundleError(f"cannot read enclave bundle {str(root)!r}: {exc.strerror}") from exc
     raise BundleError(f"enclave bundle {str(root)!r} does not exist")
+
+
+def _or_true(debug: bool | None) -> bool:
+    return True if debug is None else debug
+
+
+def _load_package(root: Path, debug: bool | None) -> Bundle:
+    if not (root / "__init__.py").is_file():
+        raise BundleError(f"enclave package {str(root)!r} has no __init__.py")
+    files = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
+        for filename in sorted(filenames):
+            if filename.endswith((".pyc", ".pyo")):
+                continue
+            full = Path(dirpath) / filename
+            files[full.relative_to(root).as_posix()] = full.read_bytes()
+    fields: dict[str, Any] = {"name": root.resolve().name}
+    if MANIFEST_SOURCE in files:
+        source = root / MANIFEST_SOURCE
+        fields.update(_parse_manifest_source(files.pop(MANIFEST_SOURCE), str(source)))
+        if "debug" in fields and debug is not None and fields["debug"] != debug:
+            raise BundleError(
+                f"{str(source)!r} sets debug = {str(fields['debug']).lower()}, which conflicts "
+                f"with debug={debug} asked by the loader; load it with debug="
+                f"{fields['debug']} (--no-debug for false) or change the file"
+            )
+    fields.setdefault("debug", _or_true(debug))
+    try:
+        manifest = Manifest(entry="__init__.py", **fields)
+    except BundleError as exc:  # only enclave.toml's values can be out of range here
+        raise BundleError(f"{str(root / MANIFEST_SOURCE)!r}: {exc}") from None
+    return Bundle(manifest=manifest, files=files)
+
+
+_SOURCE_TYPES: dict[str, type] = {
+    "name": str,
+    "product_id": int,
+    "security_version": int,
+    "debug": bool,
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean"}
+
+
+def _parse_manifest_source(data: bytes, where: str) -> dict[str, Any]:
+    """The manifest fields an ``enclave.toml`` sets; ``BundleError`` naming file and key."""
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BundleError(f"{where!r} is not UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BundleError(f"{where!r} is not valid TOML: {exc}") from None
+    for key in document:
+        if key != "enclave":
+            raise BundleError(f"{where!r}: unknown key {key!r} (only an [enclave] table)")
+    table = document.get("enclave", {})
+    if not isinstance(table, dict):
+        raise BundleError(f"{where!r}: 'enclave' must be a table")
+    for key, value in table.items():
+        expected = _SOURCE_TYPES.get(key)
+        if expected is None:
+            known = ", ".join(_SOURCE_TYPES)
+            raise BundleError(f"{where!r}: unknown key 'enclave.{key}' (known: {known})")
+        # bool is an int in Python, and `product_id = true` is a mistake, not a 1.
+        if type(value) is not expected:
+            raise BundleError(
+                f"{where!r}: 'enclave.{key}' must be {_TYPE_NAMES[expected]}, "
+                f"not {type(value).__name__}"
+            )
+    return dict(table)
+
+
+def _load_archive(root: Path, debug: bool | None) -> Bundle:
+    size = root.stat().st_size
+    if size > MAX_ARCHIVE_BYTES:
+        raise BundleError(f"enclave archive {str(root)!r} is larger than {MAX_ARCHIVE_BYTES} bytes")
+    bundle = decode_archive(root.read_bytes(), origin=str(root))
+    built = bundle.manifest.debug
+    if debug is not None and debug != built:
+        raise BundleError(
+            f"enclave archive {str(root)!r} was built with debug={built}, and a built "
+            f"archive cannot be loaded with debug={debug}: load it with debug={built}"
+            f"{' (without --no-debug)' if built else ' (--no-debug)'}, or rebuild it"
+        )
+    return bundle
+
+
+# ------------------------------------------------------------------ archives
+
+
+def build_bundle(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    product_id: int | None = None,
+    security_version: int | None = None,
+    debug: bool | None = None,
+) -> Bundle:
+    """Write ``source`` (a ``.py`` file or package directory) as an archive at ``out``.
+
+    Each manifest field is the keyword argument when given, else ``enclave.toml``'s,
+    else the default (the file or directory name, 0, 0, ``True``): flags override the
+    file. ``out`` must end in ``.fsb``; it is written atomically (replacing an older
+    build), so a failure leaves no partial archive. Returns the bundle as built
+    (unsigned; see ``sign_bundle``).
+    """
+    root, target = Path(source), Path(out)
+    if target.suffix != ARCHIVE_SUFFIX:
+        raise BundleError(f"the archive name {str(target)!r} must end in {ARCHIVE_SUFFIX}")
+    if root.is_file() and root.suffix == ARCHIVE_SUFFIX:
+        raise BundleError(f"{str(root)!r} is already a built archive; build from its source")
+    if root.is_dir() and target.resolve().is_relative_to(root.resolve()):
+        raise BundleError(
+            f"the archive {str(target)!r} is inside the package {str(root)!r}: "
+            "the next build would measure it; write it elsewhere"
+        )
+    bundle = load_bundle(root)  # debug=None: the package's own, before the overrides
+    m = bundle.manifest
+    manifest = Manifest(
+        name=m.name if name is None else name,
+        entry=m.entry,
+        product_id=m.product_id if product_id is None else product_id,
+        security_version=m.security_version if security_version is None else security_version,
+        debug=m.debug if debug is None else debug,
+    )
+    bundle = dataclasses.replace(bundle, manifest=manifest)
+    data = encode_archive(bundle)
+    try:
+        write_private(target, data, mode=0o644, force=True)
+    except OSError as exc:
+        raise BundleError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
+    return bundle
+
+
+def encode_archive(bundle: Bundle) -> bytes:
+    """The ``.fsb`` bytes of ``bundle``: the same bundle always gives the same bytes.
+
+    Entries are stored uncompressed (deflate output varies across zlib builds), dated
+    1980-01-01, mode 0644, with no extra fields or comment.
+    """
+    m = bundle.manifest
+    manifest = {
+        "version": ARCHIVE_VERSION,
+        "name": m.name,
+        "entry": m.entry,
+        "product_id": m.product_id,
+        "security_version": m.security_version,
+        "debug": m.debug,
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(_zip_entry(_MANIFEST_ENTRY), _json_bytes(manifest))
+        for path in sorted(bundle.files, key=lambda p: p.encode()):
+            archive.writestr(_zip_entry(_FILES_PREFIX + path), bundle.files[path])
+        if bundle.signature is not None:
+            signature = {
+                "version": ARCHIVE_VERSION,
+                "public_key": bundle.signature.public_key.hex(),
+                "signature": bundle.signature.signature.hex(),
+            }
+            archive.writestr(_zip_entry(_SIGNATURE_ENTRY), _json_bytes(signature))
+    return buffer.getvalue()
+
+
+def _zip_entry(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_STORED
+    info.create_system = 3  # Unix, so that external_attr means a file mode everywhere
+    info.external_attr = _ZIP_FILE_MODE
+    return info
+
+
+def _json_bytes(value: dict[str, Any]) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def decode_archive(data: bytes, *, origin: str = "enclave archive") -> Bundle:
+    """Parse ``.fsb`` bytes into a ``Bundle``; ``BundleError`` naming ``origin`` if invalid.
+
+    Refused: more than ``MAX_ARCHIVE_ENTRIES`` entries or ``MAX_ARCHIVE_CONTENT``
+    uncompressed bytes (checked before anything is decompressed), duplicate or
+    unexpected entries, paths that leave the bundle, encrypted or oddly compressed
+    entries, and a manifest or signature with missing, unknown or mistyped fields.
+    """
+    entries = _read_zip(data, origin)
+    if _MANIFEST_ENTRY not in entries:
+        raise BundleError(f"{origin!r} has no {_MANIFEST_ENTRY}")
+    manifest = _decode_manifest(entries.pop(_MANIFEST_ENTRY), origin)
+    signature = None
+    if _SIGNATURE_ENTRY in entries:
+        signature = _decode_signature(entries.pop(_SIGNATURE_ENTRY), origin)
+    files = {}
+    for name, content in entries.items():
+        if not name.startswith(_FILES_PREFIX):
+            raise BundleError(f"{origin!r} has an unexpected entry {name!r}")
+        try:
+            files[validate_path(name.removeprefix(_FILES_PREFIX))] = content
+        except BundleError as exc:
+            raise BundleError(f"{origin!r}: entry {name!r}: {exc}") from None
+    try:
+        return Bundle(manifest=manifest, files=files, signature=signature)
+    except BundleError as exc:
+        raise BundleError(f"{origin!r}: {exc}") from None
+
+
+# What zipfile raises on a corrupt archive varies with where the damage is.
+_CORRUPT_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+    EOFError,
+    OSError,
+    ValueError,
+    RuntimeError,
+)
+
+
+def _read_zip(data: bytes, origin: str) -> dict[str, bytes]:
+    if len(data) > MAX_ARCHIVE_BYTES:
+        raise BundleError(f"{origin!r} is larger than {MAX_ARCHIVE_BYTES} bytes")
+    entries: dict[str, bytes] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = archive.infolist()
+            if len(infos) > MAX_ARCHIVE_ENTRIES:
+                raise BundleError(f"{origin!r} has more than {MAX_ARCHIVE_ENTRIES} entries")
+            # Declared sizes bound what zipfile will inflate, so a bomb stops here.
+            if sum(info.file_size for info in infos) > MAX_ARCHIVE_CONTENT:
+                raise BundleError(
+                    f"{origin!r} holds more than {MAX_ARCHIVE_CONTENT} uncompressed bytes"
+                )
+            for info in infos:
+                name = info.filename
+                if name in entries:
+                    raise BundleError(f"{origin!r} has the entry {name!r} twice")
+                if info.flag_bits & 0x1:
+                    raise BundleError(f"{origin!r}: entry {name!r} is encrypted")
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise BundleError(f"{origin!r}: entry {name!r} has an unsupported compression")
+                with archive.open(info) as member:
+                    content = member.read(info.file_size + 1)
+                if len(content) != info.file_size:
+                    raise BundleError(f"{origin!r}: entry {name!r} is not its declared size")
+                entries[name] = content
+    except BundleError:
+        raise
+    except _CORRUPT_ZIP_ERRORS as exc:
+        raise BundleError(f"{origin!r} is not a valid enclave archive: {exc}") from None
+    return entries
+
+
+def _decode_json(data: bytes, what: str, origin: str) -> dict[str, Any]:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise BundleError(f"{origin!r}: {what} repeats a key")
+        return dict(pairs)
+
+    def no_constant(name: str) -> None:
+        raise BundleError(f"{origin!r}: {what} holds {name}, which is not JSON")
+
+    if len(data) > _MAX_METADATA_BYTES:
+        raise BundleError(f"{origin!r}: {what} is larger than {_MAX_METADATA_BYTES} bytes")
+    try:
+        value = json.loads(
+            data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constant
+        )
+    except BundleError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{origin!r}: {what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BundleError(f"{origin!r}: {what} is not a JSON object")
+    return value
+
+
+def _check_fields(value: dict[str, Any], expected: dict[str, type], what: str, origin: str) -> None:
+    for key in value:
+        if key not in expected:
+            raise BundleError(f"{origin!r}: {what} has an unknown key {key!r}")
+    for key, kind in expected.items():
+        if key not in value:
+            raise BundleError(f"{origin!r}: {what} has no {key!r}")
+        if type(value[key]) is not kind:  # bool is an int; neither stands in for the other
+            raise BundleError(f"{origin!r}: {what} {key!r} must be {_TYPE_NAMES[kind]}")
+    if value["version"] != ARCHIVE_VERSION:
+        raise BundleError(
+            f"{origin!r}: {what} version {value['version']} is not supported "
+            f"(this farside reads version {ARCHIVE_VERSION})"
+        )
+
+
+def _decode_manifest(data: bytes, origin: str) -> Manifest:
+    value = _decode_json(data, _MANIFEST_ENTRY, origin)
+    _check_fields(value, {"version": int, **_SOURCE_TYPES, "entry": str}, _MANIFEST_ENTRY, origin)
+    del value["version"]
+    try:
+        return Manifest(**value)
+    except BundleError as exc:
+        raise BundleError(f"{origin!r}: {_MANIFEST_ENTRY}: {exc}") from None
+
+
+def _decode_signature(data: bytes, origin: str) -> BundleSignature:
+    value = _decode_json(data, _SIGNATURE_ENTRY, origin)
+    expected = {"version": int, "public_key": str, "signature": str}
+    _check_fields(value, expected, _SIGNATURE_ENTRY, origin)
+    for key, size in (("public_key", 32), ("signature", 64)):
+        if len(value[key]) != 2 * size or not _HEX.fullmatch(value[key]):
+            raise BundleError(
+                f"{origin!r}: {_SIGNATURE_ENTRY} {key!r} must be {2 * size} lowercase hex digits"
+            )
+    return BundleSignature(
+        public_key=bytes.fromhex(value["public_key"]), signature=bytes.fromhex(value["signature"])
+    )

@@ -8,13 +8,22 @@ product id, security version and debug flag.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["UNSIGNED", "EnclaveIdentity", "sealing_root"]
+__all__ = [
+    "SIGNATURE_DOMAIN",
+    "UNSIGNED",
+    "EnclaveIdentity",
+    "sealing_root",
+    "signer_of",
+    "verify_signature",
+]
 
 UNSIGNED = bytes(32)
 """The signer of a bundle that carries no signature."""
@@ -50,3 +59,25 @@ def sealing_root(platform_key: Ed25519PrivateKey) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=b"farside.sealing-root.v1", info=b""
     ).derive(raw)
+
+
+SIGNATURE_DOMAIN = b"farside.bundle-signature.v1\0"
+
+
+def signer_of(public_key: bytes) -> bytes:
+    """The signer identity of a raw 32-byte Ed25519 public key (Asylo's MRSIGNER)."""
+    return hashlib.sha256(public_key).digest()
+
+
+def verify_signature(measurement: bytes, public_key: bytes, signature: bytes) -> bytes:
+    """Check a bundle signature over ``measurement``; return the signer identity.
+
+    Raises ``ValueError`` if the key is malformed or the signature does not verify.
+    """
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            signature, SIGNATURE_DOMAIN + measurement
+        )
+    except (InvalidSignature, ValueError):
+        raise ValueError("the bundle's signature does not verify") from None
+    return signer_of(public_key)

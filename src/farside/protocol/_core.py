@@ -147,6 +147,9 @@ class SessionCore:
         self._files: list[tuple[str, int]] = []
         self._bundle = bytearray()
         self._bundle_size = 0
+        self._open_nonce = b""
+        self._open_client_key = b""
+        self._open_signature: tuple[bytes, bytes] | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -179,8 +182,18 @@ class SessionCore:
         self.flush_output()
         self._outbox.append(frame)
 
-    def open(self, bundle: Bundle) -> None:
-        """(client) Start the session: send the manifest, file index and bundle bytes."""
+    def open(
+        self,
+        bundle: Bundle,
+        *,
+        nonce: bytes = b"",
+        client_key: bytes = b"",
+        signature: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """(client) Start the session: manifest, file index, attestation nonce, bundle bytes.
+
+        ``signature`` is the bundle signer's (public key, signature), if it is signed.
+        """
         self._require_role(Role.CLIENT, "open")
         self._check_usable()
         if self.state is not State.IDLE:
@@ -200,6 +213,11 @@ class SessionCore:
                     ),
                     files=[pb.FileEntry(path=p, size=len(bundle.files[p])) for p in paths],
                     max_depth=self._max_depth,
+                    nonce=nonce,
+                    client_key=client_key,
+                    signature=pb.BundleSignature(public_key=signature[0], signature=signature[1])
+                    if signature is not None
+                    else None,
                 )
             )
         )
@@ -209,8 +227,15 @@ class SessionCore:
             self._emit(pb.Frame(bundle=pb.BundleChunk(data=blob[start : start + step])))
         self.state = State.LOADING
 
-    def loaded(self, measurement: bytes = b"", error: RemoteError | None = None) -> None:
-        """(proxy) Report the outcome of loading the bundle."""
+    def loaded(
+        self,
+        measurement: bytes = b"",
+        error: RemoteError | None = None,
+        *,
+        evidence: Any = None,
+        proxy_key: bytes = b"",
+    ) -> None:
+        """(proxy) Report the outcome of loading the bundle, with its evidence."""
         self._require_role(Role.PROXY, "loaded")
         self._check_usable()
         if self.state is not State.LOADING:
@@ -219,7 +244,11 @@ class SessionCore:
             self._emit(pb.Frame(loaded=pb.Loaded(error=_remote_error_to_pb(error))))
             self.close()
             return
-        self._emit(pb.Frame(loaded=pb.Loaded(measurement=measurement)))
+        self._emit(
+            pb.Frame(
+                loaded=pb.Loaded(measurement=measurement, evidence=evidence, proxy_key=proxy_key)
+            )
+        )
         self.state = State.READY
 
     def start_call(
@@ -468,6 +497,15 @@ class SessionCore:
             )
         except BundleError as exc:
             raise ProtocolError(f"peer sent an invalid manifest: {exc}") from None
+        if len(frame.nonce) > 64 or len(frame.client_key) > 64:
+            raise ProtocolError("peer sent an oversized nonce or session key")
+        self._open_nonce = frame.nonce
+        self._open_client_key = frame.client_key
+        self._open_signature = (
+            (frame.signature.public_key, frame.signature.signature)
+            if frame.HasField("signature")
+            else None
+        )
         self._files = [(f.path, f.size) for f in frame.files]
         self._bundle_size = sum(size for _, size in self._files)
         if self._bundle_size > self.limits.max_bundle_size:
@@ -506,7 +544,15 @@ class SessionCore:
         except BundleError as exc:
             raise ProtocolError(f"peer sent an invalid bundle: {exc}") from None
         self.state = State.LOADING
-        events.append(BundleReceived(bundle=bundle, max_depth=self._max_depth))
+        events.append(
+            BundleReceived(
+                bundle=bundle,
+                max_depth=self._max_depth,
+                nonce=self._open_nonce,
+                client_key=self._open_client_key,
+                signature=self._open_signature,
+            )
+        )
 
     def _on_loaded(self, frame: pb.Loaded, events: list[Event]) -> None:
         self._expect_state(State.LOADING, what="Loaded")
@@ -517,7 +563,13 @@ class SessionCore:
         if len(frame.measurement) != 32:
             raise ProtocolError("peer sent a measurement that is not 32 bytes")
         self.state = State.READY
-        events.append(LoadedReceived(measurement=frame.measurement))
+        events.append(
+            LoadedReceived(
+                measurement=frame.measurement,
+                evidence=frame.evidence if frame.HasField("evidence") else None,
+                proxy_key=frame.proxy_key,
+            )
+        )
 
     def _decode(self, payload: bytes, what: str) -> Any:
         try:

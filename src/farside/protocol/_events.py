@@ -146,6 +146,9 @@ class BundleReceived:
 
     bundle: Bundle
     max_depth: int
+    nonce: bytes = b""
+    client_key: bytes = b""
+    signature: tuple[bytes, bytes] | None = None  # (signer public key, signature)
     thread: int = 0
 
 
@@ -155,6 +158,8 @@ class LoadedReceived:
 
     measurement: bytes = b""
     error: RemoteError | None = None
+    evidence: Any = None  # farside.v1.Evidence, verified by farside.attestation.evidence
+    proxy_key: bytes = b""
     thread: int = 0
 
 

@@ -14,12 +14,17 @@ __all__ = ["ProxyLease", "Provisioner"]
 class ProxyLease:
     """A provisioned proxy: where to reach it and how to prove we are its client.
 
-    ``handle`` is the provisioner's own bookkeeping, opaque to everyone else.
+    ``tls_public_key`` is the DER public key the session's TLS channel is pinned to
+    (evidence must bind it); ``platform_keys`` are platform keys the provisioner
+    itself vouches for (``LocalProvision``'s own ephemeral one). ``handle`` is the
+    provisioner's own bookkeeping, opaque to everyone else.
     """
 
     address: str
     token: str
     credentials: grpc.ChannelCredentials | None = None
+    tls_public_key: bytes = b""
+    platform_keys: tuple[bytes, ...] = ()
     handle: Any = None
 
     def __repr__(self) -> str:  # never print the token

@@ -5,8 +5,10 @@ its one-time session token on stdin, so neither appears on a command line or in
 the environment. It dies with this process: the kernel's parent-death signal
 (armed from a spawner thread that lives as long as the process, because Linux
 ties that signal to the forking thread) and the broken session stream each
-suffice. ``release`` reaps it: it waits for the proxy to exit after the session
-closed, then terminates and finally kills it.
+suffice. Each client process has an ephemeral platform identity: its proxies sign
+their evidence with it, and this process trusts it automatically (sealed data does
+not outlive the process's platform key). ``release`` reaps the proxy: it waits for
+it to exit after the session closed, then terminates and finally kills it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from ..attestation.evidence import public_key_bytes
+from ..attestation.platform import write_private
 from ._base import ProxyLease
 from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
 
@@ -58,6 +65,17 @@ class _Spawner:
 
 
 _spawner = _Spawner()
+_platform: Ed25519PrivateKey | None = None
+_platform_lock = threading.Lock()
+
+
+def _platform_key() -> Ed25519PrivateKey:
+    """This process's ephemeral platform identity: its local proxies sign evidence with it."""
+    global _platform  # noqa: PLW0603 (one per process, made on first use)
+    with _platform_lock:
+        if _platform is None:
+            _platform = Ed25519PrivateKey.generate()
+        return _platform
 
 
 class LocalProvision:
@@ -81,11 +99,17 @@ class LocalProvision:
         """Start a proxy and return its lease once it listens (within ``timeout`` s)."""
         directory = Path(tempfile.mkdtemp(prefix="farside-"))  # mode 0700
         token = secrets.token_urlsafe(32)
+        key = _platform_key()
+        write_private(
+            directory / "platform.key",
+            key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
+        )
         command = proxy_command(
             f"unix:{directory / 'proxy.sock'}",
             python=self.python,
             idle_timeout=self.idle_timeout,
             parent_pid=os.getpid(),
+            extra=["--platform-key", str(directory / "platform.key")],
         )
         proxy = start_proxy(
             command,
@@ -95,7 +119,13 @@ class LocalProvision:
             name=name,
             launch=_spawner.run,
         )
-        return ProxyLease(address=proxy.address, token=token, handle=proxy)
+        (directory / "platform.key").unlink()  # the proxy has read it
+        return ProxyLease(
+            address=proxy.address,
+            token=token,
+            platform_keys=(public_key_bytes(key),),
+            handle=proxy,
+        )
 
     def release(self, lease: ProxyLease) -> None:
         """Reap the proxy: wait for it to exit, then terminate, then kill it."""

@@ -13,6 +13,8 @@ import logging
 import threading
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from .._errors import EnclaveLoadError, StatusCode
 from .._proto.v1 import provision_pb2 as pb
@@ -113,12 +115,36 @@ class RemoteProvision:
                 f"the provision server at {self.address} {reason}: {details}",
                 code=StatusCode.coerce(code.value[0]),
             ) from None
+        credentials, tls_public_key = self._proxy_credentials(response.proxy_certificate)
         return ProxyLease(
             address=response.address,
             token=response.session_token,
-            credentials=self._credentials(),
+            credentials=credentials,
+            tls_public_key=tls_public_key,
             handle=response.enclave_id,
         )
+
+    def _proxy_credentials(
+        self, certificate: bytes
+    ) -> tuple[grpc.ChannelCredentials | None, bytes]:
+        """Credentials pinned to the proxy's own certificate, and its public key."""
+        if self.tls is None or not certificate:
+            return self._credentials(), b""
+        try:
+            public_key = x509.load_pem_x509_certificate(certificate).public_key()
+        except ValueError as exc:
+            raise EnclaveLoadError(
+                f"the provision server at {self.address} sent an invalid proxy certificate: {exc}"
+            ) from None
+        pinned = TLSConfig(ca=certificate, cert=self.tls.cert, key=self.tls.key)
+        try:
+            credentials = pinned.channel_credentials()
+        except ValueError as exc:
+            raise EnclaveLoadError(str(exc), code=StatusCode.INVALID_ARGUMENT) from exc
+        spki = public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return credentials, spki
 
     def release(self, lease: ProxyLease) -> None:
         """Tell the server we are done with the proxy (best effort; it reaps it anyway)."""

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .._errors import EnclaveLoadError
@@ -130,30 +131,28 @@ class ProvisionServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_ProvisionerServicer_to_server(_Servicer(self), self._server)
+        _add_servicer(_Servicer(self), self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self.address = ""
 
     def _materialize_tls(self) -> list[str]:
-        """The proxy's TLS flags: the server's own certificate, key and client CA, as files."""
+        """The proxy's TLS flags: a key and certificate of its own, and our client CA.
+
+        Proxies never get the server's key: enclave code runs in them.
+        """
         tls = self.config.tls
         if tls is None:
             return []
-        flags = []
-        for flag, value, name in (
-            ("--tls-cert", tls.cert, "server.pem"),
-            ("--tls-key", tls.key, "server.key"),
-            ("--client-ca", tls.client_ca, "client-ca.pem"),
-        ):
-            if value is None:
-                continue
-            path = self._workdir / name if isinstance(value, bytes) else Path(value).resolve()
+        flags = ["--tls-ephemeral", self.config.advertise or self.config.host]
+        if tls.client_ca is not None:
+            value = tls.client_ca
+            path = self._workdir / "client-ca.pem" if isinstance(value, bytes) else Path(value)
             if isinstance(value, bytes):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as f:
                     f.write(value)
-            flags += [flag, str(path)]
+            flags += ["--client-ca", str(path.resolve())]
         return flags
 
     # ----------------------------------------------------------- lifecycle
@@ -166,7 +165,7 @@ class ProvisionServer:
                 port = self._server.add_secure_port(target, self.config.tls.server_credentials())
             else:
                 port = self._server.add_insecure_port(target)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:  # ValueError: unreadable TLS files
             raise OSError(f"cannot listen on {target}: {exc}") from exc
         if port == 0:
             raise OSError(f"cannot listen on {target}")
@@ -229,8 +228,8 @@ class ProvisionServer:
                 identity = f"token:{digest}"
         return identity or f"peer:{context.peer()}"
 
-    def provision(self, name: str, client: str) -> tuple[str, str, str]:
-        """Start a proxy for ``client``; return (enclave id, address, session token)."""
+    def provision(self, name: str, client: str) -> tuple[str, str, str, bytes]:
+        """Start a proxy for ``client``; return (enclave id, address, token, proxy cert PEM)."""
         with self._lock:
             if self._stopping:
                 raise RefusedError(
@@ -268,7 +267,10 @@ class ProvisionServer:
             name=f"farside-proxy-{enclave_id}",
         ).start()
         log.info("provisioned %s (%s) for %s at %s", enclave_id, name, client, proxy.address)
-        return enclave_id, proxy.address, token
+        certificate = b""
+        if self.config.tls is not None:
+            certificate = (proxy.directory / "tls-cert.pem").read_bytes()
+        return enclave_id, proxy.address, token, certificate
 
     def _start_proxy(self, enclave_id: str, name: str) -> tuple[ProxyProcess, str]:
         token = secrets.token_urlsafe(32)
@@ -377,6 +379,46 @@ class ProvisionServer:
             ]
 
 
+class _Malformed:
+    """What a request that does not parse becomes; the handler answers INVALID_ARGUMENT."""
+
+
+def _lenient(message: type[Any]) -> Any:
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return _Malformed()
+
+    return parse
+
+
+def _add_servicer(servicer: _Servicer, server: grpc.Server) -> None:
+    """Register the Provisioner service, parsing requests ourselves.
+
+    gRPC's generated registration answers a request that does not parse with
+    INTERNAL; callers should learn that their request was invalid.
+    """
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=_lenient(request),
+            response_serializer=response.SerializeToString,
+        )
+        for name, request, response in (
+            ("Provision", pb.ProvisionRequest, pb.ProvisionResponse),
+            ("Release", pb.ReleaseRequest, pb.ReleaseResponse),
+            ("ListEnclaves", pb.ListEnclavesRequest, pb.ListEnclavesResponse),
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+def _check_parsed(request: Any, context: Any) -> None:
+    if isinstance(request, _Malformed):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid message")
+
+
 class RefusedError(Exception):
     """A request the server turns down, with the status code to answer it with."""
 
@@ -391,19 +433,26 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
 
     def Provision(self, request: pb.ProvisionRequest, context: Any) -> pb.ProvisionResponse:  # noqa: N802
         client = self._server.authenticate(context)
+        _check_parsed(request, context)
         if not _NAME.fullmatch(request.name):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the enclave name must be 1-128 characters of letters, digits, '.', '_', '-'",
             )
         try:
-            enclave_id, address, token = self._server.provision(request.name, client)
+            enclave_id, address, token, certificate = self._server.provision(request.name, client)
         except RefusedError as exc:
             context.abort(exc.code, str(exc))
-        return pb.ProvisionResponse(enclave_id=enclave_id, address=address, session_token=token)
+        return pb.ProvisionResponse(
+            enclave_id=enclave_id,
+            address=address,
+            session_token=token,
+            proxy_certificate=certificate,
+        )
 
     def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:  # noqa: N802
         client = self._server.authenticate(context)
+        _check_parsed(request, context)
         if not re.fullmatch(r"[0-9a-f]{16}", request.enclave_id):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed enclave id")
         self._server.release(request.enclave_id, client)

@@ -9,6 +9,8 @@ signalled, or when the provisioner that started it dies.
 from __future__ import annotations
 
 import ctypes
+import datetime
+import ipaddress
 import logging
 import os
 import signal
@@ -16,10 +18,15 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import FrameType
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from .._errors import EnclaveError, HostCallError
 from .._proto.v1 import session_pb2_grpc as pb_grpc
@@ -47,6 +54,47 @@ def _set_parent_death_signal(sig: int) -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) is not available here")
 
 
+def tls_public_key_of(tls: TLSConfig) -> bytes:
+    """DER SubjectPublicKeyInfo of the certificate a TLS config serves (the channel binding)."""
+    pem = tls.cert if isinstance(tls.cert, bytes) else Path(str(tls.cert)).read_bytes()
+    certificate = x509.load_pem_x509_certificate(pem)
+    return certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def ephemeral_tls(host: str, client_ca: str | None) -> TLSConfig:
+    """A fresh key and self-signed certificate for this proxy alone (clients pin it)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "farside proxy")])
+    try:
+        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        san = x509.DNSName(host)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return TLSConfig(
+        cert=certificate.public_bytes(serialization.Encoding.PEM),
+        key=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        client_ca=client_ca,
+    )
+
+
 class RemoteEnclaveProxyServer:
     """Serve one enclave session on ``listen`` (``unix:/path`` or ``host:port``)."""
 
@@ -65,6 +113,7 @@ class RemoteEnclaveProxyServer:
         self._listen = listen
         self._tls = tls
         self.platform_key = platform_key
+        self.tls_public_key = tls_public_key_of(tls) if tls is not None else b""
         self._idle_timeout = idle_timeout
         self._parent_pid = parent_pid
         self._wake = threading.Event()
@@ -109,7 +158,7 @@ class RemoteEnclaveProxyServer:
     # ----------------------------------------------------------- session
 
     def _on_open(self, servicer: SessionServicer) -> FrameSink:
-        runtime = EnclaveRuntime(platform_key=self.platform_key)
+        runtime = EnclaveRuntime(platform_key=self.platform_key, tls_public_key=self.tls_public_key)
         endpoint = Endpoint(
             SessionCore(Role.PROXY),
             servicer,
@@ -232,9 +281,14 @@ def run_proxy(
     tls: TLSConfig | None = None,
     platform_key: str | None = None,
     report_status: bool = False,
+    tls_ephemeral: str | None = None,
+    client_ca: str | None = None,
 ) -> int:
     """``farside proxy``: serve one session, printing one ready line on stdout.
 
+    With ``tls_ephemeral`` (the host clients dial), the proxy serves TLS with a fresh
+    key and self-signed certificate of its own, written to ``tls-cert.pem`` in its
+    working directory for the provisioner to hand to the client, which pins it.
     With ``report_status``, stdout stays open for status lines to the provisioner.
     Returns only on a usage error; otherwise it ends the process itself.
     """
@@ -251,6 +305,10 @@ def run_proxy(
             file=sys.stderr,
         )
         return 2
+    if tls_ephemeral:
+        tls = ephemeral_tls(tls_ephemeral, client_ca)
+        assert isinstance(tls.cert, bytes)
+        Path("tls-cert.pem").write_bytes(tls.cert)
     try:
         key = load_platform_key(platform_key) if platform_key else None
     except ValueError as exc:

@@ -5,11 +5,24 @@ An enclave bundle defines a ``TrustedApplication`` subclass and a
 ``print``/``sys.stdout``/``sys.stderr`` reach the client's terminal, ``open()`` and
 ``host.open`` reach the client's files (confined to the root it allows), and
 ``host.call``/``host.notify`` reach the exit handlers the client registered.
+``seal``/``unseal`` encrypt data for this enclave (or its signer) on this
+platform; every failure to unseal is the one opaque ``UnsealError``.
 """
 
 from .._config import EnclaveConfig
-from .._errors import HostCallError
+from .._errors import HostCallError, UnsealError
 from ._app import TrustedApplication, ecall
 from ._host import Host, host
+from ._sealing import seal, unseal
 
-__all__ = ["EnclaveConfig", "Host", "HostCallError", "TrustedApplication", "ecall", "host"]
+__all__ = [
+    "EnclaveConfig",
+    "Host",
+    "HostCallError",
+    "TrustedApplication",
+    "UnsealError",
+    "ecall",
+    "host",
+    "seal",
+    "unseal",
+]

@@ -18,11 +18,14 @@ import traceback
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .._config import EnclaveConfig
 from .._errors import EnclaveError, HostCallError, StatusCode
 from ..attestation import Bundle, measure_bundle
-from ..attestation.identity import EnclaveIdentity, sealing_root
+from ..attestation.evidence import channel_binding, make_evidence
+from ..attestation.identity import UNSIGNED, EnclaveIdentity, sealing_root, verify_signature
 from ..protocol import (
     BundleReceived,
     CallKind,
@@ -85,8 +88,12 @@ class _OutputRaw(io.RawIOBase):
 class EnclaveRuntime:
     """Serves one session's entry calls; the endpoint's handler on the proxy side."""
 
-    def __init__(self, *, platform_key: Ed25519PrivateKey | None = None) -> None:
-        self.platform_key = platform_key  # signs attestation evidence
+    def __init__(
+        self, *, platform_key: Ed25519PrivateKey | None = None, tls_public_key: bytes = b""
+    ) -> None:
+        self.platform_key = platform_key  # signs this session's evidence, then is dropped
+        self.tls_public_key = tls_public_key  # DER SubjectPublicKeyInfo of our TLS key, if any
+        self._sealing_root: bytes | None = None
         self.identity: EnclaveIdentity | None = None  # set once the bundle is loaded
         self.calls_served = 0
         self._calls_lock = threading.Lock()
@@ -125,17 +132,48 @@ class EnclaveRuntime:
         assert self.endpoint is not None
         return self.endpoint
 
-    def _load(self, bundle: Bundle) -> None:
-        self.bundle = bundle
-        self.debug = bundle.manifest.debug
+    def _attest(self, event: BundleReceived) -> tuple[Any, bytes]:
+        """Measure the bundle, check its signature, and sign evidence for this session.
+
+        Runs before any enclave code, which is why the platform key is dropped here.
+        """
+        bundle = event.bundle
         self.measurement = measure_bundle(bundle)
+        signer = UNSIGNED
+        if event.signature is not None:
+            signer = verify_signature(self.measurement, *event.signature)
         manifest = bundle.manifest
         self.identity = EnclaveIdentity(
             measurement=self.measurement,
+            signer=signer,
             product_id=manifest.product_id,
             security_version=manifest.security_version,
             debug=manifest.debug,
         )
+        session_key = X25519PrivateKey.generate().public_key()
+        proxy_key = session_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        binding = channel_binding(
+            tls_public_key=self.tls_public_key, client_key=event.client_key, proxy_key=proxy_key
+        )
+        key = self.platform_key or Ed25519PrivateKey.generate()
+        evidence = make_evidence(key, self.identity, nonce=event.nonce, binding=binding)
+        self._sealing_root = sealing_root(key) if self.platform_key is not None else None
+        self.platform_key = None  # enclave code must not be able to sign evidence
+        return evidence, proxy_key
+
+    def _load(self, event: BundleReceived) -> None:
+        bundle = event.bundle
+        self.bundle = bundle
+        self.debug = bundle.manifest.debug
+        try:
+            evidence, proxy_key = self._attest(event)
+        except ValueError as exc:  # a bad bundle signature
+            error = RemoteError(
+                code=StatusCode.PERMISSION_DENIED, type="BundleError", message=str(exc)
+            )
+            self._endpoint().run_locked(lambda core: core.loaded(error=error))
+            self.ended.set()
+            return
         try:
             module = load_package(bundle, open_function=self.open)
             build = getattr(module, "build_trusted_application", None)
@@ -165,14 +203,16 @@ class EnclaveRuntime:
                 raise
             return
         self.app = app
-        self._endpoint().run_locked(lambda core: core.loaded(self.measurement))
+        self._endpoint().run_locked(
+            lambda core: core.loaded(self.measurement, evidence=evidence, proxy_key=proxy_key)
+        )
 
     # ------------------------------------------------------------- Handler
 
     def handle_event(self, event: Event) -> None:
         """Events not bound for a waiting thread (the endpoint's reader calls this)."""
         if isinstance(event, BundleReceived):
-            self._load(event.bundle)
+            self._load(event)
         elif isinstance(event, CancelReceived):
             self._cancelled.add(event.thread)
         elif isinstance(event, CloseReceived):
@@ -233,9 +273,9 @@ class EnclaveRuntime:
     @property
     def sealing_root(self) -> bytes:
         """The platform sealing secret; ``RuntimeError`` if this proxy has no platform key."""
-        if self.platform_key is None:
+        if self._sealing_root is None:
             raise RuntimeError("this proxy has no platform identity, so it cannot seal")
-        return sealing_root(self.platform_key)
+        return self._sealing_root
 
     def error_from_exception(self, exc: BaseException) -> RemoteError:
         """Endpoint hook: describe an exception for the client."""

@@ -16,6 +16,7 @@ from .._errors import (
     EnclaveError,
     EnclaveUnavailableError,
 )
+from ..attestation.identity import EnclaveIdentity
 from ..protocol import CallKind
 from ..provision import Provisioner, ProxyLease
 from ..transport import Endpoint
@@ -47,7 +48,7 @@ class EnclaveClient:
         lease: ProxyLease,
         provisioner: Provisioner,
         exits: ExitHandlers,
-        measurement: bytes,
+        identity: EnclaveIdentity,
         debug: bool,
         on_destroyed: Callable[[EnclaveClient], None],
     ) -> None:
@@ -57,7 +58,7 @@ class EnclaveClient:
         self._lease = lease
         self._provisioner = provisioner
         self._exits = exits
-        self._measurement = measurement
+        self._identity = identity
         self._debug = debug
         self._on_destroyed = on_destroyed
         self._threads = threading.local()
@@ -77,7 +78,12 @@ class EnclaveClient:
     @property
     def measurement(self) -> str:
         """The hex SHA-256 measurement of the bundle the proxy loaded."""
-        return self._measurement.hex()
+        return self._identity.measurement.hex()
+
+    @property
+    def identity(self) -> EnclaveIdentity:
+        """What the enclave proved about itself: measurement, signer, versions, debug."""
+        return self._identity
 
     @property
     def debug(self) -> bool:

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._config import EnclaveConfig
+from ..attestation.evidence import AttestationPolicy
 from ..provision import LocalProvision, Provisioner
 
 __all__ = [
@@ -35,12 +36,15 @@ class RemoteProxyClientConfig:
     """How the client gets and talks to its proxy.
 
     ``load_timeout`` bounds provisioning and loading (seconds); ``max_depth``
-    bounds how deeply entry and exit calls may nest.
+    bounds how deeply entry and exit calls may nest; ``policy`` is what the enclave
+    must prove before the client sends it anything (None: exactly the bundle sent,
+    on a platform the provisioner vouches for; remote platforms need ``platform_keys``).
     """
 
     provision: Provisioner
     load_timeout: float = 30.0
     max_depth: int = 64
+    policy: AttestationPolicy | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.provision, Provisioner):

@@ -12,16 +12,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from .._config import EnclaveConfig
 from .._errors import (
+    AttestationError,
     EnclaveCallError,
     EnclaveError,
     EnclaveLoadError,
     EnclaveNameError,
 )
 from ..attestation import BundleError, load_bundle
-from ..protocol import CallKind, Limits, RemoteError, Role, SessionCore
-from ..provision import Provisioner
+from ..attestation.evidence import AttestationPolicy, channel_binding, verify_evidence
+from ..attestation.identity import EnclaveIdentity
+from ..protocol import CallKind, Limits, LoadedReceived, RemoteError, Role, SessionCore
+from ..provision import Provisioner, ProxyLease
 from ..transport import Endpoint
 from ..transport.grpc import GrpcClientTransport
 from ._client import EnclaveClient
@@ -130,6 +136,34 @@ class EnclaveManager:
                 log.exception("destroying enclave %r at exit failed", client.name)
 
 
+def _attest(
+    load_config: EnclaveLoadConfig,
+    sent: bytes,
+    loaded: LoadedReceived,
+    lease: ProxyLease,
+    nonce: bytes,
+    client_key: bytes,
+) -> EnclaveIdentity:
+    """Verify the proxy's evidence before anything else is sent; raise AttestationError."""
+    proxy_config = load_config.remote_load_config.proxy_config
+    policy = proxy_config.policy
+    if policy is None:  # expect exactly the bundle we sent, debug as we asked
+        debug = load_config.remote_load_config.sim_load_config.debug
+        policy = AttestationPolicy(measurements=(sent,), allow_debug=debug)
+    policy = policy.with_platform_keys(lease.platform_keys)
+    binding = channel_binding(
+        tls_public_key=lease.tls_public_key, client_key=client_key, proxy_key=loaded.proxy_key
+    )
+    identity = verify_evidence(loaded.evidence, policy, nonce=nonce, binding=binding)
+    if identity.measurement != sent or loaded.measurement != sent:
+        raise AttestationError(
+            "attestation failed (measurement): the proxy loaded a different bundle than "
+            f"the one sent ({identity.measurement.hex()} instead of {sent.hex()})",
+            check="measurement",
+        )
+    return identity
+
+
 def _open_session(
     load_config: EnclaveLoadConfig, on_destroyed: Callable[[EnclaveClient], None]
 ) -> EnclaveClient:
@@ -157,7 +191,19 @@ def _open_session(
     endpoint = Endpoint(core, transport, exits, error_from_exception=_client_error)
     try:
         transport.start(endpoint.feed, endpoint.fail)
-        endpoint.run_locked(lambda c: c.open(bundle))
+        nonce = os.urandom(32)
+        client_key = (
+            X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        )
+        signature = getattr(bundle, "signature", None)
+        endpoint.run_locked(
+            lambda c: c.open(
+                bundle,
+                nonce=nonce,
+                client_key=client_key,
+                signature=(signature.public_key, signature.signature) if signature else None,
+            )
+        )
         loaded = endpoint.wait_loaded(timeout)
         if loaded.error is not None:
             detail = f"{loaded.error.type}: {loaded.error.message}"
@@ -167,8 +213,7 @@ def _open_session(
                 f"the enclave bundle {str(sim.enclave_path)!r} failed to load: {detail}",
                 code=loaded.error.code,
             )
-        if loaded.measurement != bundle.measurement():
-            raise EnclaveLoadError("the proxy measured a different bundle than the one sent")
+        identity = _attest(load_config, bundle.measurement(), loaded, lease, nonce, client_key)
         try:
             endpoint.call(
                 1, CallKind.INITIALIZE, "", (load_config.config.to_wire(),), timeout=timeout
@@ -195,7 +240,7 @@ def _open_session(
         lease=lease,
         provisioner=provisioner,
         exits=exits,
-        measurement=loaded.measurement,
+        identity=identity,
         debug=sim.debug,
         on_destroyed=on_destroyed,
     )
@@ -211,18 +256,23 @@ def load(
     exit_handlers: Mapping[str, Callable[..., Any]] | None = None,
     files_root: str | os.PathLike[str] | None = None,
     load_timeout: float = 30.0,
+    policy: AttestationPolicy | None = None,
 ) -> EnclaveClient:
     """Load the enclave bundle at ``enclave_path`` and return its client: the short form.
 
     ``provision`` defaults to ``LocalProvision()``; ``name`` defaults to a unique
-    one. The client is registered in ``EnclaveManager.instance()`` like any other,
-    and destroys the enclave when used as a context manager.
+    one. ``policy`` is what the enclave must prove before it gets anything (default:
+    exactly this bundle, on a platform the provisioner vouches for, debug allowed as
+    ``debug`` says); ``AttestationError`` names the check that failed. The client is
+    registered in ``EnclaveManager.instance()`` like any other, and destroys the
+    enclave when used as a context manager.
     """
     if name is None:
         name = f"{Path(enclave_path).stem or 'enclave'}-{secrets.token_hex(4)}"
     proxy_config = RemoteProxyClientConfig(
         provision=RemoteProxyClientConfig.defaults_with_provision(provision).provision,
         load_timeout=load_timeout,
+        policy=policy,
     )
     load_config = EnclaveLoadConfig(
         name=name,

@@ -14,14 +14,16 @@ class ProvisionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ProvisionResponse(_message.Message):
-    __slots__ = ("enclave_id", "address", "session_token")
+    __slots__ = ("enclave_id", "address", "session_token", "proxy_certificate")
     ENCLAVE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PROXY_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     enclave_id: str
     address: str
     session_token: str
-    def __init__(self, enclave_id: _Optional[str] = ..., address: _Optional[str] = ..., session_token: _Optional[str] = ...) -> None: ...
+    proxy_certificate: bytes
+    def __init__(self, enclave_id: _Optional[str] = ..., address: _Optional[str] = ..., session_token: _Optional[str] = ..., proxy_certificate: _Optional[bytes] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("enclave_id",)

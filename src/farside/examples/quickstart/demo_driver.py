@@ -19,6 +19,7 @@ def run(
     message: str,
     *,
     provision: farside.Provisioner | None = None,
+    policy: farside.AttestationPolicy | None = None,
     decrypt: bool = False,
 ) -> str:
     """Load the demo enclave, encrypt ``message`` inside it, destroy it; return the ciphertext."""
@@ -26,8 +27,8 @@ def run(
 
     # Part 1: Initialization
     manager = farside.EnclaveManager.instance()
-    proxy_config = farside.RemoteProxyClientConfig.defaults_with_provision(
-        provision or farside.LocalProvision()
+    proxy_config = farside.RemoteProxyClientConfig(
+        provision=provision or farside.LocalProvision(), policy=policy
     )
     load_config = farside.EnclaveLoadConfig(
         name=kEnclaveName,

@@ -1,0 +1,249 @@
+"""Sim-mode evidence: made by the proxy, verified by the client against its policy.
+
+The proxy signs, with its platform key, an ``EvidenceBody`` naming the enclave it
+loaded (measurement, signer, product id, security version, debug) and report
+data that binds the client's fresh nonce and the session's channel (the proxy's
+TLS key, and the X25519 keys both ends exchanged in Open/Loaded). The client
+verifies the signature against the platform keys it trusts, then every claim
+against its ``AttestationPolicy``, before it sends any configuration or input.
+
+Verification raises ``AttestationError`` naming the failed check; it never
+returns a bool. A hardware backend supplies its own ``format`` and verifier
+behind the same ``verify_evidence`` entry point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from google.protobuf.message import DecodeError
+
+from .._errors import AttestationError
+from .._proto.v1 import attestation_pb2 as pb
+from .identity import EnclaveIdentity
+
+__all__ = [
+    "EVIDENCE_FORMAT",
+    "AttestationPolicy",
+    "channel_binding",
+    "make_evidence",
+    "public_key_bytes",
+    "report_data",
+    "verify_evidence",
+]
+
+log = logging.getLogger("farside")
+
+EVIDENCE_FORMAT = "farside-sim-v1"
+EVIDENCE_VERSION = 1
+
+
+def public_key_bytes(
+    key: Ed25519PublicKey | Ed25519PrivateKey | bytes | str | os.PathLike[str],
+) -> bytes:
+    """The raw 32 bytes of an Ed25519 public key given as a key, raw bytes, hex, or PEM file."""
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    if isinstance(key, Ed25519PublicKey):
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if isinstance(key, bytes) and len(key) == 32:
+        return key
+    if isinstance(key, str) and len(key) == 64:
+        try:
+            return bytes.fromhex(key)
+        except ValueError:
+            pass
+    from .platform import load_platform_public_key
+
+    if isinstance(key, bytes):
+        raise ValueError("a platform key as bytes must be the raw 32-byte Ed25519 key")
+    return public_key_bytes(load_platform_public_key(key))
+
+
+def channel_binding(*, tls_public_key: bytes = b"", client_key: bytes, proxy_key: bytes) -> bytes:
+    """What ties evidence to one session: the TLS key's DER SPKI (if any) and both X25519 keys."""
+    digest = hashlib.sha256(b"farside.channel-binding.v1\0")
+    for part in (tls_public_key, client_key, proxy_key):
+        digest.update(len(part).to_bytes(4, "big") + part)
+    return digest.digest()
+
+
+def report_data(nonce: bytes, binding: bytes) -> bytes:
+    """The 64 bytes of report data: SHA-256 of the client's nonce, then the channel binding.
+
+    Two halves, so that a verifier can say which of the two did not match.
+    """
+    if len(binding) != 32:
+        raise ValueError("the channel binding is 32 bytes")
+    return hashlib.sha256(b"farside.nonce.v1\0" + nonce).digest() + binding
+
+
+def make_evidence(
+    platform_key: Ed25519PrivateKey,
+    identity: EnclaveIdentity,
+    *,
+    nonce: bytes,
+    binding: bytes,
+    sandbox: Iterable[str] = (),
+) -> pb.Evidence:
+    """(proxy) Sign evidence for ``identity``, bound to ``nonce`` and ``binding``."""
+    body = pb.EvidenceBody(
+        version=EVIDENCE_VERSION,
+        measurement=identity.measurement,
+        signer=identity.signer,
+        product_id=identity.product_id,
+        security_version=identity.security_version,
+        debug=identity.debug,
+        report_data=report_data(nonce, binding),
+        sandbox=list(sandbox),
+    ).SerializeToString()
+    return pb.Evidence(
+        format=EVIDENCE_FORMAT,
+        body=body,
+        signature=platform_key.sign(body),
+        platform_key=public_key_bytes(platform_key),
+    )
+
+
+def _hex_set(values: Iterable[str | bytes], what: str) -> frozenset[bytes]:
+    result = set()
+    for value in values:
+        raw = bytes.fromhex(value) if isinstance(value, str) else bytes(value)
+        if len(raw) != 32:
+            raise ValueError(f"an expected {what} is 32 bytes (64 hex digits), got {value!r}")
+        result.add(raw)
+    return frozenset(result)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttestationPolicy:
+    """What the client requires of an enclave before it sends it anything.
+
+    ``measurements``/``signers``: accepted values (hex or bytes); empty accepts any.
+    ``platform_keys``: the trusted machines' platform public keys (raw bytes, hex,
+    ``Ed25519PublicKey`` or a ``platform.pub`` path). ``trust_any_platform`` skips
+    the platform check: for development only, and logged loudly at every load.
+    """
+
+    measurements: tuple[str | bytes, ...] = ()
+    signers: tuple[str | bytes, ...] = ()
+    product_id: int | None = None
+    min_security_version: int = 0
+    allow_debug: bool = False
+    platform_keys: tuple[object, ...] = ()
+    trust_any_platform: bool = False
+    _measurements: frozenset[bytes] = field(init=False, repr=False, compare=False)
+    _signers: frozenset[bytes] = field(init=False, repr=False, compare=False)
+    _platform_keys: frozenset[bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("measurements", "signers", "platform_keys"):
+            if isinstance(getattr(self, name), str | bytes):
+                raise TypeError(f"AttestationPolicy.{name} is a tuple of values, not one value")
+        object.__setattr__(self, "_measurements", _hex_set(self.measurements, "measurement"))
+        object.__setattr__(self, "_signers", _hex_set(self.signers, "signer"))
+        keys = frozenset(public_key_bytes(k) for k in self.platform_keys)  # type: ignore[arg-type]
+        object.__setattr__(self, "_platform_keys", keys)
+        if self.min_security_version < 0:
+            raise ValueError("min_security_version must not be negative")
+
+    def with_platform_keys(self, keys: Iterable[bytes]) -> AttestationPolicy:
+        """This policy, also trusting ``keys`` (raw 32-byte public keys)."""
+        return AttestationPolicy(
+            measurements=self.measurements,
+            signers=self.signers,
+            product_id=self.product_id,
+            min_security_version=self.min_security_version,
+            allow_debug=self.allow_debug,
+            platform_keys=(*self.platform_keys, *keys),
+            trust_any_platform=self.trust_any_platform,
+        )
+
+
+def _failure(check: str, message: str) -> AttestationError:
+    return AttestationError(f"attestation failed ({check}): {message}", check=check)
+
+
+def _check_claims(identity: EnclaveIdentity, policy: AttestationPolicy) -> None:
+    if policy._measurements and identity.measurement not in policy._measurements:
+        raise _failure(
+            "measurement",
+            f"the enclave's measurement {identity.measurement.hex()} is not one the policy accepts",
+        )
+    if policy._signers and identity.signer not in policy._signers:
+        raise _failure(
+            "signer", f"the enclave's signer {identity.signer.hex()} is not one the policy accepts"
+        )
+    if policy.product_id is not None and identity.product_id != policy.product_id:
+        raise _failure(
+            "product id",
+            f"the enclave's product id is {identity.product_id}, not {policy.product_id}",
+        )
+    if identity.security_version < policy.min_security_version:
+        raise _failure(
+            "security version",
+            f"the enclave's security version "
+            f"{identity.security_version} is below {policy.min_security_version}",
+        )
+    if identity.debug and not policy.allow_debug:
+        raise _failure("debug", "the enclave is a debug enclave and the policy forbids debug")
+
+
+def verify_evidence(
+    evidence: pb.Evidence,
+    policy: AttestationPolicy,
+    *,
+    nonce: bytes,
+    binding: bytes,
+) -> EnclaveIdentity:
+    """Check ``evidence`` against ``policy`` for this session; return the enclave's identity.
+
+    Raises ``AttestationError`` whose ``check`` names the first failed check.
+    """
+
+    fail = _failure
+    if evidence is None or not evidence.body:
+        raise fail("evidence", "the proxy sent no evidence")
+    if evidence.format != EVIDENCE_FORMAT:
+        raise fail("evidence", f"unknown evidence format {evidence.format!r}")
+    platform = evidence.platform_key
+    if not policy.trust_any_platform and platform not in policy._platform_keys:
+        raise fail(
+            "platform signature",
+            "the evidence is signed by a platform key this client does not trust (add that "
+            "machine's platform.pub to AttestationPolicy(platform_keys=...))",
+        )
+    if policy.trust_any_platform:
+        log.warning(
+            "farside: NOT checking which platform signed this enclave's evidence "
+            "(AttestationPolicy(trust_any_platform=True)): development only"
+        )
+    try:
+        Ed25519PublicKey.from_public_bytes(platform).verify(evidence.signature, evidence.body)
+        body = pb.EvidenceBody.FromString(evidence.body)
+    except (InvalidSignature, ValueError, DecodeError):
+        raise fail("platform signature", "the evidence's signature does not verify") from None
+    if body.version != EVIDENCE_VERSION or len(body.measurement) != 32 or len(body.signer) != 32:
+        raise fail("evidence", "malformed evidence body")
+    expected = report_data(nonce, binding)
+    if len(body.report_data) != 64 or not hmac.compare_digest(body.report_data[:32], expected[:32]):
+        raise fail("nonce", "the evidence was not made for this session's nonce (a replay?)")
+    if not hmac.compare_digest(body.report_data[32:], expected[32:]):
+        raise fail("channel binding", "the evidence was made for another session's channel")
+    identity = EnclaveIdentity(
+        measurement=body.measurement,
+        signer=body.signer,
+        product_id=body.product_id,
+        security_version=body.security_version,
+        debug=body.debug,
+    )
+    _check_claims(identity, policy)
+    return identity
