@@ -28,8 +28,13 @@ PLATFORM_KEY = "platform.key"
 PLATFORM_PUB = "platform.pub"
 
 
-def write_private(path: Path, data: bytes, *, mode: int = 0o600, force: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically with ``mode``; refuse to overwrite unless ``force``."""
+def write_private(
+    path: Path, data: bytes, *, mode: int = 0o600, force: bool = False, durable: bool = True
+) -> None:
+    """Write ``data`` to ``path`` atomically with ``mode``; refuse to overwrite unless ``force``.
+
+    ``durable`` also syncs it to disk (not needed for files that live for one process).
+    """
     if path.exists() and not force:
         raise FileExistsError(f"{str(path)!r} exists; pass --force to replace it")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -38,7 +43,8 @@ def write_private(path: Path, data: bytes, *, mode: int = 0o600, force: bool = F
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -103,6 +103,7 @@ class LocalProvision:
         write_private(
             directory / "platform.key",
             key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
+            durable=False,
         )
         command = proxy_command(
             f"unix:{directory / 'proxy.sock'}",
