@@ -257,6 +257,20 @@ class ProvisionServer:
             with self._lock:
                 del self._enclaves[enclave_id]
             raise
+        certificate = b""
+        if self.config.tls is not None:  # read it before the monitor may reap the directory
+            try:
+                certificate = (proxy.directory / "tls-cert.pem").read_bytes()
+            except OSError:
+                certificate = b""
+            if not certificate:
+                reap(proxy, grace=0.0)
+                with self._lock:
+                    del self._enclaves[enclave_id]
+                raise RefusedError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the enclave proxy ended before it could be handed over",
+                )
         with self._lock:
             enclave.proxy = proxy
             enclave.started = time.monotonic()
@@ -267,9 +281,6 @@ class ProvisionServer:
             name=f"farside-proxy-{enclave_id}",
         ).start()
         log.info("provisioned %s (%s) for %s at %s", enclave_id, name, client, proxy.address)
-        certificate = b""
-        if self.config.tls is not None:
-            certificate = (proxy.directory / "tls-cert.pem").read_bytes()
         return enclave_id, proxy.address, token, certificate
 
     def _start_proxy(self, enclave_id: str, name: str) -> tuple[ProxyProcess, str]:

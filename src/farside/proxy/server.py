@@ -13,6 +13,7 @@ import datetime
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -351,6 +352,9 @@ def run_proxy(
             os.close(status_fd)
         code = server.serve()
     finally:
+        if parent_pid is not None and os.getppid() != parent_pid and listen.startswith("unix:"):
+            # Our provisioner died and cannot clean up after us: remove our private directory.
+            shutil.rmtree(Path(listen[len("unix:") :]).parent, ignore_errors=True)
         # Enclave threads may still be running enclave code: they must not keep us alive.
         logging.shutdown()
         os._exit(code)
