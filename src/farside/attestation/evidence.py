@@ -116,6 +116,8 @@ def make_evidence(
 def _hex_set(values: Iterable[str | bytes], what: str) -> frozenset[bytes]:
     result = set()
     for value in values:
+        if not isinstance(value, str | bytes | bytearray | memoryview):
+            raise TypeError(f"an expected {what} is hex or bytes, not {type(value).__name__}")
         raw = bytes.fromhex(value) if isinstance(value, str) else bytes(value)
         if len(raw) != 32:
             raise ValueError(f"an expected {what} is 32 bytes (64 hex digits), got {value!r}")
@@ -228,9 +230,12 @@ def verify_evidence(
         )
     try:
         Ed25519PublicKey.from_public_bytes(platform).verify(evidence.signature, evidence.body)
-        body = pb.EvidenceBody.FromString(evidence.body)
-    except (InvalidSignature, ValueError, DecodeError):
+    except (InvalidSignature, ValueError):
         raise fail("platform signature", "the evidence's signature does not verify") from None
+    try:
+        body = pb.EvidenceBody.FromString(evidence.body)
+    except DecodeError:
+        raise fail("evidence", "malformed evidence body") from None
     if body.version != EVIDENCE_VERSION or len(body.measurement) != 32 or len(body.signer) != 32:
         raise fail("evidence", "malformed evidence body")
     expected = report_data(nonce, binding)

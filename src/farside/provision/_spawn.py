@@ -105,6 +105,7 @@ def start_proxy(
     timeout: float,
     name: str,
     launch: Launcher | None = None,
+    secret_input: bytes = b"",
 ) -> ProxyProcess:
     """Start ``command`` in ``directory`` and wait until it listens (``EnclaveLoadError`` if not).
 
@@ -136,7 +137,7 @@ def start_proxy(
     try:
         assert process.stdin is not None
         assert process.stdout is not None
-        process.stdin.write(token.encode() + b"\n")
+        process.stdin.write(token.encode() + b"\n" + secret_input)
         process.stdin.close()
         line = _read_line(process.stdout, time.monotonic() + timeout)
     except OSError:

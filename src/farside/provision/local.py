@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from ..attestation.evidence import public_key_bytes
-from ..attestation.platform import write_private
+from ..attestation.platform import platform_key_pem
 from ._base import ProxyLease
 from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
 
@@ -100,17 +99,12 @@ class LocalProvision:
         directory = Path(tempfile.mkdtemp(prefix="farside-"))  # mode 0700
         token = secrets.token_urlsafe(32)
         key = _platform_key()
-        write_private(
-            directory / "platform.key",
-            key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
-            durable=False,
-        )
         command = proxy_command(
             f"unix:{directory / 'proxy.sock'}",
             python=self.python,
             idle_timeout=self.idle_timeout,
             parent_pid=os.getpid(),
-            extra=["--platform-key", str(directory / "platform.key")],
+            extra=["--platform-key", "-"],
         )
         proxy = start_proxy(
             command,
@@ -119,8 +113,8 @@ class LocalProvision:
             timeout=timeout,
             name=name,
             launch=_spawner.run,
+            secret_input=platform_key_pem(key),
         )
-        (directory / "platform.key").unlink()  # the proxy has read it
         return ProxyLease(
             address=proxy.address,
             token=token,

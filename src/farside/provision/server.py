@@ -40,7 +40,7 @@ from .._errors import EnclaveLoadError
 from .._proto.v1 import provision_pb2 as pb
 from .._proto.v1 import provision_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
-from ..attestation.platform import PLATFORM_KEY, load_platform_key
+from ..attestation.platform import PLATFORM_KEY, load_platform_key, platform_key_pem
 from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
 
 __all__ = ["ProvisionServer", "ProvisionServerConfig"]
@@ -120,8 +120,11 @@ class ProvisionServer:
         self._lock = threading.Lock()
         self._enclaves: dict[str, _Enclave] = {}
         self._stopping = False
+        self._platform_pem = b""
         if config.platform_dir is not None:  # fail now, not at the first Provision
-            load_platform_key(config.platform_dir / PLATFORM_KEY)
+            self._platform_pem = platform_key_pem(
+                load_platform_key(config.platform_dir / PLATFORM_KEY)
+            )
         self._workdir = Path(tempfile.mkdtemp(prefix="farside-server-", dir=config.workdir))  # 0700
         self._proxy_tls = self._materialize_tls()
         self._server = grpc.server(
@@ -288,7 +291,7 @@ class ProvisionServer:
         host = self.config.advertise or self.config.host
         extra = [*self._proxy_tls, "--report-status"]
         if self.config.platform_dir is not None:
-            extra += ["--platform-key", str((self.config.platform_dir / PLATFORM_KEY).resolve())]
+            extra += ["--platform-key", "-"]  # on stdin: proxies never see the key's file
         error: EnclaveLoadError | None = None
         for port in self._candidate_ports():
             directory = self._workdir / enclave_id
@@ -306,6 +309,7 @@ class ProvisionServer:
                     directory=directory,
                     timeout=self.config.proxy_start_timeout,
                     name=name,
+                    secret_input=self._platform_pem,
                 )
             except EnclaveLoadError as exc:
                 error = exc

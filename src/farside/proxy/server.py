@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -32,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from .._errors import EnclaveError, HostCallError
 from .._proto.v1 import session_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
-from ..attestation.platform import load_platform_key
+from ..attestation.platform import load_platform_key, load_platform_key_pem
 from ..protocol import Role, SessionCore
 from ..transport import Endpoint
 from ..transport.grpc import FrameSink, SessionServicer, channel_options
@@ -159,7 +160,10 @@ class RemoteEnclaveProxyServer:
     # ----------------------------------------------------------- session
 
     def _on_open(self, servicer: SessionServicer) -> FrameSink:
-        runtime = EnclaveRuntime(platform_key=self.platform_key, tls_public_key=self.tls_public_key)
+        # Hand the key over: after it signs this session's evidence nothing may hold it.
+        key, self.platform_key = self.platform_key, None
+        runtime = EnclaveRuntime(platform_key=key, tls_public_key=self.tls_public_key)
+        del key
         endpoint = Endpoint(
             SessionCore(Role.PROXY),
             servicer,
@@ -242,6 +246,15 @@ class RemoteEnclaveProxyServer:
             log.warning("finalize() did not return within %g s; exiting anyway", FINALIZE_GRACE)
 
 
+def _read_pem_block(stream: Any) -> bytes:
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if line.startswith("-----END"):
+            break
+    return "".join(lines).encode()
+
+
 def _read_token(token_file: str | None, token_stdin: bool) -> str:
     if token_stdin:
         return sys.stdin.readline().strip()
@@ -311,7 +324,10 @@ def run_proxy(
         assert isinstance(tls.cert, bytes)
         Path("tls-cert.pem").write_bytes(tls.cert)
     try:
-        key = load_platform_key(platform_key) if platform_key else None
+        if platform_key == "-":  # a PEM block after the token on stdin: never in a file
+            key: Ed25519PrivateKey | None = load_platform_key_pem(_read_pem_block(sys.stdin))
+        else:
+            key = load_platform_key(platform_key) if platform_key else None
     except ValueError as exc:
         print(f"farside proxy: {exc}", file=sys.stderr)
         return 2
@@ -323,6 +339,7 @@ def run_proxy(
         tls=tls,
         platform_key=key,
     )
+    del key  # the server holds it until the session takes it
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         server.stop(f"received {signal.Signals(signum).name}")

@@ -99,6 +99,8 @@ def provisioner(args: argparse.Namespace) -> farside.Provisioner:
     token = None
     if args.token_file:
         token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        if not token:
+            raise ValueError(f"the token file {args.token_file!r} is empty")
     return farside.RemoteProvision(args.remote, tls=tls, token=token)
 
 

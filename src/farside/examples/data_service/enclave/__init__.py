@@ -141,7 +141,9 @@ class DataService(TrustedApplication):
         if not isinstance(op, str) or op not in OPS:
             raise ValueError(f"unknown op {op!r}: the ops are {', '.join(OPS)}")
         if not isinstance(column, str) or column not in columns:
-            raise ValueError(f"unknown column {column!r}: the columns are {', '.join(sorted(columns))}")
+            raise ValueError(
+                f"unknown column {column!r}: the columns are {', '.join(sorted(columns))}"
+            )
         if where is not None and not isinstance(where, dict):
             raise ValueError('where is None or a dict like {"age": [30, 39]}')
         ranges = {}

@@ -1,0 +1,59 @@
+"""The attestation tests' witness: it reports whether its code ran and what it was given.
+
+Module-level code (which the proxy runs while loading, before the client has seen
+the evidence) writes ``<pid>.loaded`` into the directory named by the environment
+variable ``FARSIDE_TEST_PROBE_DIR`` (inherited from the test process); ``initialize``
+writes ``<pid>.initialized`` with the configuration it received and hands that
+configuration to the client's exit handler ``seen``. A refused load must leave a
+``.loaded`` marker (the enclave was really loaded) and nothing else.
+
+``TAG`` is what the tampering test changes by one byte.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from farside.trusted import EnclaveConfig, TrustedApplication, ecall, host
+
+TAG = "attest-probe original"
+MARKERS = os.environ.get("FARSIDE_TEST_PROBE_DIR", "")
+
+
+def _mark(suffix: str, text: str) -> None:
+    """Write one marker file next to the real filesystem (not the client's ``open``)."""
+    if not MARKERS:
+        return
+    path = os.path.join(MARKERS, f"{os.getpid()}.{suffix}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+_mark("loaded", TAG)
+
+
+class Probe(TrustedApplication):
+    def initialize(self, config: EnclaveConfig) -> None:
+        seen = {
+            "user": config.user,
+            "environment": dict(config.environment),
+            "tag": TAG,
+        }
+        _mark("initialized", repr(seen))
+        host.call("seen", seen)
+
+    def run(self, input: Any) -> Any:
+        _mark("input", repr(input))
+        return input
+
+    @ecall
+    def tag(self) -> str:
+        return TAG
+
+
+def build_trusted_application() -> TrustedApplication:
+    return Probe()
