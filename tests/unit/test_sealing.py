@@ -8,6 +8,7 @@ installed by hand, and in a real proxy by tests/integration/test_sealing_enclave
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import struct
 import traceback
@@ -26,7 +27,12 @@ from hypothesis import strategies as st
 import farside
 import farside.trusted
 from farside._errors import EnclaveError, StatusCode, UnsealError
-from farside.attestation.identity import EnclaveIdentity, sealing_root
+from farside.attestation.identity import (
+    SIGNER_CHAIN_LENGTH,
+    EnclaveIdentity,
+    SealingKeys,
+    sealing_root,
+)
 from farside.trusted import _runtime, _sealing
 from farside.trusted._sealing import UNSEAL_FAILED, seal_with, unseal_with
 
@@ -87,9 +93,9 @@ def test_default_policy_is_enclave() -> None:
 @pytest.mark.parametrize(("policy", "byte"), [("enclave", 1), ("signer", 2)])
 def test_header_layout(policy: str, byte: int) -> None:
     nonce = bytes(range(12))
-    who = identity(security_version=0x01020304)
+    who = identity(security_version=0x0A0B)
     blob = seal_with(ROOT, who, DATA, policy, nonce=nonce)
-    assert blob[:HEADER_SIZE] == b"FSEAL" + bytes([1, byte]) + bytes([1, 2, 3, 4]) + nonce
+    assert blob[:HEADER_SIZE] == b"FSEAL" + bytes([1, byte]) + bytes([0, 0, 0x0A, 0x0B]) + nonce
 
 
 def test_each_seal_uses_a_fresh_nonce() -> None:
@@ -310,7 +316,26 @@ def test_signer_upgrade_opens_what_the_old_version_sealed() -> None:
     v2 = identity(security_version=2, measurement=bytes([0xB2]) * 32)  # new code, same line
     blob = seal_with(ROOT, v1, DATA, "signer")
     assert unseal_with(ROOT, v2, blob) == DATA
-    assert unseal_with(ROOT, identity(security_version=2**32 - 1), blob) == DATA
+    assert unseal_with(ROOT, identity(security_version=SIGNER_CHAIN_LENGTH - 1), blob) == DATA
+
+
+def test_signer_policy_is_bounded_by_the_key_chain() -> None:
+    too_new = identity(security_version=SIGNER_CHAIN_LENGTH)
+    with pytest.raises(ValueError, match="security versions up to"):
+        seal_with(ROOT, too_new, DATA, "signer")
+    # The enclave policy has no such bound.
+    assert unseal_with(ROOT, too_new, seal_with(ROOT, too_new, DATA)) == DATA
+    # An enclave beyond the chain cannot open what an older version sealed for the signer.
+    old = seal_with(ROOT, identity(security_version=1), DATA, "signer")
+    assert_opaque(unseal_failure(ROOT, too_new, old))
+
+
+def test_sealing_keys_walk_down_never_up() -> None:
+    v5 = SealingKeys.derive(ROOT, identity(security_version=5))
+    v3 = SealingKeys.derive(ROOT, identity(security_version=3))
+    assert v5.signer_key(3) == v3.signer_key(3) is not None
+    assert v3.signer_key(5) is None  # a newer version's key is out of reach
+    assert v5.enclave_key == v3.enclave_key  # same measurement in this helper
 
 
 def test_signer_old_version_cannot_open_what_the_new_one_sealed() -> None:
@@ -397,17 +422,17 @@ def test_fuzz_non_bytes(blob: Any) -> None:
 
 
 class FakeRuntime:
-    """What the recipes use of ``EnclaveRuntime``: its identity and its sealing root."""
+    """What the recipes use of ``EnclaveRuntime``: its identity and its sealing keys."""
 
     def __init__(self, identity: EnclaveIdentity | None, root: bytes | None) -> None:
         self.identity = identity
         self._root = root
 
     @property
-    def sealing_root(self) -> bytes:
-        if self._root is None:
+    def sealing_keys(self) -> SealingKeys:
+        if self._root is None or self.identity is None:
             raise RuntimeError("this proxy has no platform identity, so it cannot seal")
-        return self._root
+        return SealingKeys.derive(self._root, self.identity)
 
 
 @pytest.fixture
@@ -506,12 +531,19 @@ def spec_seal(vector: dict[str, Any]) -> tuple[bytes, bytes]:
             b"\x02"
             + bytes.fromhex(vector["signer"])
             + vector["product_id"].to_bytes(4, "big")
-            + svn.to_bytes(4, "big")
             + (b"\x01" if vector["debug"] else b"\x00")
         )
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"farside.seal.v1", info=info).derive(
-        bytes.fromhex(vector["root"])
-    )
+
+    def hkdf(ikm: bytes, info: bytes) -> bytes:
+        return HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=b"farside.seal.v1", info=info
+        ).derive(ikm)
+
+    key = hkdf(bytes.fromhex(vector["root"]), info)
+    if policy == 2:  # walk the chain down from version 4095 to the sealer's, then expand
+        for _ in range(4095 - svn):
+            key = hashlib.sha256(b"farside.seal.chain.v1\0" + key).digest()
+        key = hkdf(key, b"farside.seal.signer-key.v1")
     nonce = bytes.fromhex(vector["nonce"])
     header = b"FSEAL" + bytes([1, policy]) + svn.to_bytes(4, "big") + nonce
     body = AESGCM(key).encrypt(nonce, bytes.fromhex(vector["plaintext"]), header)

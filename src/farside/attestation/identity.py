@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
     "SIGNATURE_DOMAIN",
+    "SIGNER_CHAIN_LENGTH",
+    "SealingKeys",
     "UNSIGNED",
     "EnclaveIdentity",
     "sealing_root",
@@ -81,3 +83,60 @@ def verify_signature(measurement: bytes, public_key: bytes, signature: bytes) ->
     except (InvalidSignature, ValueError):
         raise ValueError("the bundle's signature does not verify") from None
     return signer_of(public_key)
+
+
+SIGNER_CHAIN_LENGTH = 4096
+"""Security versions 0..4095 can use the ``"signer"`` sealing policy."""
+
+_SEAL_SALT = b"farside.seal.v1"
+
+
+def _hkdf(ikm: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SEAL_SALT, info=info).derive(ikm)
+
+
+def _chain_step(key: bytes) -> bytes:
+    return hashlib.sha256(b"farside.seal.chain.v1\0" + key).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class SealingKeys:
+    """The sealing keys one enclave is entitled to, derived before its code runs.
+
+    The platform's sealing root never reaches enclave code: the proxy derives
+    these and drops the root. ``enclave_key`` is bound to the measurement. For
+    the ``"signer"`` policy, the keys of security versions 0..4095 form a hash
+    chain from the top down (the key material of version ``s`` is SHA-256 of
+    that of ``s + 1``), and the enclave gets the link of its own version: it can
+    walk down to older versions' keys, never up to a newer version's.
+    """
+
+    enclave_key: bytes
+    signer_link: bytes | None  # None: unsigned, or a version beyond the chain
+    security_version: int
+
+    @classmethod
+    def derive(cls, root: bytes, identity: EnclaveIdentity) -> SealingKeys:
+        """The keys of ``identity`` under the platform sealing ``root``."""
+        enclave_key = _hkdf(root, b"\x01" + identity.measurement)
+        link = None
+        if identity.signed and identity.security_version < SIGNER_CHAIN_LENGTH:
+            link = _hkdf(
+                root,
+                b"\x02"
+                + identity.signer
+                + identity.product_id.to_bytes(4, "big")
+                + bytes([int(identity.debug)]),
+            )
+            for _ in range(SIGNER_CHAIN_LENGTH - 1 - identity.security_version):
+                link = _chain_step(link)
+        return cls(enclave_key, link, identity.security_version)
+
+    def signer_key(self, security_version: int) -> bytes | None:
+        """The ``"signer"`` key of an older (or this) version; None if not entitled."""
+        if self.signer_link is None or not 0 <= security_version <= self.security_version:
+            return None
+        link = self.signer_link
+        for _ in range(self.security_version - security_version):
+            link = _chain_step(link)
+        return _hkdf(link, b"farside.seal.signer-key.v1")

@@ -25,7 +25,13 @@ from .._config import EnclaveConfig
 from .._errors import EnclaveError, HostCallError, StatusCode
 from ..attestation import Bundle, measure_bundle
 from ..attestation.evidence import channel_binding, make_evidence
-from ..attestation.identity import UNSIGNED, EnclaveIdentity, sealing_root, verify_signature
+from ..attestation.identity import (
+    UNSIGNED,
+    EnclaveIdentity,
+    SealingKeys,
+    sealing_root,
+    verify_signature,
+)
 from ..protocol import (
     BundleReceived,
     CallKind,
@@ -93,7 +99,7 @@ class EnclaveRuntime:
     ) -> None:
         self.platform_key = platform_key  # signs this session's evidence, then is dropped
         self.tls_public_key = tls_public_key  # DER SubjectPublicKeyInfo of our TLS key, if any
-        self._sealing_root: bytes | None = None
+        self._sealing_keys: SealingKeys | None = None
         self.identity: EnclaveIdentity | None = None  # set once the bundle is loaded
         self.calls_served = 0
         self._calls_lock = threading.Lock()
@@ -157,7 +163,11 @@ class EnclaveRuntime:
         )
         key = self.platform_key or Ed25519PrivateKey.generate()
         evidence = make_evidence(key, self.identity, nonce=event.nonce, binding=binding)
-        self._sealing_root = sealing_root(key) if self.platform_key is not None else None
+        self._sealing_keys = (
+            SealingKeys.derive(sealing_root(key), self.identity)
+            if self.platform_key is not None
+            else None
+        )
         self.platform_key = None  # enclave code must not be able to sign evidence
         return evidence, proxy_key
 
@@ -271,11 +281,11 @@ class EnclaveRuntime:
         return method(*args, **event.kwargs)
 
     @property
-    def sealing_root(self) -> bytes:
-        """The platform sealing secret; ``RuntimeError`` if this proxy has no platform key."""
-        if self._sealing_root is None:
+    def sealing_keys(self) -> SealingKeys:
+        """This enclave's sealing keys; ``RuntimeError`` if the proxy has no platform key."""
+        if self._sealing_keys is None:
             raise RuntimeError("this proxy has no platform identity, so it cannot seal")
-        return self._sealing_root
+        return self._sealing_keys
 
     def error_from_exception(self, exc: BaseException) -> RemoteError:
         """Endpoint hook: describe an exception for the client."""

@@ -7,20 +7,23 @@ tag; the header is the associated data, so none of it can be changed unnoticed::
              | the sealer's security version, u32 big-endian (4) | nonce (12)
     blob   = header || AES-256-GCM(key, nonce, data, associated data = header)
 
-The key is HKDF-SHA256 over the platform's sealing root (salt
-``b"farside.seal.v1"``) with an ``info`` that binds the policy and the identity:
+The keys are ``attestation.identity.SealingKeys``, derived from the platform's
+sealing root by the proxy before any enclave code runs (the root itself never
+reaches enclave code):
 
-* ``"enclave"``: ``0x01 || measurement``. Only the same bundle, byte for byte
-  and with the same manifest, on the same platform opens the blob.
-* ``"signer"``: ``0x02 || signer || product id (u32 BE) || security version
-  from the header (u32 BE) || debug (1 byte)``. Any enclave of the same signer
-  and product whose own security version is at least the sealer's opens it (it
-  derives the key for the header's version); one of a lower version refuses it.
-  A debug enclave and a production one never share keys, as under SGX's
+* ``"enclave"``: HKDF-SHA256(root, salt ``b"farside.seal.v1"``, info ``0x01 ||
+  measurement``). Only the same bundle, byte for byte and with the same manifest,
+  on the same platform opens the blob.
+* ``"signer"``: a hash chain over security versions 0..4095 rooted in
+  HKDF(root, info ``0x02 || signer || product id (u32 BE) || debug (1 byte)``);
+  the enclave holds the link of its own version, so any enclave of the same
+  signer and product whose own security version is at least the sealer's opens
+  the blob (it walks down to the header's version), and one of a lower version
+  cannot. A debug enclave and a production one never share keys, as under SGX's
   attribute mask: a debug enclave's secrets are not secret from its host.
 
 ``seal``/``unseal`` are the recipes enclave code uses; ``seal_with``/
-``unseal_with`` are the pure layer under them (root and identity passed in),
+``unseal_with`` are the pure layer under them (root or keys, and identity, passed in),
 kept public inside this module for tests and test vectors. Every failure to
 unseal is one ``UnsealError`` with one message, raised from one place with no
 chained cause, so neither its text, its code nor its traceback tells a prober
@@ -35,12 +38,10 @@ import struct
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .._errors import UnsealError
-from ..attestation.identity import EnclaveIdentity
+from ..attestation.identity import SIGNER_CHAIN_LENGTH, EnclaveIdentity, SealingKeys
 from ._runtime import current_runtime
 
 __all__ = ["UNSEAL_FAILED", "seal", "seal_with", "unseal", "unseal_with"]
@@ -90,13 +91,27 @@ def seal_with(
             "to seal with policy 'signer' the enclave must be signed, and this one has no "
             "signer (sign its bundle with `farside sign`, or seal with policy 'enclave')"
         )
+    return _seal(SealingKeys.derive(root, identity), identity, data, policy_byte, nonce)
+
+
+def _seal(
+    keys: SealingKeys,
+    identity: EnclaveIdentity,
+    data: bytes,
+    policy_byte: int,
+    nonce: bytes | None,
+) -> bytes:
     if nonce is None:
         nonce = os.urandom(NONCE_SIZE)
     elif not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
         raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
     svn = identity.security_version
+    key = keys.enclave_key if policy_byte == _ENCLAVE else keys.signer_key(svn)
+    if key is None:
+        raise ValueError(
+            f"policy 'signer' supports security versions up to {SIGNER_CHAIN_LENGTH - 1}"
+        )
     header = _HEADER.pack(MAGIC, VERSION, policy_byte, svn, nonce)
-    key = _derive_key(root, identity, policy_byte, svn)
     return header + AESGCM(key).encrypt(nonce, bytes(data), header)
 
 
@@ -109,7 +124,11 @@ def unseal_with(root: bytes, identity: EnclaveIdentity, blob: bytes) -> bytes:
     """
     _check_root(root)
     _check_identity(identity)
-    data = _open(root, identity, blob)
+    return _unseal(SealingKeys.derive(root, identity), identity, blob)
+
+
+def _unseal(keys: SealingKeys, identity: EnclaveIdentity, blob: object) -> bytes:
+    data = _open(keys, identity, blob)
     if data is None:
         # The only raise site, outside any except block: no cause, no context,
         # and the same traceback whichever check failed.
@@ -117,7 +136,7 @@ def unseal_with(root: bytes, identity: EnclaveIdentity, blob: bytes) -> bytes:
     return data
 
 
-def _open(root: bytes, identity: EnclaveIdentity, blob: object) -> bytes | None:
+def _open(keys: SealingKeys, identity: EnclaveIdentity, blob: object) -> bytes | None:
     """The data in ``blob``, or ``None`` if it does not open; never raises for a bad blob."""
     if not isinstance(blob, bytes):
         return None
@@ -132,23 +151,13 @@ def _open(root: bytes, identity: EnclaveIdentity, blob: object) -> bytes | None:
         return None  # sealed by a newer version: an old enclave must not read a newer one's data
     if policy_byte == _SIGNER and not identity.signed:
         return None
-    key = _derive_key(root, identity, policy_byte, svn)
+    key = keys.enclave_key if policy_byte == _ENCLAVE else keys.signer_key(svn)
+    if key is None:
+        return None
     try:
         return AESGCM(key).decrypt(nonce, blob[HEADER_SIZE:], header)
     except InvalidTag:
         return None
-
-
-def _derive_key(root: bytes, identity: EnclaveIdentity, policy_byte: int, svn: int) -> bytes:
-    if policy_byte == _ENCLAVE:
-        info = bytes([_ENCLAVE]) + identity.measurement
-    else:
-        info = (
-            bytes([_SIGNER])
-            + identity.signer
-            + struct.pack(">IIB", identity.product_id, svn, int(identity.debug))
-        )
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=info).derive(root)
 
 
 # --------------------------------------------------------------------- argument checks
@@ -199,9 +208,11 @@ def seal(data: bytes, policy: str = "enclave") -> bytes:
     that may be stored anywhere, the untrusted host included.
     """
     _check_data(data)
-    _policy_byte(policy)
-    root, identity = _enclave_secrets("seal")
-    return seal_with(root, identity, data, policy)
+    policy_byte = _policy_byte(policy)
+    keys, identity = _enclave_secrets("seal")
+    if policy_byte == _SIGNER and not identity.signed:
+        return seal_with(bytes(ROOT_SIZE), identity, data, policy)  # raises the clear error
+    return _seal(keys, identity, data, policy_byte, None)
 
 
 def unseal(blob: bytes) -> bytes:
@@ -210,12 +221,12 @@ def unseal(blob: bytes) -> bytes:
     Raises ``UnsealError``, with one message for every cause (another enclave
     or platform, a lower security version, tampering, truncation, not a blob).
     """
-    root, identity = _enclave_secrets("unseal")
-    return unseal_with(root, identity, blob)
+    keys, identity = _enclave_secrets("unseal")
+    return _unseal(keys, identity, blob)
 
 
-def _enclave_secrets(what: str) -> tuple[bytes, EnclaveIdentity]:
-    """The platform sealing root and the identity of the enclave this process hosts."""
+def _enclave_secrets(what: str) -> tuple[SealingKeys, EnclaveIdentity]:
+    """The sealing keys and the identity of the enclave this process hosts."""
     try:
         runtime = current_runtime()
     except RuntimeError as exc:
@@ -228,11 +239,11 @@ def _enclave_secrets(what: str) -> tuple[bytes, EnclaveIdentity]:
             f"farside.trusted.{what}() works only once the enclave's bundle is loaded"
         )
     try:
-        root = runtime.sealing_root
+        keys = runtime.sealing_keys
     except RuntimeError as exc:
         raise RuntimeError(
             f"farside.trusted.{what}() needs the platform's sealing secret, but this proxy "
             "has no platform key (run the enclave on a provision server started with "
             "--platform-dir)"
         ) from exc
-    return root, identity
+    return keys, identity
