@@ -54,15 +54,24 @@ def batches(frames: list[pb.Frame]) -> Iterator[pb.Batch]:
     yield pb.Batch(frames=frames[start:])
 
 
+KEEPALIVE_MS = 4_000
+KEEPALIVE_TIMEOUT_MS = 3_000
+
+
 def channel_options() -> list[tuple[str, Any]]:
-    """gRPC options both ends use: message size and keepalive."""
+    """gRPC options both ends use: message size, and keepalive pings that detect a dead
+    peer or a cut network within KEEPALIVE_MS + KEEPALIVE_TIMEOUT_MS (7 s), idle or not."""
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # the peer pings as often as we do: do not count that as abuse
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
+        ("grpc.http2.min_time_between_pings_ms", KEEPALIVE_MS // 2),
+        ("grpc.http2.max_ping_strikes", 0),
     ]
 
 
