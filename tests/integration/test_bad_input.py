@@ -373,5 +373,5 @@ def test_value_over_the_size_limit_is_refused_before_sending(
 ) -> None:
     before = worker.enter_and_run("count")["runs"]
     with pytest.raises(ValueError, match="limit"):
-        worker.enter_and_run(b"x" * (65 * 2**20))
+        worker.enter_and_run(b"x" * (257 * 2**20))
     assert worker.enter_and_run("count")["runs"] == before + 1

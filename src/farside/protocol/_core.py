@@ -48,6 +48,8 @@ from ._events import (
 __all__ = ["PROTOCOL_VERSION", "Limits", "Role", "SessionCore", "State"]
 
 PROTOCOL_VERSION = 1
+MAX_VALUE_SIZE_CAP = 2**30
+"""No peer can make a proxy accept values larger than this."""
 
 
 class Role(enum.Enum):
@@ -73,7 +75,8 @@ class Limits:
     """Bounds the core enforces; the defaults suit most enclaves."""
 
     max_depth: int = 64
-    max_value_size: int = 64 * 2**20
+    max_value_size: int = 256 * 2**20
+    value_chunk_size: int = 2**20
     max_bundle_size: int = 64 * 2**20
     max_bundle_files: int = 10_000
     bundle_chunk_size: int = 2**20
@@ -142,6 +145,8 @@ class SessionCore:
         self._next_id = 1 if role is Role.CLIENT else 2
         self._last_peer_id = 0
         self._max_depth = self.limits.max_depth
+        self._max_value_size = self.limits.max_value_size
+        self._chunks = bytearray()  # a value arriving in Chunk frames
         # proxy: bundle being received
         self._manifest: Manifest | None = None
         self._files: list[tuple[str, int]] = []
@@ -213,6 +218,7 @@ class SessionCore:
                     ),
                     files=[pb.FileEntry(path=p, size=len(bundle.files[p])) for p in paths],
                     max_depth=self._max_depth,
+                    max_value_size=self._max_value_size,
                     nonce=nonce,
                     client_key=client_key,
                     signature=pb.BundleSignature(public_key=signature[0], signature=signature[1])
@@ -296,6 +302,7 @@ class SessionCore:
             _values.encode(kw, what="kwargs")
             raise
         call_id = 0 if oneway else self._next_id
+        chunks, payload = self._split(payload)
         try:  # build the frame before touching any state: protobuf may refuse the name
             frame = pb.Frame(
                 call=pb.Call(
@@ -313,6 +320,7 @@ class SessionCore:
             self._next_id += 2
             self._stacks.setdefault(thread, []).append(_InFlight(call_id, True, kind))
             self._outgoing[call_id] = thread
+        self._emit_chunks(chunks)
         self._emit(frame)
         return call_id
 
@@ -328,27 +336,46 @@ class SessionCore:
         stack = self._stacks.get(thread)
         if not stack or stack[-1].outgoing or stack[-1].call_id != call_id:
             raise RuntimeError(f"call {call_id} is not the innermost call on thread {thread}")
-        self._emit(pb.Frame(result=self._result(call_id, value, error)))
+        chunks, result = self._result(call_id, value, error)
+        self._emit_chunks(chunks)
+        self._emit(pb.Frame(result=result))
         stack.pop()
         if not stack:
             del self._stacks[thread]
 
-    def _result(self, call_id: int, value: Any, error: RemoteError | None) -> pb.Result:
+    def _result(
+        self, call_id: int, value: Any, error: RemoteError | None
+    ) -> tuple[list[bytes], pb.Result]:
         if error is None:
             try:
-                return pb.Result(call_id=call_id, value=self._encode(value, "result"))
+                chunks, last = self._split(self._encode(value, "result"))
+                return chunks, pb.Result(call_id=call_id, value=last)
             except (TypeError, ValueError) as exc:
                 error = RemoteError(
                     code=StatusCode.INVALID_ARGUMENT, type=type(exc).__name__, message=str(exc)
                 )
-        return pb.Result(call_id=call_id, error=_remote_error_to_pb(error))
+        return [], pb.Result(call_id=call_id, error=_remote_error_to_pb(error))
+
+    def _split(self, payload: bytes) -> tuple[list[bytes], bytes]:
+        """Cut a payload into leading chunks and the last piece that rides in its frame."""
+        step = self.limits.value_chunk_size
+        if len(payload) <= step:
+            return [], payload
+        cut = len(payload) - ((len(payload) - 1) % step + 1)
+        view = memoryview(payload)
+        chunks = [bytes(view[start : start + step]) for start in range(0, cut, step)]
+        return chunks, bytes(view[cut:])
+
+    def _emit_chunks(self, chunks: list[bytes]) -> None:
+        for data in chunks:
+            self._emit(pb.Frame(chunk=pb.Chunk(data=data)))
 
     def _encode(self, value: Any, what: str) -> bytes:
         data = _values.encode(value, what=what)
-        if len(data) > self.limits.max_value_size:
+        if len(data) > self._max_value_size:
             raise ValueError(
                 f"the {what} encode to {len(data)} bytes, more than the limit of "
-                f"{self.limits.max_value_size} bytes per call"
+                f"{self._max_value_size} bytes per call"
             )
         return data
 
@@ -463,6 +490,8 @@ class SessionCore:
 
     def _receive_one(self, frame: pb.Frame, events: list[Event]) -> None:
         kind = frame.WhichOneof("kind")
+        if self._chunks and kind not in ("chunk", "call", "result"):
+            raise ProtocolError(f"peer sent a {kind or 'empty'} frame in the middle of a value")
         handler = _HANDLERS.get((self.role, kind))
         if handler is None:
             raise ProtocolError(
@@ -513,6 +542,8 @@ class SessionCore:
                 f"bundle of {self._bundle_size} bytes exceeds the limit of "
                 f"{self.limits.max_bundle_size}"
             )
+        if frame.max_value_size:
+            self._max_value_size = min(frame.max_value_size, MAX_VALUE_SIZE_CAP)
         if frame.max_depth:
             self._max_depth = min(frame.max_depth, self.limits.max_depth)
         self.state = State.RECEIVING_BUNDLE
@@ -577,6 +608,25 @@ class SessionCore:
         except ValueError as exc:
             raise ProtocolError(f"peer sent {what} that does not decode: {exc}") from None
 
+    def _on_chunk(self, frame: pb.Chunk, events: list[Event]) -> None:
+        self._expect_state(State.READY, what="a value chunk")
+        if len(self._chunks) + len(frame.data) > self._max_value_size:
+            raise ProtocolError(
+                f"peer sent a value larger than the limit of {self._max_value_size} bytes"
+            )
+        self._chunks += frame.data
+
+    def _take_chunks(self, last: bytes) -> bytes:
+        if not self._chunks:
+            return last
+        if len(self._chunks) + len(last) > self._max_value_size:
+            raise ProtocolError(
+                f"peer sent a value larger than the limit of {self._max_value_size} bytes"
+            )
+        data = bytes(self._chunks) + last
+        self._chunks = bytearray()
+        return data
+
     def _on_call(self, frame: pb.Call, events: list[Event]) -> None:
         self._expect_state(State.READY, what="a call")
         try:
@@ -587,7 +637,7 @@ class SessionCore:
             raise ProtocolError(
                 f"peer sent a {kind.name} call, which a {self.role.value} never receives"
             )
-        decoded = self._decode(frame.args, "call arguments")
+        decoded = self._decode(self._take_chunks(frame.args), "call arguments")
         if (
             not isinstance(decoded, list)
             or len(decoded) != 2
@@ -683,6 +733,10 @@ class SessionCore:
             raise ProtocolError(
                 f"peer sent a result for call {frame.call_id}, which was never made"
             )
+        outcome = frame.WhichOneof("outcome")
+        if outcome != "value" and self._chunks:
+            raise ProtocolError("peer sent value chunks followed by an error result")
+        payload = self._take_chunks(frame.value)
         thread = self._outgoing.get(frame.call_id)
         if thread is None:
             if frame.call_id in self._abandoned_calls:
@@ -701,7 +755,6 @@ class SessionCore:
         del self._outgoing[frame.call_id]
         if not stack:
             del self._stacks[thread]
-        outcome = frame.WhichOneof("outcome")
         if outcome == "error":
             events.append(
                 ResultReceived(
@@ -709,7 +762,7 @@ class SessionCore:
                 )
             )
         else:
-            value = self._decode(frame.value, "a result") if outcome == "value" else None
+            value = self._decode(payload, "a result") if outcome == "value" else None
             events.append(ResultReceived(thread=thread, call_id=frame.call_id, value=value))
 
     def _unwind_abandoned(self, call_id: int) -> None:
@@ -769,6 +822,8 @@ _HANDLERS: dict[tuple[Role, str | None], Any] = {
     (Role.PROXY, "result"): SessionCore._on_result,
     (Role.CLIENT, "output"): SessionCore._on_output,
     (Role.PROXY, "cancel"): SessionCore._on_cancel,
+    (Role.CLIENT, "chunk"): SessionCore._on_chunk,
+    (Role.PROXY, "chunk"): SessionCore._on_chunk,
     (Role.CLIENT, "close"): SessionCore._on_close,
     (Role.PROXY, "close"): SessionCore._on_close,
 }

@@ -192,6 +192,9 @@ class ProvisionServer:
         deadline = time.monotonic() + self.config.grace
         for proxy in proxies:
             reap(proxy, grace=max(0.0, deadline - time.monotonic()))
+        with self._lock:  # the monitors would forget them a moment later; do it now
+            for enclave in enclaves:
+                self._enclaves.pop(enclave.enclave_id, None)
         stopped.wait(5.0)
         shutil.rmtree(self._workdir, ignore_errors=True)
 

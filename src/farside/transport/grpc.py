@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 TOKEN_METADATA_KEY = "farside-session-token"  # noqa: S105 (a header name)
-MAX_MESSAGE_BYTES = 80 * 2**20  # a 64 MiB value plus framing
+MAX_MESSAGE_BYTES = 16 * 2**20  # batches are ~4 MiB; large values travel in 1 MiB chunks
 
 FrameSink = Callable[[list[pb.Frame]], None]
 LostCallback = Callable[[EnclaveError], None]

@@ -38,13 +38,16 @@ class RemoteProxyClientConfig:
     ``load_timeout`` bounds provisioning and loading (seconds); ``max_depth``
     bounds how deeply entry and exit calls may nest; ``policy`` is what the enclave
     must prove before the client sends it anything (None: exactly the bundle sent,
-    on a platform the provisioner vouches for; remote platforms need ``platform_keys``).
+    on a platform the provisioner vouches for; remote platforms need ``platform_keys``);
+    ``max_value_size`` bounds one encoded argument list or result, both ways (values
+    travel in 1 MiB chunks; a larger one is a ``ValueError`` before anything is sent).
     """
 
     provision: Provisioner
     load_timeout: float = 30.0
     max_depth: int = 64
     policy: AttestationPolicy | None = None
+    max_value_size: int = 256 * 2**20
 
     def __post_init__(self) -> None:
         if not isinstance(self.provision, Provisioner):
@@ -54,6 +57,8 @@ class RemoteProxyClientConfig:
             )
         if self.load_timeout <= 0 or self.max_depth < 1:
             raise ValueError("load_timeout must be positive and max_depth at least 1")
+        if not 0 < self.max_value_size <= 2**30:
+            raise ValueError("max_value_size must be in (0, 1 GiB]")
 
     @classmethod
     def defaults_with_provision(

@@ -187,7 +187,10 @@ def _open_session(
     except Exception as exc:
         raise EnclaveLoadError(f"provisioning a proxy with {provisioner!r} failed: {exc}") from exc
     transport = GrpcClientTransport(lease.address, token=lease.token, credentials=lease.credentials)
-    core = SessionCore(Role.CLIENT, limits=Limits(max_depth=proxy_config.max_depth))
+    core = SessionCore(
+        Role.CLIENT,
+        limits=Limits(max_depth=proxy_config.max_depth, max_value_size=proxy_config.max_value_size),
+    )
     endpoint = Endpoint(core, transport, exits, error_from_exception=_client_error)
     try:
         transport.start(endpoint.feed, endpoint.fail)

@@ -40,7 +40,7 @@ class Batch(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("open", "bundle", "loaded", "call", "result", "output", "cancel", "close")
+    __slots__ = ("open", "bundle", "loaded", "call", "result", "output", "cancel", "close", "chunk")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class Frame(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
     open: Open
     bundle: BundleChunk
     loaded: Loaded
@@ -57,7 +58,14 @@ class Frame(_message.Message):
     output: Output
     cancel: Cancel
     close: Close
-    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., bundle: _Optional[_Union[BundleChunk, _Mapping]] = ..., loaded: _Optional[_Union[Loaded, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., output: _Optional[_Union[Output, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ...) -> None: ...
+    chunk: Chunk
+    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., bundle: _Optional[_Union[BundleChunk, _Mapping]] = ..., loaded: _Optional[_Union[Loaded, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., output: _Optional[_Union[Output, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("name", "entry", "product_id", "security_version", "debug")
@@ -90,7 +98,7 @@ class BundleSignature(_message.Message):
     def __init__(self, public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Open(_message.Message):
-    __slots__ = ("protocol_version", "manifest", "files", "max_depth", "nonce", "client_key", "signature")
+    __slots__ = ("protocol_version", "manifest", "files", "max_depth", "nonce", "client_key", "signature", "max_value_size")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +106,7 @@ class Open(_message.Message):
     NONCE_FIELD_NUMBER: _ClassVar[int]
     CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    MAX_VALUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     manifest: Manifest
     files: _containers.RepeatedCompositeFieldContainer[FileEntry]
@@ -105,7 +114,8 @@ class Open(_message.Message):
     nonce: bytes
     client_key: bytes
     signature: BundleSignature
-    def __init__(self, protocol_version: _Optional[int] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., max_depth: _Optional[int] = ..., nonce: _Optional[bytes] = ..., client_key: _Optional[bytes] = ..., signature: _Optional[_Union[BundleSignature, _Mapping]] = ...) -> None: ...
+    max_value_size: int
+    def __init__(self, protocol_version: _Optional[int] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., max_depth: _Optional[int] = ..., nonce: _Optional[bytes] = ..., client_key: _Optional[bytes] = ..., signature: _Optional[_Union[BundleSignature, _Mapping]] = ..., max_value_size: _Optional[int] = ...) -> None: ...
 
 class BundleChunk(_message.Message):
     __slots__ = ("data",)
