@@ -165,6 +165,8 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         report_status=args.report_status,
         tls_ephemeral=args.tls_ephemeral,
         client_ca=args.client_ca,
+        max_workers=args.max_workers,
+        worker_idle_timeout=args.worker_idle_timeout,
     )
 
 
@@ -369,6 +371,18 @@ def _add_proxy_parser(sub: Any) -> None:
     )
     proxy.add_argument("--tls-cert", help="serve TLS with this certificate")
     proxy.add_argument("--tls-key", help="the certificate's key")
+    proxy.add_argument(
+        "--max-workers",
+        type=int,
+        default=256,
+        help="enclave worker threads at once, one per client thread (default 256)",
+    )
+    proxy.add_argument(
+        "--worker-idle-timeout",
+        type=float,
+        default=30.0,
+        help="an idle worker (its client thread may have ended) exits after this (s)",
+    )
     proxy.add_argument(
         "--tls-ephemeral",
         metavar="HOST",

@@ -92,8 +92,9 @@ class ClientHandler:
     def handle_event(self, event: Event) -> None:
         self.events.append(event)
 
-    def start_thread(self, thread: int) -> None:
+    def start_thread(self, thread: int, kind: CallKind) -> bool:
         self.started.append(thread)  # the client never needs a new thread
+        return True
 
     def output(self, stream: Stream | None = None) -> bytes:
         return b"".join(
@@ -124,12 +125,13 @@ class ProxyHandler:
             measurement = event.bundle.measurement()
             self.ep.run_locked(lambda core: core.loaded(measurement))
 
-    def start_thread(self, thread: int) -> None:
+    def start_thread(self, thread: int, kind: CallKind) -> bool:
         worker = threading.Thread(
             target=self._serve, args=(thread,), daemon=True, name=f"test-worker-{thread}"
         )
         self.threads.append(worker)
         worker.start()
+        return True
 
     def _serve(self, thread: int) -> None:
         self.workers[thread] = threading.get_ident()

@@ -81,12 +81,25 @@ class LocalProvision:
     """Provision each enclave's proxy as a child process of this application.
 
     ``python`` is the interpreter that runs the proxy (default: this one);
-    ``idle_timeout`` is how long a proxy waits for its client before exiting.
+    ``idle_timeout`` is how long a proxy waits for its client before exiting;
+    ``max_workers`` bounds the enclave's worker threads (one per client thread, beyond
+    it a call gets ``RESOURCE_EXHAUSTED``), and a worker idle for
+    ``worker_idle_timeout`` seconds (its client thread may have ended) exits.
     """
 
     def __init__(
-        self, *, python: str | None = None, idle_timeout: float = 30.0, stop_timeout: float = 5.0
+        self,
+        *,
+        python: str | None = None,
+        idle_timeout: float = 30.0,
+        stop_timeout: float = 5.0,
+        max_workers: int = 256,
+        worker_idle_timeout: float = 30.0,
     ) -> None:
+        if max_workers < 1 or worker_idle_timeout <= 0 or idle_timeout <= 0:
+            raise ValueError("LocalProvision's limits and timeouts must be positive")
+        self.max_workers = max_workers
+        self.worker_idle_timeout = worker_idle_timeout
         self.python = python or sys.executable
         self.idle_timeout = idle_timeout
         self.stop_timeout = stop_timeout
@@ -104,7 +117,14 @@ class LocalProvision:
             python=self.python,
             idle_timeout=self.idle_timeout,
             parent_pid=os.getpid(),
-            extra=["--platform-key", "-"],
+            extra=[
+                "--platform-key",
+                "-",
+                "--max-workers",
+                str(self.max_workers),
+                "--worker-idle-timeout",
+                str(self.worker_idle_timeout),
+            ],
         )
         proxy = start_proxy(
             command,

@@ -109,12 +109,16 @@ class RemoteEnclaveProxyServer:
         parent_pid: int | None = None,
         tls: TLSConfig | None = None,
         platform_key: Ed25519PrivateKey | None = None,
+        max_workers: int = 256,
+        worker_idle_timeout: float = 30.0,
     ) -> None:
         if not token:
             raise ValueError("the proxy needs a session token")
         self._listen = listen
         self._tls = tls
         self.platform_key = platform_key
+        self._max_workers = max_workers
+        self._worker_idle_timeout = worker_idle_timeout
         self.tls_public_key = tls_public_key_of(tls) if tls is not None else b""
         self._idle_timeout = idle_timeout
         self._parent_pid = parent_pid
@@ -162,7 +166,12 @@ class RemoteEnclaveProxyServer:
     def _on_open(self, servicer: SessionServicer) -> FrameSink:
         # Hand the key over: after it signs this session's evidence nothing may hold it.
         key, self.platform_key = self.platform_key, None
-        runtime = EnclaveRuntime(platform_key=key, tls_public_key=self.tls_public_key)
+        runtime = EnclaveRuntime(
+            platform_key=key,
+            tls_public_key=self.tls_public_key,
+            max_workers=self._max_workers,
+            worker_idle_timeout=self._worker_idle_timeout,
+        )
         del key
         endpoint = Endpoint(
             SessionCore(Role.PROXY),
@@ -297,6 +306,8 @@ def run_proxy(
     report_status: bool = False,
     tls_ephemeral: str | None = None,
     client_ca: str | None = None,
+    max_workers: int = 256,
+    worker_idle_timeout: float = 30.0,
 ) -> int:
     """``farside proxy``: serve one session, printing one ready line on stdout.
 
@@ -338,6 +349,8 @@ def run_proxy(
         parent_pid=parent_pid,
         tls=tls,
         platform_key=key,
+        max_workers=max_workers,
+        worker_idle_timeout=worker_idle_timeout,
     )
     del key  # the server holds it until the session takes it
 

@@ -28,6 +28,7 @@ from .._errors import (
     EnclaveError,
     EnclaveUnavailableError,
     ProtocolError,
+    StatusCode,
 )
 from .._proto.v1 import session_pb2 as pb
 from ..protocol import (
@@ -46,6 +47,10 @@ from ..protocol import (
 __all__ = ["Endpoint", "Handler", "Sender"]
 
 
+OUTPUT_BACKLOG = 8 * 2**20
+"""Output waiting to leave beyond this many bytes blocks the thread that writes more."""
+
+
 class Sender(Protocol):
     """The part of a transport an endpoint uses: queue frames for the peer, never block."""
 
@@ -61,8 +66,12 @@ class Handler(Protocol):
     def handle_event(self, event: Event) -> None:
         """Deal with an event that is not routed to a waiting thread (runs on the reader)."""
 
-    def start_thread(self, thread: int) -> None:
-        """(proxy) A call arrived for a thread nobody serves yet: start its worker."""
+    def start_thread(self, thread: int, kind: CallKind) -> bool:
+        """(proxy) A ``kind`` call arrived for a thread nobody serves yet: start its worker.
+
+        Return False to refuse (the call is answered with RESOURCE_EXHAUSTED). Runs
+        under the endpoint's lock: start the thread, do not wait for it.
+        """
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +184,11 @@ class Endpoint:
                 )
                 self._flusher.start()
         self._flush_wanted.set()
+        outbox = getattr(self._sender, "outbox", None)
+        if outbox is not None and outbox.backlog > OUTPUT_BACKLOG:
+            # Backpressure: a flood of output waits for the client instead of piling up.
+            while self._failure is None and not outbox.wait_below(OUTPUT_BACKLOG, 0.5):
+                pass
 
     def flush_output(self) -> None:
         """Send buffered output now."""
@@ -206,9 +220,31 @@ class Endpoint:
             raise mail.error
         raise RuntimeError(f"unexpected {mail!r} while waiting for the bundle to load")
 
-    def serve(self, thread: int) -> None:
-        """(proxy worker) Serve calls arriving for ``thread`` until the session ends."""
-        self._wait(thread, self._mailbox(thread), None, None)
+    def serve(self, thread: int, *, idle_timeout: float | None = None) -> None:
+        """(proxy worker) Serve calls arriving for ``thread`` until the session ends.
+
+        With ``idle_timeout``, return after that many idle seconds with nothing in
+        flight on the thread (its mailbox is dropped; a later call starts a new worker).
+        """
+        box = self._mailboxes[thread]
+        while True:
+            try:
+                mail = box.get(timeout=idle_timeout)
+            except queue.Empty:
+                with self._lock:
+                    if self.core.depth(thread) == 0 and box.empty():
+                        del self._mailboxes[thread]
+                        return
+                continue
+            if isinstance(mail, CallReceived):
+                self._serve_call(mail)
+            elif isinstance(mail, _Failure | _Stop):
+                box.put(mail)  # sticky
+                if isinstance(mail, _Failure):
+                    raise mail.error
+                return
+            else:
+                raise ProtocolError(f"{type(mail).__name__} reached an idle worker")
 
     # ----------------------------------------------------------------- waiting
 
@@ -344,11 +380,27 @@ class Endpoint:
         ):
             self._serve_call(event)  # nobody waits on that thread: serve it here
             return
-        if box is None:
-            with self._lock:
-                box = self._mailbox(event.thread)
-            self._handler.start_thread(event.thread)
-        box.put(event)
+        with self._lock:  # under the lock: an idle worker may be dropping this mailbox
+            box = self._mailboxes.get(event.thread)
+            if box is not None:
+                box.put(event)
+                return
+            box = self._mailbox(event.thread)  # before the worker starts: it serves this box
+            if not self._handler.start_thread(event.thread, event.kind):
+                del self._mailboxes[event.thread]
+                self.core.send_result(
+                    event.thread,
+                    event.call_id,
+                    error=RemoteError(
+                        code=StatusCode.RESOURCE_EXHAUSTED,
+                        type="ResourceExhausted",
+                        message="the enclave runs as many worker threads as it may; "
+                        "retry when other client threads are done",
+                    ),
+                )
+                self._send_queued()
+                return
+            box.put(event)
 
     # ----------------------------------------------------------------- ending
 

@@ -58,6 +58,49 @@ KEEPALIVE_MS = 4_000
 KEEPALIVE_TIMEOUT_MS = 3_000
 
 
+class Outbox:
+    """The frames a transport has yet to hand to gRPC, with their size in bytes.
+
+    Producers never block in ``put``; whoever makes unbounded amounts of one-way
+    data (the enclave's output) waits in ``wait_below`` until gRPC, held back by
+    HTTP/2 flow control when the peer reads slowly, has taken enough of it.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[pb.Batch, int] | None] = queue.SimpleQueue()
+        self._backlog = 0
+        self._drained = threading.Condition()
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued and not yet taken by gRPC."""
+        return self._backlog
+
+    def put(self, frames: list[pb.Frame]) -> None:
+        for batch in batches(frames):
+            size = batch.ByteSize()
+            with self._drained:
+                self._backlog += size
+            self._queue.put((batch, size))
+
+    def close(self) -> None:
+        """End the stream after what is queued."""
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[pb.Batch]:
+        while (item := self._queue.get()) is not None:
+            batch, size = item
+            with self._drained:
+                self._backlog -= size
+                self._drained.notify_all()
+            yield batch
+
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the backlog to fall to ``limit``; True if it did."""
+        with self._drained:
+            return self._drained.wait_for(lambda: self._backlog <= limit, timeout)
+
+
 def channel_options() -> list[tuple[str, Any]]:
     """gRPC options both ends use: message size, and keepalive pings that detect a dead
     peer or a cut network within KEEPALIVE_MS + KEEPALIVE_TIMEOUT_MS (7 s), idle or not."""
@@ -103,14 +146,13 @@ class GrpcClientTransport:
             self._channel = grpc.insecure_channel(target, options=channel_options())
         else:
             self._channel = grpc.secure_channel(target, credentials, options=channel_options())
-        self._outgoing: queue.SimpleQueue[pb.Batch | None] = queue.SimpleQueue()
+        self._outgoing = Outbox()
         self._reader: threading.Thread | None = None
         self._call: Any = None
         self._closing = False
 
     def _requests(self) -> Iterator[pb.Batch]:
-        while (batch := self._outgoing.get()) is not None:
-            yield batch
+        yield from self._outgoing
 
     def start(self, sink: FrameSink, lost: LostCallback) -> None:
         """Open the stream and feed every batch that arrives to ``sink`` on a reader thread.
@@ -140,13 +182,12 @@ class GrpcClientTransport:
 
     def send(self, frames: list[pb.Frame]) -> None:
         """Queue frames for the proxy (never blocks)."""
-        for batch in batches(frames):
-            self._outgoing.put(batch)
+        self._outgoing.put(frames)
 
     def close(self, timeout: float = 5.0) -> None:
         """Half-close, wait up to ``timeout`` for the proxy to end the stream, then drop it."""
         self._closing = True
-        self._outgoing.put(None)
+        self._outgoing.close()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout)
         if self._call is not None:
@@ -172,18 +213,22 @@ class SessionServicer(pb_grpc.EnclaveSessionServicer):  # type: ignore[misc]
         self._on_lost = on_lost
         self._lock = threading.Lock()
         self._taken = False
-        self._outgoing: queue.SimpleQueue[pb.Batch | None] = queue.SimpleQueue()
+        self._outgoing = Outbox()
         self._finished = False
 
     def send(self, frames: list[pb.Frame]) -> None:
         """Queue frames for the client (never blocks)."""
-        for batch in batches(frames):
-            self._outgoing.put(batch)
+        self._outgoing.put(frames)
+
+    @property
+    def outbox(self) -> Outbox:
+        """What is queued for the client (the endpoint waits on it for backpressure)."""
+        return self._outgoing
 
     def finish(self) -> None:
         """End the response stream after the frames already queued."""
         self._finished = True
-        self._outgoing.put(None)
+        self._outgoing.close()
 
     def Session(  # noqa: N802 (the RPC's name)
         self,
@@ -209,8 +254,7 @@ class SessionServicer(pb_grpc.EnclaveSessionServicer):  # type: ignore[misc]
             daemon=True,
         )
         reader.start()
-        while (batch := self._outgoing.get()) is not None:
-            yield batch
+        yield from self._outgoing
 
     def _read(self, requests: Iterator[pb.Batch], sink: FrameSink) -> None:
         try:

@@ -12,7 +12,7 @@ platform; every failure to unseal is the one opaque ``UnsealError``.
 from .._config import EnclaveConfig
 from .._errors import HostCallError, UnsealError
 from ._app import TrustedApplication, ecall
-from ._host import Host, host
+from ._host import Host, cancelled, host
 from ._sealing import seal, unseal
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "HostCallError",
     "TrustedApplication",
     "UnsealError",
+    "cancelled",
     "ecall",
     "host",
     "seal",

@@ -6,7 +6,7 @@ from typing import Any
 
 from ._runtime import current_runtime
 
-__all__ = ["host"]
+__all__ = ["cancelled", "host"]
 
 _RESERVED = "farside."
 
@@ -53,3 +53,12 @@ class Host:
 
 host = Host()
 """The enclave's handle on its host (the client's machine)."""
+
+
+def cancelled() -> bool:
+    """True if the client gave up on the entry call this thread runs (its timeout passed).
+
+    A long computation can check it and stop early; the call's next exit call would
+    raise ``HostCallError`` with code ``CANCELLED`` anyway.
+    """
+    return current_runtime().cancelled()

@@ -95,8 +95,16 @@ class EnclaveRuntime:
     """Serves one session's entry calls; the endpoint's handler on the proxy side."""
 
     def __init__(
-        self, *, platform_key: Ed25519PrivateKey | None = None, tls_public_key: bytes = b""
+        self,
+        *,
+        platform_key: Ed25519PrivateKey | None = None,
+        tls_public_key: bytes = b"",
+        max_workers: int = 256,
+        worker_idle_timeout: float = 30.0,
     ) -> None:
+        self.max_workers = max_workers  # enclave worker threads at once (one per client thread)
+        self.worker_idle_timeout = worker_idle_timeout  # an idle worker exits after this
+        self.workers = 0
         self.platform_key = platform_key  # signs this session's evidence, then is dropped
         self.tls_public_key = tls_public_key  # DER SubjectPublicKeyInfo of our TLS key, if any
         self._sealing_keys: SealingKeys | None = None
@@ -229,17 +237,36 @@ class EnclaveRuntime:
             self.close_received = True
             self.ended.set()
 
-    def start_thread(self, thread: int) -> None:
-        """Start the enclave worker that serves client thread ``thread``."""
+    def start_thread(self, thread: int, kind: CallKind) -> bool:
+        """Start the enclave worker that serves client thread ``thread``, if one may start.
+
+        ``finalize`` (and ``initialize``) always get a worker: destroying an enclave
+        must not depend on how busy it is.
+        """
+        with self._calls_lock:
+            control = kind in (CallKind.INITIALIZE, CallKind.FINALIZE)
+            if self.workers >= self.max_workers and not control:
+                return False
+            self.workers += 1
         worker = threading.Thread(
             target=self._work, args=(thread,), daemon=True, name=f"farside-enclave-worker-{thread}"
         )
         worker.start()
+        return True
 
     def _work(self, thread: int) -> None:
         _local.thread = thread
-        with contextlib.suppress(EnclaveError):  # the session ended: the proxy shuts down
-            self._endpoint().serve(thread)
+        try:
+            with contextlib.suppress(EnclaveError):  # the session ended: the proxy shuts down
+                self._endpoint().serve(thread, idle_timeout=self.worker_idle_timeout)
+        finally:
+            with self._calls_lock:
+                self.workers -= 1
+                self._cancelled.discard(thread)
+
+    def cancelled(self) -> bool:
+        """True if the client cancelled the entry call this thread is running."""
+        return getattr(_local, "thread", None) in self._cancelled
 
     def handle_call(self, event: CallReceived) -> Any:
         """Run one entry call on the current (worker) thread."""
@@ -303,8 +330,19 @@ class EnclaveRuntime:
         return thread
 
     def exit_call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Call the client's exit handler ``name`` and return its result."""
-        return self._endpoint().call(self._thread(), CallKind.EXIT, name, args, kwargs)
+        """Call the client's exit handler ``name`` and return its result.
+
+        Raises ``HostCallError`` (code ``CANCELLED``) at once if the client cancelled
+        the entry call this thread runs: nobody waits for the answer any more.
+        """
+        thread = self._thread()
+        if thread in self._cancelled:
+            raise HostCallError(
+                "the entry call was cancelled by the client",
+                remote_type="CancelledError",
+                code=StatusCode.CANCELLED,
+            )
+        return self._endpoint().call(thread, CallKind.EXIT, name, args, kwargs)
 
     def notify(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """One-way exit call: no result, no waiting."""

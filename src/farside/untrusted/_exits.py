@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .._errors import EnclaveError, StatusCode
-from ..protocol import CallReceived, Event, OutputReceived, Stream
+from ..protocol import CallKind, CallReceived, Event, OutputReceived, Stream
 
 __all__ = ["ExitHandlers", "FileService", "OutputSink", "RESERVED_PREFIX"]
 
@@ -155,5 +155,5 @@ class ExitHandlers:
         if isinstance(event, OutputReceived):
             self.output.write(event)
 
-    def start_thread(self, thread: int) -> None:
+    def start_thread(self, thread: int, kind: CallKind) -> bool:
         raise AssertionError("the core routes exit calls only to waiting client threads")
