@@ -167,6 +167,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         client_ca=args.client_ca,
         max_workers=args.max_workers,
         worker_idle_timeout=args.worker_idle_timeout,
+        private_dir=args.private_dir,
     )
 
 
@@ -371,6 +372,11 @@ def _add_proxy_parser(sub: Any) -> None:
     )
     proxy.add_argument("--tls-cert", help="serve TLS with this certificate")
     proxy.add_argument("--tls-key", help="the certificate's key")
+    proxy.add_argument(
+        "--private-dir",
+        metavar="DIR",
+        help="a directory made for this proxy alone, removed when it exits after serving",
+    )
     proxy.add_argument(
         "--max-workers",
         type=int,

@@ -124,6 +124,8 @@ class LocalProvision:
                 str(self.max_workers),
                 "--worker-idle-timeout",
                 str(self.worker_idle_timeout),
+                "--private-dir",
+                str(directory),
             ],
         )
         proxy = start_proxy(

@@ -155,11 +155,17 @@ class RemoteEnclaveProxyServer:
                 self.stop("the provisioner that started this proxy is gone")
         return self.address
 
-    def stop(self, reason: str) -> None:
-        """Ask the serving loop to end (safe from signal handlers and other threads)."""
+    def stop(self, reason: str, *, from_signal: bool = False) -> None:
+        """Ask the serving loop to end.
+
+        From a signal handler, pass ``from_signal``: it only records the reason (the
+        loop polls it within 0.25 s), because taking a lock there can deadlock when a
+        second signal interrupts the first handler while it holds that lock.
+        """
         if self._stop_reason is None:
             self._stop_reason = reason
-        self._wake.set()
+        if not from_signal:
+            self._wake.set()
 
     # ----------------------------------------------------------- session
 
@@ -184,7 +190,13 @@ class RemoteEnclaveProxyServer:
         self._runtime, self._endpoint = runtime, endpoint
         log.info("session opened")
         self._wake.set()
-        return endpoint.feed
+
+        def feed(frames: list[Any]) -> None:
+            endpoint.feed(frames)
+            if endpoint.failure is not None:  # the client broke the protocol: end the session
+                self.stop(f"the session failed: {endpoint.failure}")
+
+        return feed
 
     def _on_lost(self, error: EnclaveError) -> None:
         if self._runtime is not None and self._runtime.close_received:
@@ -308,6 +320,7 @@ def run_proxy(
     client_ca: str | None = None,
     max_workers: int = 256,
     worker_idle_timeout: float = 30.0,
+    private_dir: str | None = None,
 ) -> int:
     """``farside proxy``: serve one session, printing one ready line on stdout.
 
@@ -355,7 +368,7 @@ def run_proxy(
     del key  # the server holds it until the session takes it
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        server.stop(f"received {signal.Signals(signum).name}")
+        server.stop(f"received {signal.Signals(signum).name}", from_signal=True)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -382,9 +395,9 @@ def run_proxy(
             os.close(status_fd)
         code = server.serve()
     finally:
-        if parent_pid is not None and os.getppid() != parent_pid and listen.startswith("unix:"):
-            # Our provisioner died and cannot clean up after us: remove our private directory.
-            shutil.rmtree(Path(listen[len("unix:") :]).parent, ignore_errors=True)
+        if private_dir:
+            # Ours alone (the provisioner made it for us); it may be dead and unable to.
+            shutil.rmtree(private_dir, ignore_errors=True)
         # Enclave threads may still be running enclave code: they must not keep us alive.
         logging.shutdown()
         os._exit(code)
