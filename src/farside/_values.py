@@ -131,15 +131,18 @@ def encode(value: Value, *, what: str = "value") -> bytes:
 
     Raises ``TypeError`` for anything outside the supported types, naming its path.
     """
-    try:
-        if type(value) not in _SUPPORTED:
-            raise TypeError(type(value).__name__)
-        data = _packb(value)
-        # msgpack packs some types we refuse (bytearray, memoryview, dict keys that
-        # are neither str nor int); only containers can hide one, so only they are walked.
-        found = _find_unsupported(value, what, 0) if type(value) in (list, tuple, dict) else None
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        found = _find_unsupported(value, what, 0) or (what, str(exc))
+    # Containers are walked first: msgpack packs some types we refuse (bytearray,
+    # memoryview, dict keys that are neither str nor int), and nesting deeper than
+    # MAX_DEPTH must be refused before packing it could exhaust the C stack.
+    data = b""
+    found = _find_unsupported(value, what, 0) if type(value) in (list, tuple, dict) else None
+    if found is None:
+        try:
+            if type(value) not in _SUPPORTED:
+                raise TypeError(type(value).__name__)
+            data = _packb(value)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            found = _find_unsupported(value, what, 0) or (what, str(exc))
     if found:
         path, reason = found
         raise TypeError(
@@ -152,7 +155,24 @@ def encode(value: Value, *, what: str = "value") -> bytes:
 def decode(data: bytes) -> Value:
     """Decode bytes made by ``encode``; raises ``ValueError`` if they are not valid."""
     try:
-        return _unpackb(data)
+        value = _unpackb(data)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         detail = str(exc) or type(exc).__name__
         raise ValueError(f"invalid value encoding: {detail}") from None
+    # msgpack decodes its timestamp extension (type -1, tagged 0xff) itself, past our
+    # ext_hook; only data holding that byte can hide one, so only it is walked.
+    if b"\xff" in data and _holds_timestamp(value, 0):
+        raise ValueError("invalid value encoding: a msgpack timestamp is not a farside value")
+    return value
+
+
+def _holds_timestamp(value: object, depth: int) -> bool:
+    if isinstance(value, msgpack.Timestamp):
+        return True
+    if depth > 2048:  # deeper than msgpack decodes; cannot happen
+        return False
+    if isinstance(value, list | tuple):
+        return any(_holds_timestamp(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_timestamp(item, depth + 1) for item in value.values())
+    return False

@@ -480,4 +480,5 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
         self, request: pb.ListEnclavesRequest, context: Any
     ) -> pb.ListEnclavesResponse:
         self._server.authenticate(context)
+        _check_parsed(request, context)
         return pb.ListEnclavesResponse(enclaves=self._server.list_enclaves())
