@@ -161,18 +161,20 @@ def decode(data: bytes) -> Value:
         raise ValueError(f"invalid value encoding: {detail}") from None
     # msgpack decodes its timestamp extension (type -1, tagged 0xff) itself, past our
     # ext_hook; only data holding that byte can hide one, so only it is walked.
-    if b"\xff" in data and _holds_timestamp(value, 0):
+    if b"\xff" in data and _holds_timestamp(value):
         raise ValueError("invalid value encoding: a msgpack timestamp is not a farside value")
     return value
 
 
-def _holds_timestamp(value: object, depth: int) -> bool:
-    if isinstance(value, msgpack.Timestamp):
-        return True
-    if depth > 2048:  # deeper than msgpack decodes; cannot happen
-        return False
-    if isinstance(value, list | tuple):
-        return any(_holds_timestamp(item, depth + 1) for item in value)
-    if isinstance(value, dict):
-        return any(_holds_timestamp(item, depth + 1) for item in value.values())
+def _holds_timestamp(value: object) -> bool:
+    """True if a decoded value holds a msgpack Timestamp (iterative: values nest deeply)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, msgpack.Timestamp):
+            return True
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
     return False
