@@ -63,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             ca=certs / "ca.pem", cert=certs / "client.pem", key=certs / "client.key"
         )
         provision = farside.RemoteProvision(address, tls=tls)
+        policy = farside.AttestationPolicy(
+            platform_keys=(Path(tmp) / "platform" / "platform.pub",), allow_debug=True
+        )
         # One warm-up cycle: the first load pays for imports and the TLS session setup.
-        with farside.load(DEMO, provision=provision) as enclave:
+        with farside.load(DEMO, provision=provision, policy=policy) as enclave:
             enclave.call("encrypt", "warm-up")
         time.sleep(0.5)
         fds_before, children_before = len(os.listdir("/proc/self/fd")), _children()
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet.__enter__()
         for _ in range(args.cycles):
             start = time.perf_counter()
-            enclave = farside.load(DEMO, provision=provision)
+            enclave = farside.load(DEMO, provision=provision, policy=policy)
             enclave.call("encrypt", "Asylo Rocks")
             samples.append(time.perf_counter() - start)
             farside.EnclaveManager.instance().destroy_enclave(enclave)
