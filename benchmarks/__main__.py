@@ -121,12 +121,12 @@ def run(quick: bool, tls: bool) -> dict[str, Any]:
             rows += scenarios.throughput(enclave, target.label, sizes, target.tls_dir)
             progress("g: 1, 4, 16 client threads")
             rows += scenarios.concurrency(enclave, target.label, (1, 4, 16), duration)
-    for module, fn in (("rpyc", scenarios.rpyc_latency), ("Pyro5", scenarios.pyro5_latency)):
+    for module, kind in (("rpyc", "rpyc"), ("Pyro5", "pyro5")):
         if importlib.util.find_spec(module) is None:
             skipped.append(f"{module} is not installed (pip install -e '.[bench]')")
             continue
         progress(f"d: {module}")
-        rows += fn(calls, warmup)
+        rows += scenarios.peer_latency(kind, calls, warmup)
     progress("h: cold load and idle proxy RSS")
     rows += scenarios.cold_load(loads=3 if quick else 10, idle=1.0 if quick else 3.0)
     progress("done")

@@ -32,7 +32,6 @@ import datetime
 import importlib.metadata
 import os
 import platform
-import selectors
 import shutil
 import signal
 import statistics
@@ -46,12 +45,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import farside
 from farside._devcerts import make_dev_certs
 from farside._proto.v1 import session_pb2 as pb
 from farside.attestation.platform import init_platform
+from farside.provision._spawn import read_line
 from farside.provision.server import ProvisionServer, ProvisionServerConfig
 
 ENCLAVE_SOURCE = '''\
@@ -203,24 +203,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.0
             return False
         time.sleep(interval)
     return True
-
-
-def read_line(stream: IO[bytes], timeout: float) -> str | None:
-    """One line from a pipe within ``timeout`` s, or None."""
-    fd = stream.fileno()
-    deadline = time.monotonic() + timeout
-    line = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                return None
-            chunk = os.read(fd, 1)
-            if not chunk:
-                return None
-            line += chunk
-    return line.decode("utf-8", "replace").strip()
 
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:

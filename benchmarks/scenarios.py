@@ -150,33 +150,26 @@ def farside_latency(enclave: Any, label: str, calls: int, warmup: int) -> list[R
 # ---------------------------------------------------------------- (d) peers
 
 
-def rpyc_latency(calls: int, warmup: int) -> list[Row]:
-    with peers.PeerServer("rpyc") as server:
-        empty, nested, close = peers.rpyc_clients(server.port, PAYLOAD)
+PEER_LABELS = {
+    "rpyc": ("rpyc", "rpyc call with server->client callback"),
+    "pyro5": ("Pyro5", "Pyro5 call with callback (client daemon)"),
+}
+
+
+def peer_latency(kind: str, calls: int, warmup: int) -> list[Row]:
+    """An empty call and a call with a callback in one of the peers ("rpyc" or "pyro5")."""
+    system, nested_label = PEER_LABELS[kind]
+    clients = {"rpyc": peers.rpyc_clients, "pyro5": peers.pyro5_clients}[kind]
+    with peers.PeerServer(kind) as server:
+        empty, nested, close = clients(server.port, PAYLOAD)
         try:
             empty_samples = timings(empty, calls, warmup)
             nested_samples = timings(nested, calls, warmup)
         finally:
             close()
     return [
-        latency_row("d", "rpyc empty call", empty_samples, system="rpyc"),
-        latency_row("d", "rpyc call with server->client callback", nested_samples, system="rpyc"),
-    ]
-
-
-def pyro5_latency(calls: int, warmup: int) -> list[Row]:
-    with peers.PeerServer("pyro5") as server:
-        empty, nested, close = peers.pyro5_clients(server.port, PAYLOAD)
-        try:
-            empty_samples = timings(empty, calls, warmup)
-            nested_samples = timings(nested, calls, warmup)
-        finally:
-            close()
-    return [
-        latency_row("d", "Pyro5 empty call", empty_samples, system="Pyro5"),
-        latency_row(
-            "d", "Pyro5 call with callback (client daemon)", nested_samples, system="Pyro5"
-        ),
+        latency_row("d", f"{system} empty call", empty_samples, system=system),
+        latency_row("d", nested_label, nested_samples, system=system),
     ]
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import selectors
 import shutil
 import signal
 import subprocess
@@ -29,6 +28,7 @@ import pytest
 
 from farside._devcerts import make_dev_certs
 from farside.attestation.platform import init_platform
+from farside.provision._spawn import read_line
 
 SESSION_MARKER_VAR = "FARSIDE_TEST_SESSION"  # tests/conftest.py gives every child this marker
 HEX_LINE = re.compile(r"[0-9a-f]+")
@@ -121,24 +121,6 @@ def scratch() -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def read_line(stream: object, timeout: float) -> str | None:
-    """One line from a pipe within ``timeout`` s, or None."""
-    fd = stream.fileno()  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout
-    line = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                return None
-            chunk = os.read(fd, 1)
-            if not chunk:
-                return None
-            line += chunk
-    return line.decode("utf-8", "replace").strip()
 
 
 def boot_ticks() -> float:

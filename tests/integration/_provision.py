@@ -13,7 +13,6 @@ import contextlib
 import datetime
 import os
 import re
-import selectors
 import shutil
 import signal
 import socket
@@ -39,6 +38,7 @@ from farside._devcerts import make_dev_certs
 from farside._proto.v1 import provision_pb2 as pb
 from farside._proto.v1 import provision_pb2_grpc as pb_grpc
 from farside.attestation.platform import init_platform
+from farside.provision._spawn import read_line
 from farside.provision.server import ProvisionServer, ProvisionServerConfig
 from farside.transport.grpc import GrpcClientTransport
 
@@ -253,23 +253,6 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-def read_line(stream: Any, timeout: float) -> str | None:
-    """One line from a subprocess pipe within ``timeout`` s, or None (EOF or too late)."""
-    deadline = time.monotonic() + timeout
-    line = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                return None
-            chunk = os.read(stream.fileno(), 1)
-            if not chunk:
-                return None
-            line += chunk
-    return line.decode("utf-8", "replace").strip()
 
 
 def stop_process(process: subprocess.Popen[Any], *, grace: float = 10.0) -> int:

@@ -623,7 +623,8 @@ class SessionCore:
             raise ProtocolError(
                 f"peer sent a value larger than the limit of {self._max_value_size} bytes"
             )
-        data = bytes(self._chunks) + last
+        self._chunks += last
+        data = bytes(self._chunks)  # one copy of the whole value, not two
         self._chunks = bytearray()
         return data
 

@@ -22,7 +22,14 @@ from typing import IO
 
 from .._errors import EnclaveLoadError
 
-__all__ = ["READY_PREFIX", "ProxyProcess", "proxy_command", "reap", "start_proxy"]
+__all__ = [
+    "READY_PREFIX",
+    "ProxyProcess",
+    "proxy_command",
+    "read_line",
+    "reap",
+    "start_proxy",
+]
 
 READY_PREFIX = "farside-proxy ready "
 _STDERR_TAIL = 4000
@@ -78,8 +85,12 @@ def tail(path: Path) -> str:
         return ""
 
 
-def _read_line(stream: IO[bytes], deadline: float) -> str | None:
-    """Read one line from a pipe, or None on EOF or when the deadline passes."""
+def read_line(stream: IO[bytes], timeout: float) -> str | None:
+    """Read one line from a pipe within ``timeout`` s, or None on EOF or when it passes.
+
+    Byte by byte, so that later lines (a proxy's status lines) stay in the pipe.
+    """
+    deadline = time.monotonic() + timeout
     line = b""
     with selectors.DefaultSelector() as selector:
         selector.register(stream, selectors.EVENT_READ)
@@ -87,7 +98,7 @@ def _read_line(stream: IO[bytes], deadline: float) -> str | None:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not selector.select(remaining):
                 return None
-            chunk = os.read(stream.fileno(), 1)  # byte by byte: later lines are not ours
+            chunk = os.read(stream.fileno(), 1)
             if not chunk:
                 return None
             line += chunk
@@ -139,7 +150,7 @@ def start_proxy(
         assert process.stdout is not None
         process.stdin.write(token.encode() + b"\n" + secret_input)
         process.stdin.close()
-        line = _read_line(process.stdout, time.monotonic() + timeout)
+        line = read_line(process.stdout, timeout)
     except OSError:
         line = None
     if line is not None and line.startswith(READY_PREFIX):
