@@ -11,15 +11,19 @@ loopback, and the raw gRPC baseline over TLS too. See docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+
+from farside.provision._base import TRANSPORTS
 
 from . import report, scenarios
 
@@ -40,10 +44,19 @@ def _ratio(name: str, top: float | None, bottom: float | None, target: str) -> d
     return {"name": name, "value": value, "target": target, "met": met}
 
 
-def ratios(rows: list[dict[str, Any]], label: str, suffix: str) -> list[dict[str, Any]]:
-    lines = [r for r in rows if r["section"] == "e"]
-    sixty_four = [r for r in rows if r["section"] == "f" and r.get("size") == 64 << 20]
-    return [
+def ratios(
+    rows: list[dict[str, Any]], label: str, suffix: str, *, shared: bool = True
+) -> list[dict[str, Any]]:
+    """The targets' ratios for one transport (``label``); ``shared`` adds load and RSS."""
+    lines = [r for r in rows if r["section"] == "e" and r["name"].startswith(label)]
+    sixty_four = [
+        r
+        for r in rows
+        if r["section"] == "f"
+        and r.get("size") == 64 << 20
+        and (r["name"].startswith(label) or r["name"].endswith(f"next to {label})"))
+    ]
+    per_transport = [
         _ratio(
             f"{label} empty call / raw gRPC sync ping-pong (median)",
             _find(rows, f"{label} empty call", "median_us"),
@@ -63,7 +76,7 @@ def ratios(rows: list[dict[str, Any]], label: str, suffix: str) -> list[dict[str
             "≤ 1.0",
         ),
         _ratio(
-            "print loop / 10,000 empty calls",
+            f"{label} print loop / 10,000 empty calls",
             lines[0]["value"] if len(lines) == 2 else None,
             lines[1]["value"] if len(lines) == 2 else None,
             "≤ 0.05",
@@ -75,11 +88,16 @@ def ratios(rows: list[dict[str, Any]], label: str, suffix: str) -> list[dict[str
             "≥ 0.7",
         ),
         _ratio(
-            "16-thread / 1-thread calls/s",
+            f"{label} 16-thread / 1-thread calls/s",
             _find(rows, f"{label} empty calls/s, 16 ", "value"),
             _find(rows, f"{label} empty calls/s, 1 ", "value"),
             "≥ 2",
         ),
+    ]
+    if not shared:
+        return per_transport
+    return [
+        *per_transport,
         _ratio(
             "cold load (s)",
             (_find(rows, "farside cold load", "value") or 0) / 1e3 or None,
@@ -88,6 +106,36 @@ def ratios(rows: list[dict[str, Any]], label: str, suffix: str) -> list[dict[str
         ),
         _ratio("idle proxy RSS (MiB)", _find(rows, "farside idle proxy RSS", "value"), 1.0, "≤ 60"),
     ]
+
+
+def _farside(
+    target: scenarios.Farside,
+    quick: bool,
+    calls: int,
+    warmup: int,
+    sizes: dict[int, int],
+    duration: float,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Sections b, c, e, f, g for one transport."""
+    rows: list[dict[str, Any]] = []
+    progress(f"b, c: {target.label} empty and nested calls")
+    with target.load() as enclave:
+        farside_rows = scenarios.farside_latency(enclave, target.label, calls, warmup)
+        rows += farside_rows
+        progress("e: print loop")
+        rows += scenarios.print_loop(
+            enclave,
+            target.label,
+            10_000,
+            empty_mean_us=farside_rows[0]["mean_us"],
+            measure_empties=not quick,
+        )
+        progress("f: 1 MiB and 64 MiB values")
+        rows += scenarios.throughput(enclave, target.label, sizes, target.tls_dir)
+        progress("g: 1, 4, 16 client threads")
+        rows += scenarios.concurrency(enclave, target.label, (1, 4, 16), duration)
+    return rows
 
 
 def run(quick: bool, tls: bool) -> dict[str, Any]:
@@ -101,26 +149,14 @@ def run(quick: bool, tls: bool) -> dict[str, Any]:
     def progress(what: str) -> None:
         print(f"[{time.perf_counter() - started:5.1f} s] {what}", file=sys.stderr, flush=True)
 
-    with scenarios.farside_target(tls) as target:
+    with scenarios.farside_target(tls) as base:
         progress("a: raw socket, raw gRPC (sync, aio)")
         rows += scenarios.raw_socket(calls, warmup)
-        rows += scenarios.raw_grpc(calls, warmup, target.tls_dir)
-        progress(f"b, c: {target.label} empty and nested calls")
-        with target.load() as enclave:
-            farside_rows = scenarios.farside_latency(enclave, target.label, calls, warmup)
-            rows += farside_rows
-            progress("e: print loop")
-            rows += scenarios.print_loop(
-                enclave,
-                target.label,
-                10_000,
-                empty_mean_us=farside_rows[0]["mean_us"],
-                measure_empties=not quick,
-            )
-            progress("f: 1 MiB and 64 MiB values")
-            rows += scenarios.throughput(enclave, target.label, sizes, target.tls_dir)
-            progress("g: 1, 4, 16 client threads")
-            rows += scenarios.concurrency(enclave, target.label, (1, 4, 16), duration)
+        rows += scenarios.raw_grpc(calls, warmup, base.tls_dir)
+        for transport in TRANSPORTS:
+            target = dataclasses.replace(base, transport=transport)
+            rows += _farside(target, quick, calls, warmup, sizes, duration, progress)
+    labels = [dataclasses.replace(base, transport=t).label for t in TRANSPORTS]
     for module, kind in (("rpyc", "rpyc"), ("Pyro5", "pyro5")):
         if importlib.util.find_spec(module) is None:
             skipped.append(f"{module} is not installed (pip install -e '.[bench]')")
@@ -146,7 +182,11 @@ def run(quick: bool, tls: bool) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 1),
         },
         "rows": rows,
-        "ratios": ratios(rows, target.label, " (TLS)" if tls else ""),
+        "ratios": [
+            ratio
+            for index, label in enumerate(labels)
+            for ratio in ratios(rows, label, " (TLS)" if tls else "", shared=index == 0)
+        ],
         "skipped": skipped,
     }
 

@@ -42,18 +42,25 @@ class Farside:
     """How the harness reaches farside: local provisioning, or TLS through a provision server."""
 
     tls: bool = False
-    provision: Any = None
+    address: str = ""
+    client_tls: Any = None
     tls_dir: Path | None = None
     policy: Any = None
+    transport: str = "grpc"
 
     @property
     def label(self) -> str:
-        return "farside (TLS)" if self.tls else "farside"
+        return f"farside {self.transport}" + (" (TLS)" if self.tls else "")
 
     def load(self) -> farside.EnclaveClient:
+        provision: Any = (
+            farside.RemoteProvision(self.address, tls=self.client_tls, transport=self.transport)
+            if self.tls
+            else farside.LocalProvision(transport=self.transport)
+        )
         return farside.load(
             ENCLAVE,
-            provision=self.provision,
+            provision=provision,
             policy=self.policy,
             exit_handlers={"echo": lambda value: value},
         )
@@ -89,16 +96,14 @@ def farside_target(tls: bool) -> Iterator[Farside]:
             )
         )
         address = server.start()
-        provision = farside.RemoteProvision(
-            address,
-            tls=farside.TLSConfig(
-                ca=certs / "ca.pem", cert=certs / "client.pem", key=certs / "client.key"
-            ),
+        client_tls = farside.TLSConfig(
+            ca=certs / "ca.pem", cert=certs / "client.pem", key=certs / "client.key"
         )
         try:
-            yield Farside(tls=True, provision=provision, tls_dir=certs, policy=policy)
+            yield Farside(
+                tls=True, address=address, client_tls=client_tls, tls_dir=certs, policy=policy
+            )
         finally:
-            provision.close()
             deadline = time.monotonic() + 10
             while server.enclave_count() and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -246,7 +251,8 @@ def throughput(
             rows.append(
                 row(
                     "f",
-                    f"raw gRPC streaming{suffix} {name} up and back (1 MiB messages)",
+                    f"raw gRPC streaming{suffix} {name} up and back (1 MiB messages; "
+                    f"measured next to {label})",
                     value=_mib_s(size, statistics.median(raw)),
                     unit="MiB/s",
                     seconds=statistics.median(raw),

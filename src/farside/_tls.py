@@ -1,4 +1,4 @@
-"""``TLSConfig``: TLS (and mTLS) for farside's gRPC channels, both ends.
+"""``TLSConfig``: TLS (and mTLS) for farside's channels, both ends (gRPC and stream).
 
 Certificates and keys are given as PEM bytes or paths to PEM files. A client
 needs ``ca`` (the bundle it trusts) and, for mTLS, ``cert`` and ``key``; a
@@ -10,6 +10,8 @@ unreadable file is a ``ValueError`` naming it.
 from __future__ import annotations
 
 import os
+import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +78,50 @@ class TLSConfig:
         return grpc.ssl_server_credentials(
             [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
         )
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """An ``ssl`` context for a client socket (the stream transport): TLS 1.3 only."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        if self.ca is not None:
+            context.load_verify_locations(cadata=_read_pem(self.ca, "CA bundle").decode())
+        else:
+            context.load_default_certs()
+        if self.cert is not None and self.key is not None:
+            _load_chain(context, self.cert, self.key)
+        return context
+
+    def server_ssl_context(self) -> ssl.SSLContext:
+        """An ``ssl`` context for a listening socket; requires client certificates if
+        ``client_ca``. TLS 1.3 only, no session tickets (every session is one connection)."""
+        if self.cert is None or self.key is None:
+            raise ValueError("a TLS server needs cert and key")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.num_tickets = 0
+        _load_chain(context, self.cert, self.key)
+        if self.client_ca is not None:
+            context.load_verify_locations(
+                cadata=_read_pem(self.client_ca, "client CA bundle").decode()
+            )
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+def _load_chain(context: ssl.SSLContext, cert: PEM, key: PEM) -> None:
+    """``load_cert_chain`` reads only files: PEM bytes go through a private, short-lived one."""
+    if not isinstance(cert, bytes) and not isinstance(key, bytes):
+        try:
+            context.load_cert_chain(os.fspath(cert), os.fspath(key))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the TLS certificate {str(cert)!r}: {exc}") from None
+        return
+    with tempfile.TemporaryDirectory(prefix="farside-tls-") as directory:  # mode 0700
+        path = Path(directory) / "chain.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(_read_pem(key, "key") + b"\n" + _read_pem(cert, "certificate"))
+        try:
+            context.load_cert_chain(str(path))
+        except ssl.SSLError as exc:
+            raise ValueError(f"the TLS certificate and key do not load: {exc}") from None

@@ -40,7 +40,8 @@ from farside._proto.v1 import provision_pb2_grpc as pb_grpc
 from farside.attestation.platform import init_platform
 from farside.provision._spawn import read_line
 from farside.provision.server import ProvisionServer, ProvisionServerConfig
-from farside.transport.grpc import GrpcClientTransport
+from farside.untrusted._client import ClientTransport
+from farside.untrusted._manager import client_transport
 
 from ._support import QUICKSTART, wait_until
 
@@ -331,7 +332,7 @@ class ServerFactory:
         self._provisioners: list[farside.RemoteProvision] = []
         self._channels: list[grpc.Channel] = []
         self._clients: list[farside.EnclaveClient] = []
-        self._transports: list[GrpcClientTransport] = []
+        self._transports: list[ClientTransport] = []
 
     # servers and clients
 
@@ -392,12 +393,14 @@ class ServerFactory:
         return pb_grpc.ProvisionerStub(self.channel(server, tls))
 
     def session(
-        self, lease: pb.ProvisionResponse, token: str
-    ) -> tuple[GrpcClientTransport, list[BaseException], threading.Event]:
+        self, lease: pb.ProvisionResponse, token: str, lease_transport: str = "grpc"
+    ) -> tuple[ClientTransport, list[BaseException], threading.Event]:
         """Open a raw session stream to a provisioned proxy, presenting ``token``.
 
         The channel pins the proxy's own certificate and presents the main client
-        certificate. Returns the transport, its loss record and its loss event.
+        certificate; ``lease_transport`` is the wire the request asked for (a request
+        that names none gets gRPC). Returns the transport, its loss record and its
+        loss event.
         """
         lost: list[BaseException] = []
         done = threading.Event()
@@ -411,8 +414,14 @@ class ServerFactory:
             cert=self.pki.main.client_cert,
             key=self.pki.main.client_key,
         )
-        transport = GrpcClientTransport(
-            lease.address, token=token, credentials=tls.channel_credentials()
+        transport = client_transport(
+            farside.ProxyLease(
+                address=lease.address,
+                token=token,
+                credentials=tls.channel_credentials(),
+                tls=tls,
+                transport=lease_transport,
+            )
         )
         self._transports.append(transport)
         transport.start(lambda frames: None, on_lost)

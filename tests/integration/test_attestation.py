@@ -49,6 +49,7 @@ from farside.attestation.platform import init_platform
 from farside.protocol import LoadedReceived, Role, SessionCore
 from farside.transport import Endpoint
 from farside.transport.grpc import GrpcClientTransport
+from farside.transport.stream import StreamClientTransport
 from farside.untrusted import _manager
 from farside.untrusted._exits import ExitHandlers
 
@@ -105,19 +106,24 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
     """Record what every session ``farside.load`` opens sends and receives."""
     record = Wire()
 
-    class SpyTransport(GrpcClientTransport):
-        def start(self, sink: Any, lost: Any) -> None:
-            def spy(frames: list[pb.Frame]) -> None:
-                record.record("in", frames)
-                sink(frames)
+    def spying(base: type[Any]) -> type[Any]:
+        class SpyTransport(base):  # type: ignore[misc,valid-type]
+            def start(self, sink: Any, lost: Any) -> None:
+                def spy(frames: list[pb.Frame]) -> None:
+                    record.record("in", frames)
+                    sink(frames)
 
-            super().start(spy, lost)
+                super().start(spy, lost)
 
-        def send(self, frames: list[pb.Frame]) -> None:
-            record.record("out", frames)
-            super().send(frames)
+            def send(self, frames: list[pb.Frame]) -> None:
+                record.record("out", frames)
+                super().send(frames)
 
-    monkeypatch.setattr(_manager, "GrpcClientTransport", SpyTransport)
+        return SpyTransport
+
+    # whichever wire the session uses ($FARSIDE_TRANSPORT)
+    monkeypatch.setattr(_manager, "GrpcClientTransport", spying(GrpcClientTransport))
+    monkeypatch.setattr(_manager, "StreamClientTransport", spying(StreamClientTransport))
     return record
 
 
@@ -497,9 +503,15 @@ class HandSession:
         self.lease = lease
         self.nonce = nonce
         self.client_key = client_key
-        self.transport = GrpcClientTransport(
-            lease.address, token=lease.token, credentials=lease.credentials
-        )
+        # not through _manager: the wire spy must not see this hand-made session
+        self.transport: GrpcClientTransport | StreamClientTransport
+        if lease.transport == "stream":
+            context = lease.tls.client_ssl_context() if lease.tls is not None else None
+            self.transport = StreamClientTransport(lease.address, token=lease.token, tls=context)
+        else:
+            self.transport = GrpcClientTransport(
+                lease.address, token=lease.token, credentials=lease.credentials
+            )
         self.endpoint = Endpoint(
             SessionCore(Role.CLIENT),
             self.transport,

@@ -7,6 +7,7 @@ documented ``TypeError``/``ValueError`` of misuse), never as ``grpc.RpcError``,
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -215,12 +216,12 @@ def raw_lease() -> Iterator[tuple[farside.LocalProvision, farside.ProxyLease]]:
 def test_refused_session_is_reported_as_a_load_error_not_an_rpc_error(
     raw_lease: tuple[farside.LocalProvision, farside.ProxyLease],
 ) -> None:
-    from farside.transport.grpc import GrpcClientTransport
+    from farside.untrusted._manager import client_transport
 
     _, lease = raw_lease
     lost: list[BaseException] = []
     done = threading.Event()
-    transport = GrpcClientTransport(lease.address, token="wrong")
+    transport = client_transport(dataclasses.replace(lease, token="wrong"))
     transport.start(lambda frames: None, lambda e: (lost.append(e), done.set()))
     assert done.wait(5)
     transport.close(timeout=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,7 +16,8 @@ from typing import Any
 import pytest
 
 import farside
-from farside.transport.grpc import GrpcClientTransport
+from farside.untrusted._client import ClientTransport
+from farside.untrusted._manager import client_transport
 
 from ._support import WORKER, process_gone, proxy_pid, registered, wait_until
 
@@ -135,7 +137,7 @@ def idle_lease() -> Iterator[tuple[farside.LocalProvision, farside.ProxyLease]]:
     provision.release(lease)
 
 
-def connect_raw(lease: farside.ProxyLease, token: str) -> tuple[GrpcClientTransport, Any]:
+def connect_raw(lease: farside.ProxyLease, token: str) -> tuple[ClientTransport, Any]:
     """Open a raw session stream; return the transport and the error it was lost with."""
     lost: list[BaseException] = []
     done = threading.Event()
@@ -144,7 +146,7 @@ def connect_raw(lease: farside.ProxyLease, token: str) -> tuple[GrpcClientTransp
         lost.append(error)
         done.set()
 
-    transport = GrpcClientTransport(lease.address, token=token)
+    transport = client_transport(dataclasses.replace(lease, token=token))
     transport.start(lambda frames: None, on_lost)
     done.wait(5)
     return transport, lost

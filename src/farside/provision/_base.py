@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import grpc
 
-__all__ = ["ProxyLease", "Provisioner"]
+from .._tls import TLSConfig
+
+__all__ = ["TRANSPORTS", "TRANSPORT_VARIABLE", "ProxyLease", "Provisioner", "choose_transport"]
+
+TRANSPORTS = ("grpc", "stream")
+TRANSPORT_VARIABLE = "FARSIDE_TRANSPORT"
+
+
+def choose_transport(transport: str | None) -> str:
+    """``transport``, or ``$FARSIDE_TRANSPORT``, or "grpc"; ``ValueError`` if unknown."""
+    chosen = transport if transport is not None else os.environ.get(TRANSPORT_VARIABLE) or "grpc"
+    if chosen not in TRANSPORTS:
+        source = "transport" if transport is not None else f"${TRANSPORT_VARIABLE}"
+        raise ValueError(f"{source} must be one of {', '.join(TRANSPORTS)}, not {chosen!r}")
+    return chosen
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -16,8 +31,10 @@ class ProxyLease:
 
     ``tls_public_key`` is the DER public key the session's TLS channel is pinned to
     (evidence must bind it); ``platform_keys`` are platform keys the provisioner
-    itself vouches for (``LocalProvision``'s own ephemeral one). ``handle`` is the
-    provisioner's own bookkeeping, opaque to everyone else.
+    itself vouches for (``LocalProvision``'s own ephemeral one). ``transport`` is
+    the wire the proxy serves ("grpc" or "stream"); a stream over TCP uses ``tls``
+    (pinned to the proxy's certificate) where gRPC uses ``credentials``. ``handle``
+    is the provisioner's own bookkeeping, opaque to everyone else.
     """
 
     address: str
@@ -25,6 +42,8 @@ class ProxyLease:
     credentials: grpc.ChannelCredentials | None = None
     tls_public_key: bytes = b""
     platform_keys: tuple[bytes, ...] = ()
+    transport: str = "grpc"
+    tls: TLSConfig | None = None
     handle: Any = None
 
     def __repr__(self) -> str:  # never print the token

@@ -55,6 +55,7 @@ def proxy_command(
     python: str | None = None,
     idle_timeout: float = 30.0,
     parent_pid: int | None = None,
+    transport: str = "grpc",
     extra: Sequence[str] = (),
 ) -> list[str]:
     """The command line of ``farside proxy`` (the token goes to its stdin)."""
@@ -71,6 +72,8 @@ def proxy_command(
     ]
     if parent_pid is not None:
         command += ["--parent-pid", str(parent_pid)]
+    if transport != "grpc":
+        command += ["--transport", transport]
     return command + list(extra)
 
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..attestation.evidence import public_key_bytes
 from ..attestation.platform import platform_key_pem
-from ._base import ProxyLease
+from ._base import ProxyLease, choose_transport
 from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
 
 __all__ = ["LocalProvision"]
@@ -85,6 +85,9 @@ class LocalProvision:
     ``max_workers`` bounds the enclave's worker threads (one per client thread, beyond
     it a call gets ``RESOURCE_EXHAUSTED``), and a worker idle for
     ``worker_idle_timeout`` seconds (its client thread may have ended) exits.
+    ``transport`` is the session's wire: "grpc" (the default, or
+    ``$FARSIDE_TRANSPORT``) or "stream", length-prefixed frames on the Unix
+    socket, which is several times faster (docs/performance.md).
     """
 
     def __init__(
@@ -95,9 +98,11 @@ class LocalProvision:
         stop_timeout: float = 5.0,
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
+        transport: str | None = None,
     ) -> None:
         if max_workers < 1 or worker_idle_timeout <= 0 or idle_timeout <= 0:
             raise ValueError("LocalProvision's limits and timeouts must be positive")
+        self.transport = choose_transport(transport)
         self.max_workers = max_workers
         self.worker_idle_timeout = worker_idle_timeout
         self.python = python or sys.executable
@@ -105,7 +110,7 @@ class LocalProvision:
         self.stop_timeout = stop_timeout
 
     def __repr__(self) -> str:
-        return "LocalProvision()"
+        return f"LocalProvision(transport={self.transport!r})"
 
     def provision(self, *, name: str, timeout: float) -> ProxyLease:
         """Start a proxy and return its lease once it listens (within ``timeout`` s)."""
@@ -117,6 +122,7 @@ class LocalProvision:
             python=self.python,
             idle_timeout=self.idle_timeout,
             parent_pid=os.getpid(),
+            transport=self.transport,
             extra=[
                 "--platform-key",
                 "-",
@@ -141,6 +147,7 @@ class LocalProvision:
             address=proxy.address,
             token=token,
             platform_keys=(public_key_bytes(key),),
+            transport=self.transport,
             handle=proxy,
         )
 

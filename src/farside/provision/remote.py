@@ -20,7 +20,7 @@ from .._errors import EnclaveLoadError, StatusCode
 from .._proto.v1 import provision_pb2 as pb
 from .._proto.v1 import provision_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
-from ._base import ProxyLease
+from ._base import ProxyLease, choose_transport
 
 __all__ = ["RemoteProvision"]
 
@@ -55,10 +55,17 @@ class RemoteProvision:
     mTLS), used for the server and for the proxies it starts; ``token`` is the
     server's bearer token, if it requires one. Without ``tls`` the connection is
     plaintext, which is only sensible on loopback: farside logs a warning otherwise.
+    ``transport`` is the sessions' wire: "grpc" (the default, or
+    ``$FARSIDE_TRANSPORT``) or "stream" (TLS 1.3 on a plain TCP connection).
     """
 
     def __init__(
-        self, address: str, *, tls: TLSConfig | None = None, token: str | None = None
+        self,
+        address: str,
+        *,
+        tls: TLSConfig | None = None,
+        token: str | None = None,
+        transport: str | None = None,
     ) -> None:
         if not isinstance(address, str) or ":" not in address:
             raise ValueError(f"the provision server address must be host:port, not {address!r}")
@@ -66,6 +73,7 @@ class RemoteProvision:
             raise TypeError("tls must be a farside.TLSConfig")
         self.address = address
         self.tls = tls
+        self.transport = choose_transport(transport)
         self._token = token
         self._channel: grpc.Channel | None = None
         self._lock = threading.Lock()
@@ -105,7 +113,9 @@ class RemoteProvision:
         """Ask the server for a proxy; ``EnclaveLoadError`` with the reason if it fails."""
         try:
             response = self._stub().Provision(
-                pb.ProvisionRequest(name=name), timeout=timeout, metadata=self._metadata()
+                pb.ProvisionRequest(name=name, transport=self.transport),
+                timeout=timeout,
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
@@ -115,21 +125,25 @@ class RemoteProvision:
                 f"the provision server at {self.address} {reason}: {details}",
                 code=StatusCode.coerce(code.value[0]),
             ) from None
-        credentials, tls_public_key = self._proxy_credentials(response.proxy_certificate)
+        pinned, tls_public_key = self._pinned(response.proxy_certificate)
+        try:
+            credentials = pinned.channel_credentials() if pinned is not None else None
+        except ValueError as exc:
+            raise EnclaveLoadError(str(exc), code=StatusCode.INVALID_ARGUMENT) from exc
         return ProxyLease(
             address=response.address,
             token=response.session_token,
             credentials=credentials,
+            tls=pinned,
+            transport=self.transport,
             tls_public_key=tls_public_key,
             handle=response.enclave_id,
         )
 
-    def _proxy_credentials(
-        self, certificate: bytes
-    ) -> tuple[grpc.ChannelCredentials | None, bytes]:
-        """Credentials pinned to the proxy's own certificate, and its public key."""
+    def _pinned(self, certificate: bytes) -> tuple[TLSConfig | None, bytes]:
+        """TLS settings pinned to the proxy's own certificate, and its public key."""
         if self.tls is None or not certificate:
-            return self._credentials(), b""
+            return self.tls, b""
         try:
             public_key = x509.load_pem_x509_certificate(certificate).public_key()
         except ValueError as exc:
@@ -137,14 +151,10 @@ class RemoteProvision:
                 f"the provision server at {self.address} sent an invalid proxy certificate: {exc}"
             ) from None
         pinned = TLSConfig(ca=certificate, cert=self.tls.cert, key=self.tls.key)
-        try:
-            credentials = pinned.channel_credentials()
-        except ValueError as exc:
-            raise EnclaveLoadError(str(exc), code=StatusCode.INVALID_ARGUMENT) from exc
         spki = public_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return credentials, spki
+        return pinned, spki
 
     def release(self, lease: ProxyLease) -> None:
         """Tell the server we are done with the proxy (best effort; it reaps it anyway)."""

@@ -41,6 +41,7 @@ from .._proto.v1 import provision_pb2 as pb
 from .._proto.v1 import provision_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
 from ..attestation.platform import PLATFORM_KEY, load_platform_key, platform_key_pem
+from ._base import TRANSPORTS
 from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
 
 __all__ = ["ProvisionServer", "ProvisionServerConfig"]
@@ -234,7 +235,9 @@ class ProvisionServer:
                 identity = f"token:{digest}"
         return identity or f"peer:{context.peer()}"
 
-    def provision(self, name: str, client: str) -> tuple[str, str, str, bytes]:
+    def provision(
+        self, name: str, client: str, transport: str = "grpc"
+    ) -> tuple[str, str, str, bytes]:
         """Start a proxy for ``client``; return (enclave id, address, token, proxy cert PEM)."""
         with self._lock:
             if self._stopping:
@@ -258,7 +261,7 @@ class ProvisionServer:
             enclave = _Enclave(enclave_id, name, client)
             self._enclaves[enclave_id] = enclave  # holds the slot while the proxy starts
         try:
-            proxy, token = self._start_proxy(enclave_id, name)
+            proxy, token = self._start_proxy(enclave_id, name, transport)
         except BaseException:
             with self._lock:
                 del self._enclaves[enclave_id]
@@ -289,7 +292,9 @@ class ProvisionServer:
         log.info("provisioned %s (%s) for %s at %s", enclave_id, name, client, proxy.address)
         return enclave_id, proxy.address, token, certificate
 
-    def _start_proxy(self, enclave_id: str, name: str) -> tuple[ProxyProcess, str]:
+    def _start_proxy(
+        self, enclave_id: str, name: str, transport: str = "grpc"
+    ) -> tuple[ProxyProcess, str]:
         token = secrets.token_urlsafe(32)
         host = self.config.advertise or self.config.host
         extra = [*self._proxy_tls, "--report-status"]
@@ -303,6 +308,7 @@ class ProvisionServer:
                 f"{host}:{port}",
                 python=self.config.python,
                 idle_timeout=self.config.proxy_idle_timeout,
+                transport=transport,
                 extra=extra,
             )
             try:
@@ -457,8 +463,15 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the enclave name must be 1-128 characters of letters, digits, '.', '_', '-'",
             )
+        if request.transport not in ("", *TRANSPORTS):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the transport must be one of {', '.join(TRANSPORTS)}",
+            )
         try:
-            enclave_id, address, token, certificate = self._server.provision(request.name, client)
+            enclave_id, address, token, certificate = self._server.provision(
+                request.name, client, request.transport or "grpc"
+            )
         except RefusedError as exc:
             context.abort(exc.code, str(exc))
         return pb.ProvisionResponse(

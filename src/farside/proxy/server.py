@@ -18,12 +18,10 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,12 +29,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from .._errors import EnclaveError, HostCallError
-from .._proto.v1 import session_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
 from ..attestation.platform import load_platform_key, load_platform_key_pem
 from ..protocol import Role, SessionCore
 from ..transport import Endpoint
-from ..transport.grpc import FrameSink, SessionServicer, channel_options
+from ..transport._framing import FrameSink
+from ..transport.endpoint import Sender
+from ..transport.grpc import GrpcListener
+from ..transport.stream import StreamListener
 from ..trusted._runtime import EnclaveRuntime
 
 __all__ = ["RemoteEnclaveProxyServer"]
@@ -111,6 +111,7 @@ class RemoteEnclaveProxyServer:
         platform_key: Ed25519PrivateKey | None = None,
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
+        transport: str = "grpc",
     ) -> None:
         if not token:
             raise ValueError("the proxy needs a session token")
@@ -126,29 +127,24 @@ class RemoteEnclaveProxyServer:
         self._stop_reason: str | None = None
         self._runtime: EnclaveRuntime | None = None
         self._endpoint: Endpoint | None = None
-        self._servicer = SessionServicer(token, self._on_open, self._on_lost)
-        self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc"),
-            options=channel_options(),
-            maximum_concurrent_rpcs=4,
-        )
-        pb_grpc.add_EnclaveSessionServicer_to_server(self._servicer, self._server)
+        self.transport = transport
+        if transport == "stream":
+            self._listener: GrpcListener | StreamListener = StreamListener(
+                listen,
+                token,
+                self._on_open,
+                self._on_lost,
+                tls=tls.server_ssl_context() if tls is not None else None,
+            )
+        elif transport == "grpc":
+            self._listener = GrpcListener(listen, token, self._on_open, self._on_lost, tls=tls)
+        else:
+            raise ValueError(f"unknown transport {transport!r} (grpc or stream)")
         self.address = ""
 
     def start(self) -> str:
         """Bind and start serving; return the address clients dial."""
-        if self._tls is not None:
-            port = self._server.add_secure_port(self._listen, self._tls.server_credentials())
-        else:
-            port = self._server.add_insecure_port(self._listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {self._listen}")
-        if self._listen.startswith("unix:"):
-            self.address = self._listen
-        else:
-            host = self._listen.rsplit(":", 1)[0]
-            self.address = f"{host}:{port}"
-        self._server.start()
+        self.address = self._listener.start()
         if self._parent_pid is not None:
             _set_parent_death_signal(signal.SIGTERM)
             if os.getppid() != self._parent_pid:  # it died before prctl took effect
@@ -169,7 +165,7 @@ class RemoteEnclaveProxyServer:
 
     # ----------------------------------------------------------- session
 
-    def _on_open(self, servicer: SessionServicer) -> FrameSink:
+    def _on_open(self, sender: Sender) -> FrameSink:
         # Hand the key over: after it signs this session's evidence nothing may hold it.
         key, self.platform_key = self.platform_key, None
         runtime = EnclaveRuntime(
@@ -181,7 +177,7 @@ class RemoteEnclaveProxyServer:
         del key
         endpoint = Endpoint(
             SessionCore(Role.PROXY),
-            servicer,
+            sender,
             runtime,
             error_type=HostCallError,
             error_from_exception=runtime.error_from_exception,
@@ -243,9 +239,9 @@ class RemoteEnclaveProxyServer:
             if not runtime.close_received:
                 self._finalize_abandoned(runtime)
             self._endpoint.flush_output()
-        self._servicer.finish()
+        self._listener.finish()
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-        self._server.stop(grace=1.0).wait(2.0)
+        self._listener.stop(grace=1.0)
 
     def _finalize_abandoned(self, runtime: EnclaveRuntime) -> None:
         """The client is gone without destroying us: give finalize() a bounded chance."""
@@ -321,6 +317,7 @@ def run_proxy(
     max_workers: int = 256,
     worker_idle_timeout: float = 30.0,
     private_dir: str | None = None,
+    transport: str = "grpc",
 ) -> int:
     """``farside proxy``: serve one session, printing one ready line on stdout.
 
@@ -364,6 +361,7 @@ def run_proxy(
         platform_key=key,
         max_workers=max_workers,
         worker_idle_timeout=worker_idle_timeout,
+        transport=transport,
     )
     del key  # the server holds it until the session takes it
 

@@ -10,7 +10,6 @@ for a refused session) through ``error_from_rpc``.
 from __future__ import annotations
 
 import hmac
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,85 +19,22 @@ import grpc
 from .._errors import EnclaveError, EnclaveLoadError, EnclaveUnavailableError, StatusCode
 from .._proto.v1 import session_pb2 as pb
 from .._proto.v1 import session_pb2_grpc as pb_grpc
+from .._tls import TLSConfig
+from ._framing import MAX_MESSAGE_BYTES, FrameSink, LostCallback, Outbox
 
 __all__ = [
     "TOKEN_METADATA_KEY",
     "GrpcClientTransport",
+    "GrpcListener",
     "SessionServicer",
+    "MAX_MESSAGE_BYTES",
     "channel_options",
     "error_from_rpc",
 ]
 
 TOKEN_METADATA_KEY = "farside-session-token"  # noqa: S105 (a header name)
-MAX_MESSAGE_BYTES = 16 * 2**20  # batches are ~4 MiB; large values travel in 1 MiB chunks
-
-FrameSink = Callable[[list[pb.Frame]], None]
-LostCallback = Callable[[EnclaveError], None]
-
-
-BATCH_BYTES = 4 * 2**20
-
-
-def batches(frames: list[pb.Frame]) -> Iterator[pb.Batch]:
-    """Group frames into batches of about ``BATCH_BYTES`` (a bundle upload is many chunks)."""
-    if len(frames) == 1:
-        yield pb.Batch(frames=frames)
-        return
-    start, size = 0, 0
-    for index, frame in enumerate(frames):
-        frame_size = frame.ByteSize()
-        if size and size + frame_size > BATCH_BYTES:
-            yield pb.Batch(frames=frames[start:index])
-            start, size = index, 0
-        size += frame_size
-    yield pb.Batch(frames=frames[start:])
-
-
 KEEPALIVE_MS = 4_000
 KEEPALIVE_TIMEOUT_MS = 3_000
-
-
-class Outbox:
-    """The frames a transport has yet to hand to gRPC, with their size in bytes.
-
-    Producers never block in ``put``; whoever makes unbounded amounts of one-way
-    data (the enclave's output) waits in ``wait_below`` until gRPC, held back by
-    HTTP/2 flow control when the peer reads slowly, has taken enough of it.
-    """
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[pb.Batch, int] | None] = queue.SimpleQueue()
-        self._backlog = 0
-        self._drained = threading.Condition()
-
-    @property
-    def backlog(self) -> int:
-        """Bytes queued and not yet taken by gRPC."""
-        return self._backlog
-
-    def put(self, frames: list[pb.Frame]) -> None:
-        for batch in batches(frames):
-            size = batch.ByteSize()
-            with self._drained:
-                self._backlog += size
-            self._queue.put((batch, size))
-
-    def close(self) -> None:
-        """End the stream after what is queued."""
-        self._queue.put(None)
-
-    def __iter__(self) -> Iterator[pb.Batch]:
-        while (item := self._queue.get()) is not None:
-            batch, size = item
-            with self._drained:
-                self._backlog -= size
-                self._drained.notify_all()
-            yield batch
-
-    def wait_below(self, limit: int, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the backlog to fall to ``limit``; True if it did."""
-        with self._drained:
-            return self._drained.wait_for(lambda: self._backlog <= limit, timeout)
 
 
 def channel_options() -> list[tuple[str, Any]]:
@@ -266,3 +202,49 @@ class SessionServicer(pb_grpc.EnclaveSessionServicer):  # type: ignore[misc]
             return
         if not self._finished:
             self._on_lost(EnclaveUnavailableError("the client closed the session stream"))
+
+
+class GrpcListener:
+    """The proxy's gRPC server for its one session, shaped like ``StreamListener``."""
+
+    def __init__(
+        self,
+        listen: str,
+        token: str,
+        on_open: Callable[[SessionServicer], FrameSink],
+        on_lost: LostCallback,
+        *,
+        tls: TLSConfig | None = None,
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._listen = listen
+        self._tls = tls
+        self._servicer = SessionServicer(token, on_open, on_lost)
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc"),
+            options=channel_options(),
+            maximum_concurrent_rpcs=4,
+        )
+        pb_grpc.add_EnclaveSessionServicer_to_server(self._servicer, self._server)
+
+    def start(self) -> str:
+        """Bind and start serving; return the address clients dial."""
+        if self._tls is not None:
+            port = self._server.add_secure_port(self._listen, self._tls.server_credentials())
+        else:
+            port = self._server.add_insecure_port(self._listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {self._listen}")
+        self._server.start()
+        if self._listen.startswith("unix:"):
+            return self._listen
+        return f"{self._listen.rsplit(':', 1)[0]}:{port}"
+
+    def finish(self) -> None:
+        """End the session's stream after the frames already queued."""
+        self._servicer.finish()
+
+    def stop(self, grace: float) -> None:
+        """Stop serving, giving the stream ``grace`` seconds to drain."""
+        self._server.stop(grace=grace).wait(grace + 1.0)

@@ -21,9 +21,12 @@ from ..protocol import CallKind
 from ..provision import Provisioner, ProxyLease
 from ..transport import Endpoint
 from ..transport.grpc import GrpcClientTransport
+from ..transport.stream import StreamClientTransport
 from ._exits import ExitHandlers
 
-__all__ = ["EnclaveClient"]
+__all__ = ["ClientTransport", "EnclaveClient"]
+
+ClientTransport = GrpcClientTransport | StreamClientTransport
 
 log = logging.getLogger("farside")
 
@@ -44,7 +47,7 @@ class EnclaveClient:
         *,
         name: str,
         endpoint: Endpoint,
-        transport: GrpcClientTransport,
+        transport: ClientTransport,
         lease: ProxyLease,
         provisioner: Provisioner,
         exits: ExitHandlers,
@@ -125,6 +128,8 @@ class EnclaveClient:
             if self._endpoint.core.is_abandoned(tag) and getattr(self._threads, "tag", None) == tag:
                 self._threads.tag = None
             raise
+        finally:
+            self._exits.output.flush(tag)  # the call's output, ending mid-line or not
 
     def enter_and_run(self, input: Any = None, *, timeout: float | None = None) -> Any:
         """Run the enclave's ``TrustedApplication.run(input)`` and return its output.
@@ -175,6 +180,7 @@ class EnclaveClient:
             with contextlib.suppress(EnclaveError):
                 self._endpoint.run_locked(lambda core: core.close())
             self._transport.close()
+            self._exits.output.flush()
             self._endpoint.fail(ClientClosedError(f"enclave {self._name!r} was destroyed"))
             self._provisioner.release(self._lease)
             self._exits.files.close_all()

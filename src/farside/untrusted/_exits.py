@@ -36,15 +36,42 @@ _FLAGS = {
 
 
 class OutputSink:
-    """Writes the enclave's stdout/stderr to this process's ``sys.stdout``/``sys.stderr``."""
+    """Writes the enclave's stdout/stderr to this process's ``sys.stdout``/``sys.stderr``.
+
+    Output is written a whole line at a time per client thread, so the lines of
+    calls running at once never mix (``print`` writes its text and its newline
+    separately); a thread's unfinished line is written when its call returns
+    (``flush(thread)``) or the session ends (``flush()``).
+    """
 
     def __init__(self) -> None:
-        self._decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in Stream}
+        self._decoders: dict[tuple[int, Stream], codecs.IncrementalDecoder] = {}
+        self._partial: dict[tuple[int, Stream], str] = {}
+        self._lock = threading.Lock()
 
     def write(self, event: OutputReceived) -> None:
-        text = self._decoders[event.stream].decode(event.data)
-        target: IO[str] = sys.stdout if event.stream is Stream.STDOUT else sys.stderr
-        if text and target is not None:
+        key = (event.thread, event.stream)
+        with self._lock:
+            decoder = self._decoders.get(key)
+            if decoder is None:
+                decoder = self._decoders[key] = codecs.getincrementaldecoder("utf-8")("replace")
+            text = self._partial.pop(key, "") + decoder.decode(event.data)
+            cut = text.rfind("\n") + 1
+            if cut < len(text):
+                self._partial[key] = text[cut:]
+            if cut:
+                self._emit(event.stream, text[:cut])
+
+    def flush(self, thread: int | None = None) -> None:
+        """Write the unfinished lines of ``thread`` (of every thread if None)."""
+        with self._lock:
+            for key in [k for k in self._partial if thread is None or k[0] == thread]:
+                self._emit(key[1], self._partial.pop(key))
+
+    @staticmethod
+    def _emit(stream: Stream, text: str) -> None:
+        target: IO[str] = sys.stdout if stream is Stream.STDOUT else sys.stderr
+        if target is not None:
             target.write(text)
             target.flush()
 

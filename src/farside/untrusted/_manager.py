@@ -30,7 +30,8 @@ from ..protocol import CallKind, Limits, LoadedReceived, RemoteError, Role, Sess
 from ..provision import Provisioner, ProxyLease
 from ..transport import Endpoint
 from ..transport.grpc import GrpcClientTransport
-from ._client import EnclaveClient
+from ..transport.stream import StreamClientTransport
+from ._client import ClientTransport, EnclaveClient
 from ._config import (
     EnclaveLoadConfig,
     RemoteLoadConfig,
@@ -164,6 +165,17 @@ def _attest(
     return identity
 
 
+def client_transport(lease: ProxyLease) -> ClientTransport:
+    """The client end of the wire the lease's proxy serves."""
+    if lease.transport == "stream":
+        try:
+            context = lease.tls.client_ssl_context() if lease.tls is not None else None
+        except ValueError as exc:
+            raise EnclaveLoadError(str(exc)) from exc
+        return StreamClientTransport(lease.address, token=lease.token, tls=context)
+    return GrpcClientTransport(lease.address, token=lease.token, credentials=lease.credentials)
+
+
 def _open_session(
     load_config: EnclaveLoadConfig, on_destroyed: Callable[[EnclaveClient], None]
 ) -> EnclaveClient:
@@ -186,7 +198,7 @@ def _open_session(
         raise
     except Exception as exc:
         raise EnclaveLoadError(f"provisioning a proxy with {provisioner!r} failed: {exc}") from exc
-    transport = GrpcClientTransport(lease.address, token=lease.token, credentials=lease.credentials)
+    transport = client_transport(lease)
     core = SessionCore(
         Role.CLIENT,
         limits=Limits(max_depth=proxy_config.max_depth, max_value_size=proxy_config.max_value_size),

@@ -8,10 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProvisionRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "transport")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    transport: str
+    def __init__(self, name: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
 
 class ProvisionResponse(_message.Message):
     __slots__ = ("enclave_id", "address", "session_token", "proxy_certificate")

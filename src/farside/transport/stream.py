@@ -1,0 +1,667 @@
+"""The stream transport: length-prefixed ``Batch`` messages on one socket.
+
+The same session core and the same frames as the gRPC transport, without HTTP/2
+and without gRPC's threads between a call and the wire. A connection is a Unix
+socket (local proxies) or TCP with TLS 1.3 (remote proxies), opened by the client.
+
+On the wire, after TLS: the client sends ``PREFACE`` and its session token as one
+message; the proxy answers with an empty message (accepted) or a ``Batch`` holding
+one ``Close`` frame that says why not, and hangs up. Then both sides send
+``Batch`` messages, each a 4-byte big-endian length and the serialized batch.
+
+Threads. Each end has one reader thread, which parses what arrives and hands it
+to the endpoint (as gRPC's reader does). Sending never blocks: ``send`` encodes
+(and encrypts) under the caller's lock, appends to an ordered queue, and, if no
+one else is writing, writes as much as the socket takes at once
+(``MSG_DONTWAIT``). Only what the socket cannot take now is left to a writer
+thread, which waits for the peer. So an empty call crosses two thread hand-offs
+(reader to worker on the proxy, reader to caller on the client) instead of gRPC's
+six, and the endpoint's lock is never held across blocking I/O.
+
+TLS runs over memory BIOs (``ssl.SSLObject``) behind a small lock: OpenSSL objects
+must not be used by two threads at once, and this way the reader decrypts while a
+sender encrypts, with the socket I/O itself outside the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import itertools
+import logging
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from .._errors import (
+    EnclaveError,
+    EnclaveLoadError,
+    EnclaveUnavailableError,
+    StatusCode,
+)
+from .._proto.v1 import session_pb2 as pb
+from ._framing import MAX_MESSAGE_BYTES, FrameSink, LostCallback, batches
+
+__all__ = ["PREFACE", "StreamClientTransport", "StreamConnection", "StreamListener"]
+
+log = logging.getLogger("farside")
+
+PREFACE = b"farside-stream/1\n"
+HANDSHAKE_TIMEOUT = 10.0  # seconds for TCP, TLS and the preface, on either side
+MAX_PENDING_HANDSHAKES = 8  # connections the proxy vets at once; more are dropped
+_LEN = struct.Struct(">I")
+_RECV_BYTES = 1 << 18
+_SENDMSG_PARTS = 64
+
+# Dead peers and cut networks are noticed within about 7 s, as with gRPC's keepalive:
+# probes after 4 s idle, every second, three unanswered ones end the connection, and
+# data unacknowledged for 7 s does too.
+_KEEPALIVE = (4, 1, 3)
+_USER_TIMEOUT_MS = 7_000
+
+
+def _tune(sock: socket.socket) -> None:
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle, interval, count = _KEEPALIVE
+    with contextlib.suppress(AttributeError, OSError):  # Linux names; elsewhere the defaults
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, _USER_TIMEOUT_MS)
+
+
+def _address(target: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
+    """``unix:/path`` or ``host:port`` (IPv6 hosts in brackets) as a socket address."""
+    if target.startswith("unix:"):
+        return socket.AF_UNIX, target[len("unix:") :]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"a stream address is unix:/path or host:port, not {target!r}")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return family, (host, int(port))
+
+
+class _TLS:
+    """TLS over memory BIOs: any thread encrypts or decrypts; the socket stays ours."""
+
+    def __init__(
+        self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None
+    ) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._object = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
+        )
+        self._lock = threading.Lock()
+
+    def handshake(self, sock: socket.socket) -> bytes:
+        """Run the handshake on a socket with a timeout set (blocking; nothing else runs yet).
+
+        Returns the plaintext that arrived with the handshake's last flight (a client
+        sends its first message right behind its Finished)."""
+        while True:
+            try:
+                self._object.do_handshake()
+            except ssl.SSLWantReadError:
+                sock.sendall(self._outgoing.read())
+                data = sock.recv(_RECV_BYTES)
+                if not data:
+                    raise ConnectionError("the peer hung up during the TLS handshake") from None
+                self._incoming.write(data)
+                continue
+            sock.sendall(self._outgoing.read())
+            plain, _ = self.decrypt(b"")
+            return plain or b""
+
+    def peer_certificate(self) -> bytes | None:
+        return self._object.getpeercert(binary_form=True)
+
+    def encrypt(self, data: bytes) -> bytes:
+        with self._lock:
+            self._object.write(data)
+            return self._outgoing.read()
+
+    def decrypt(self, data: bytes) -> tuple[bytes | None, bytes]:
+        """(plaintext, or None once the peer closed TLS; bytes TLS itself must send back)."""
+        chunks: list[bytes] = []
+        with self._lock:
+            self._incoming.write(data)
+            try:
+                while True:
+                    chunks.append(self._object.read(_RECV_BYTES))
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return None, self._outgoing.read()
+            return b"".join(chunks), self._outgoing.read()
+
+
+class _RefusedError(Exception):
+    """The peer's preface or answer said no; carries the status code and message."""
+
+    def __init__(self, code: StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StreamOutbox:
+    """Bytes queued for the socket, in order, and how many there are (for backpressure).
+
+    One lock guards the queue; the writer thread sleeps on ``wanted`` and threads
+    holding back output on ``drained``, which is signalled only while one waits, so
+    the common case (everything written at once) wakes nobody.
+    """
+
+    def __init__(self) -> None:
+        self.parts: deque[memoryview | bytes] = deque()
+        self.backlog = 0
+        self.lock = threading.Lock()
+        self.wanted = threading.Condition(self.lock)
+        self.drained = threading.Condition(self.lock)
+        self.watchers = 0
+        self.writer_wanted = False
+        self.closing = False
+
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the backlog to fall to ``limit``; True if it did."""
+        with self.lock:
+            self.watchers += 1
+            try:
+                return self.drained.wait_for(lambda: self.backlog <= limit, timeout)
+            finally:
+                self.watchers -= 1
+
+    def consume(self, sent: int) -> None:
+        """(under ``lock``) ``sent`` bytes from the front were written."""
+        self.backlog -= sent
+        while sent:
+            head = self.parts[0]
+            if len(head) <= sent:
+                sent -= len(head)
+                self.parts.popleft()
+            else:
+                self.parts[0] = memoryview(head)[sent:]
+                sent = 0
+        if self.watchers:
+            self.drained.notify_all()
+
+
+class StreamConnection:
+    """One established session connection (either end): ``send`` frames, read on a thread.
+
+    ``start(sink, lost)`` starts the reader; ``lost(error)`` is called once if the
+    connection ends for any reason but ``close``/``finish`` on this side.
+    """
+
+    def __init__(self, sock: socket.socket, tls: _TLS | None, peer: str) -> None:
+        self._sock = sock
+        self._tls = tls
+        self.peer = peer
+        self.outbox = StreamOutbox()
+        self._send_lock = threading.Lock()  # whoever holds it writes to the socket
+        self._reader: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
+        self._ending = False  # close()/finish() called: the end is not a loss
+        self._broken: OSError | None = None
+        self._eof = threading.Event()
+        self._lost: LostCallback | None = None
+        self._lost_called = False
+        self._lost_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- sending
+
+    def send(self, frames: list[pb.Frame]) -> None:
+        """Queue frames for the peer and write what the socket takes now (never blocks)."""
+        if len(frames) == 1:
+            body = pb.Batch(frames=frames).SerializeToString()
+            self._queue(_LEN.pack(len(body)) + body)
+            return
+        for batch in batches(frames):  # large values: no copy joins the batches
+            body = batch.SerializeToString()
+            self._queue(_LEN.pack(len(body)))
+            self._queue(body)
+
+    def _queue(self, data: bytes, *, encrypted: bool = False) -> None:
+        if self._tls is not None and not encrypted:
+            data = self._tls.encrypt(data)
+        outbox = self.outbox
+        if self._broken is not None or outbox.closing:
+            return  # the connection is gone; the endpoint learns it from the reader
+        # The fast path: nothing queued ahead of us and nobody writing, so write now.
+        # (Callers send under their endpoint's lock, so frames keep their order.)
+        if not outbox.parts and self._send_lock.acquire(blocking=False):
+            try:
+                if not outbox.parts:
+                    try:
+                        sent = self._sock.send(data, socket.MSG_DONTWAIT)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError as exc:
+                        self._break(exc)
+                        return
+                    if sent == len(data):
+                        return
+                    data = memoryview(data)[sent:]  # type: ignore[assignment]
+                with outbox.lock:
+                    outbox.parts.append(data)
+                    outbox.backlog += len(data)
+                self._write(block=False)
+            finally:
+                self._send_lock.release()
+        else:
+            with outbox.lock:
+                outbox.parts.append(data)
+                outbox.backlog += len(data)
+        with outbox.lock:  # what is left waits for the peer: the writer's job
+            if outbox.parts:
+                outbox.writer_wanted = True
+                outbox.wanted.notify()
+
+    def _break(self, exc: OSError) -> None:
+        outbox = self.outbox
+        with outbox.lock:
+            self._broken = exc
+            outbox.parts.clear()
+            outbox.backlog = 0
+            outbox.drained.notify_all()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # the reader reports it
+
+    def _write(self, *, block: bool) -> None:
+        """(holding the send lock) Write queued bytes until none are left, or, not
+        blocking, until the socket is full."""
+        outbox = self.outbox
+        flags = 0 if block else socket.MSG_DONTWAIT
+        while True:
+            with outbox.lock:
+                if not outbox.parts or self._broken is not None:
+                    return
+                parts = list(itertools.islice(outbox.parts, _SENDMSG_PARTS))
+            try:
+                sent = self._sock.sendmsg(parts, (), flags)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                self._break(exc)
+                return
+            with outbox.lock:
+                outbox.consume(sent)
+
+    def _write_loop(self) -> None:
+        outbox = self.outbox
+        while True:
+            with outbox.lock:
+                outbox.wanted.wait_for(lambda: outbox.writer_wanted or outbox.closing)
+                outbox.writer_wanted = False
+                closing = outbox.closing
+            with self._send_lock:
+                self._write(block=True)
+            if closing:
+                with outbox.lock:
+                    if outbox.parts and self._broken is None:
+                        continue  # queued after we looked: write it too
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_WR)
+                return
+
+    # ----------------------------------------------------------------- receiving
+
+    def _recv(self) -> bytes | None:
+        """The next plaintext bytes (maybe empty), or None at the end of the stream."""
+        data = self._sock.recv(_RECV_BYTES)
+        if not data:
+            return None
+        if self._tls is None:
+            return data
+        plain, reply = self._tls.decrypt(data)
+        if reply and plain is not None:  # TLS's own messages (a key update), in order with ours
+            self._queue(reply, encrypted=True)
+        return plain
+
+    def read_message(self, already: bytes = b"", limit: int = MAX_MESSAGE_BYTES) -> bytes | None:
+        """Read one length-prefixed message before the reader starts (the handshake).
+
+        ``already`` holds bytes read past what came before; None if the peer hung up
+        or the message is longer than ``limit``. Bytes read past it stay for the reader.
+        """
+        buffer = bytearray(already)
+        while True:
+            if len(buffer) >= _LEN.size:
+                (size,) = _LEN.unpack_from(buffer)
+                if size > limit:
+                    return None
+                if len(buffer) >= _LEN.size + size:
+                    self._leftover = bytes(buffer[_LEN.size + size :])
+                    return bytes(buffer[_LEN.size : _LEN.size + size])
+            data = self._recv()
+            if data is None:
+                return None
+            buffer += data
+
+    _leftover = b""
+
+    def start(self, sink: FrameSink, lost: LostCallback) -> None:
+        """Start the reader (and the writer, which sleeps until a write would block)."""
+        self._lost = lost
+        self._reader = threading.Thread(
+            target=self._read_loop, args=(sink,), name="farside-stream-reader", daemon=True
+        )
+        self._writer = threading.Thread(
+            target=self._write_loop, name="farside-stream-writer", daemon=True
+        )
+        self._writer.start()
+        self._reader.start()
+
+    def _read_loop(self, sink: FrameSink) -> None:
+        buffer = bytearray(self._leftover)
+        error: EnclaveError | None = None
+        try:
+            while True:
+                offset = 0
+                while len(buffer) - offset >= _LEN.size:
+                    (size,) = _LEN.unpack_from(buffer, offset)
+                    if size > MAX_MESSAGE_BYTES:
+                        raise ConnectionError(
+                            f"the peer sent a {size}-byte message (the limit is "
+                            f"{MAX_MESSAGE_BYTES})"
+                        )
+                    end = offset + _LEN.size + size
+                    if len(buffer) < end:
+                        break
+                    batch = pb.Batch.FromString(bytes(buffer[offset + _LEN.size : end]))
+                    offset = end
+                    sink(list(batch.frames))
+                if offset:
+                    del buffer[:offset]
+                data = self._recv()
+                if data is None:
+                    break
+                buffer += data
+        except (OSError, ssl.SSLError) as exc:
+            error = EnclaveUnavailableError(f"lost the connection to {self.peer}: {exc}")
+        except Exception as exc:  # an unparsable message, or a bug in a sink
+            error = EnclaveUnavailableError(f"the session with {self.peer} failed: {exc!r}")
+        finally:
+            self._eof.set()
+        if self._broken is not None and error is None:
+            error = EnclaveUnavailableError(f"lost the connection to {self.peer}: {self._broken}")
+        self._report(error or EnclaveUnavailableError(f"{self.peer} ended the session"))
+
+    def _report(self, error: EnclaveError) -> None:
+        with self._lost_lock:
+            if self._lost_called or self._ending or self._lost is None:
+                return
+            self._lost_called = True
+        self._lost(error)
+
+    # ----------------------------------------------------------------- ending
+
+    def finish(self) -> None:
+        """End our side after what is queued (the peer reads to the end, then hangs up)."""
+        self._ending = True
+        with self.outbox.lock:
+            self.outbox.closing = True
+            self.outbox.wanted.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish, wait up to ``timeout`` for the peer to hang up, then drop the socket."""
+        self.finish()
+        if self._writer is None:  # never started: nothing queued can matter
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
+        current = threading.current_thread()
+        if self._writer is not None and self._writer is not current:
+            self._writer.join(timeout)
+        if self._reader is not None and self._reader is not current:
+            self._eof.wait(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        if self._reader is not None and self._reader is not current:
+            self._reader.join(timeout)
+        self._sock.close()
+
+
+def _refusal(code: StatusCode, message: str) -> bytes:
+    error = pb.Error(code=int(code), type="Refused", message=message)
+    close = pb.Frame(close=pb.Close(error=error))
+    body = pb.Batch(frames=[close]).SerializeToString()
+    return _LEN.pack(len(body)) + body
+
+
+class StreamClientTransport:
+    """The client's end: ``start`` connects and starts reading; ``send`` queues frames.
+
+    ``tls`` is the client context (pinned to the proxy's certificate) for TCP
+    targets; ``server_hostname`` is the name that certificate carries.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        connect_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.target = target
+        self._token = token.encode()
+        self._tls_context = tls
+        self._server_hostname = server_hostname
+        self._connect_timeout = connect_timeout
+        self._connection: StreamConnection | None = None
+        self._closed = False
+
+    @property
+    def outbox(self) -> StreamOutbox | None:
+        return self._connection.outbox if self._connection is not None else None
+
+    def start(self, sink: FrameSink, lost: LostCallback) -> None:
+        """Connect, authenticate and start the reader; a failure is ``lost(error)``."""
+        try:
+            self._connection = self._connect()
+        except _RefusedError as exc:
+            lost(
+                EnclaveLoadError(
+                    f"the enclave proxy at {self.target} refused the session: {exc}",
+                    code=exc.code,
+                )
+            )
+            return
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            lost(EnclaveUnavailableError(f"cannot reach the enclave proxy at {self.target}: {exc}"))
+            return
+        self._connection.start(sink, lost)
+
+    def _connect(self) -> StreamConnection:
+        family, address = _address(self.target)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self._connect_timeout)
+            sock.connect(address)
+            _tune(sock)
+            tls, early = None, b""
+            if self._tls_context is not None:
+                hostname = self._server_hostname
+                if hostname is None and isinstance(address, tuple):
+                    hostname = address[0]
+                tls = _TLS(self._tls_context, server_side=False, server_hostname=hostname)
+                early = tls.handshake(sock)
+            connection = StreamConnection(sock, tls, f"the enclave proxy at {self.target}")
+            hello = PREFACE + _LEN.pack(len(self._token)) + self._token
+            sock.sendall(tls.encrypt(hello) if tls is not None else hello)
+            answer = connection.read_message(early)
+            if answer is None:  # hung up, or an answer too long to be one
+                raise ConnectionError("the proxy hung up before answering")
+            if answer:
+                frames = pb.Batch.FromString(answer).frames
+                error = frames[0].close.error if frames and frames[0].HasField("close") else None
+                if error is None:
+                    raise ConnectionError("the proxy answered with something else than a verdict")
+                raise _RefusedError(StatusCode.coerce(error.code), error.message)
+            sock.settimeout(None)
+            return connection
+        except BaseException:
+            sock.close()
+            raise
+
+    def send(self, frames: list[pb.Frame]) -> None:
+        """Queue frames for the proxy (never blocks)."""
+        if self._connection is not None:
+            self._connection.send(frames)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish our side, wait up to ``timeout`` for the proxy to end, then hang up."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._connection is not None:
+            self._connection.close(timeout)
+
+
+class StreamListener:
+    """The proxy's end: accept one authenticated connection as the session.
+
+    Mirrors ``SessionServicer``: ``on_open(connection)`` returns the sink for the
+    session's frames and ``on_lost(error)`` is called if it breaks. Connections
+    with a wrong token are refused (UNAUTHENTICATED), and so is any connection after
+    the session's (FAILED_PRECONDITION); neither disturbs the session.
+    """
+
+    def __init__(
+        self,
+        listen: str,
+        token: str,
+        on_open: Callable[[StreamConnection], FrameSink],
+        on_lost: LostCallback,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self._listen = listen
+        self._token = token.encode()
+        self._on_open = on_open
+        self._on_lost = on_lost
+        self._tls = tls
+        self._sock: socket.socket | None = None
+        self._taken = False
+        self._lock = threading.Lock()
+        self._vetting = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        self._connection: StreamConnection | None = None
+        self._stopped = False
+
+    def start(self) -> str:
+        """Bind and accept in the background; return the address clients dial."""
+        family, address = _address(self._listen)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(MAX_PENDING_HANDSHAKES)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        accept = threading.Thread(
+            target=self._accept_loop, name="farside-stream-accept", daemon=True
+        )
+        accept.start()
+        if family == socket.AF_UNIX:
+            return self._listen
+        host, port = sock.getsockname()[:2]
+        shown = self._listen.rpartition(":")[0]
+        return f"{shown}:{port}" if shown else f"{host}:{port}"
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stopped:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                if self._stopped:
+                    return
+                time.sleep(0.05)  # EMFILE and friends: do not spin
+                continue
+            if not self._vetting.acquire(blocking=False):
+                conn.close()  # too many half-open connections at once
+                continue
+            threading.Thread(
+                target=self._admit, args=(conn,), name="farside-stream-admit", daemon=True
+            ).start()
+
+    def _admit(self, conn: socket.socket) -> None:
+        try:
+            self._vet(conn)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.info("refused a connection: %s", exc)
+            conn.close()
+        finally:
+            self._vetting.release()
+
+    def _vet(self, conn: socket.socket) -> None:
+        conn.settimeout(HANDSHAKE_TIMEOUT)
+        _tune(conn)
+        tls = None
+        head = b""
+        if self._tls is not None:
+            tls = _TLS(self._tls, server_side=True)
+            head = tls.handshake(conn)
+        connection = StreamConnection(conn, tls, "the client")
+        while len(head) < len(PREFACE):
+            data = connection._recv()
+            if not data:
+                raise ConnectionError("the client hung up before its preface")
+            head += data
+        if not head.startswith(PREFACE):
+            raise ConnectionError("not a farside stream client")
+        token = connection.read_message(head[len(PREFACE) :], limit=1024)
+
+        def answer(data: bytes) -> None:
+            conn.sendall(tls.encrypt(data) if tls is not None else data)
+
+        if token is None or not hmac.compare_digest(token, self._token):
+            answer(_refusal(StatusCode.UNAUTHENTICATED, "invalid session token"))
+            conn.close()
+            return
+        with self._lock:
+            taken, self._taken = self._taken, True
+        if taken or self._stopped:
+            used = "this proxy already served its one session"
+            answer(_refusal(StatusCode.FAILED_PRECONDITION, used))
+            conn.close()
+            return
+        conn.settimeout(None)
+        self._connection = connection
+        sink = self._on_open(connection)
+        answer(_LEN.pack(0))
+        connection.start(sink, self._on_lost)
+
+    def finish(self) -> None:
+        """End the session's stream after the frames already queued."""
+        if self._connection is not None:
+            self._connection.finish()
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting, and drop the session after ``grace`` seconds at most."""
+        self._stopped = True
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            if self._sock.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    Path(self._listen[len("unix:") :]).unlink()
+        if self._connection is not None:
+            self._connection.close(grace)
