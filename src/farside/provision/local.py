@@ -26,6 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .._config import SANDBOX_MODES, SandboxMode
 from ..attestation.evidence import public_key_bytes
 from ..attestation.platform import platform_key_pem
 from ._base import ProxyLease
@@ -85,6 +86,9 @@ class LocalProvision:
     ``max_workers`` bounds the enclave's worker threads (one per client thread, beyond
     it a call gets ``RESOURCE_EXHAUSTED``), and a worker idle for
     ``worker_idle_timeout`` seconds (its client thread may have ended) exits.
+    ``sandbox`` is the proxies' own sandbox mode (``farside proxy --sandbox``): the
+    least they apply whatever a load config asks; ``"off"`` only for measurements and
+    debugging.
     """
 
     def __init__(
@@ -95,7 +99,11 @@ class LocalProvision:
         stop_timeout: float = 5.0,
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
+        sandbox: SandboxMode = "best-effort",
     ) -> None:
+        if sandbox not in SANDBOX_MODES:
+            raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_MODES)}, not {sandbox!r}")
+        self.sandbox: SandboxMode = sandbox
         if max_workers < 1 or worker_idle_timeout <= 0 or idle_timeout <= 0:
             raise ValueError("LocalProvision's limits and timeouts must be positive")
         self.max_workers = max_workers
@@ -126,6 +134,8 @@ class LocalProvision:
                 str(self.worker_idle_timeout),
                 "--private-dir",
                 str(directory),
+                "--sandbox",
+                self.sandbox,
             ],
         )
         proxy = start_proxy(

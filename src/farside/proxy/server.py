@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from .._config import SandboxConfig, SandboxMode
 from .._errors import EnclaveError, HostCallError
 from .._proto.v1 import session_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
@@ -38,6 +39,7 @@ from ..protocol import Role, SessionCore
 from ..transport import Endpoint
 from ..transport.grpc import FrameSink, SessionServicer, channel_options
 from ..trusted._runtime import EnclaveRuntime
+from ._sandbox import Sandbox, enter_network_namespace
 
 __all__ = ["RemoteEnclaveProxyServer"]
 
@@ -111,9 +113,11 @@ class RemoteEnclaveProxyServer:
         platform_key: Ed25519PrivateKey | None = None,
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
+        sandbox: Sandbox | None = None,
     ) -> None:
         if not token:
             raise ValueError("the proxy needs a session token")
+        self.sandbox = sandbox  # None: no sandbox at all (in-process tests)
         self._listen = listen
         self._tls = tls
         self.platform_key = platform_key
@@ -177,6 +181,7 @@ class RemoteEnclaveProxyServer:
             tls_public_key=self.tls_public_key,
             max_workers=self._max_workers,
             worker_idle_timeout=self._worker_idle_timeout,
+            confine=self.sandbox.confine if self.sandbox is not None else None,
         )
         del key
         endpoint = Endpoint(
@@ -260,10 +265,17 @@ class RemoteEnclaveProxyServer:
             except Exception:
                 log.exception("finalize() raised while the client was gone")
 
-        worker = threading.Thread(target=finalize, daemon=True, name="farside-finalize")
-        worker.start()
-        worker.join(FINALIZE_GRACE)
-        if worker.is_alive():
+        done = threading.Event()
+
+        def finalize_and_tell() -> None:
+            try:
+                finalize()
+            finally:
+                done.set()
+
+        # On a thread inside the sandbox, like every thread that runs enclave code.
+        runtime.start_enclave_thread(finalize_and_tell, "farside-finalize")
+        if not done.wait(FINALIZE_GRACE):
             log.warning("finalize() did not return within %g s; exiting anyway", FINALIZE_GRACE)
 
 
@@ -321,6 +333,8 @@ def run_proxy(
     max_workers: int = 256,
     worker_idle_timeout: float = 30.0,
     private_dir: str | None = None,
+    sandbox: SandboxMode = "best-effort",
+    limits: SandboxConfig | None = None,
 ) -> int:
     """``farside proxy``: serve one session, printing one ready line on stdout.
 
@@ -328,7 +342,10 @@ def run_proxy(
     key and self-signed certificate of its own, written to ``tls-cert.pem`` in its
     working directory for the provisioner to hand to the client, which pins it.
     With ``report_status``, stdout stays open for status lines to the provisioner.
-    Returns only on a usage error; otherwise it ends the process itself.
+    ``sandbox`` and ``limits`` are the least confinement the enclave gets (a client may
+    ask for more); a proxy on a Unix socket enters its own network namespace right away,
+    while it has one thread. Returns only on a usage error; otherwise it ends the process
+    itself.
     """
     logging.basicConfig(
         level=logging.INFO,
@@ -343,6 +360,14 @@ def run_proxy(
             file=sys.stderr,
         )
         return 2
+    netns: str | None = None
+    if sandbox != "off" and listen.startswith("unix:"):
+        netns = enter_network_namespace()  # a path socket still reaches the client
+        if netns:
+            log.info("sandbox: no network namespace: %s", netns)
+    confinement = Sandbox(
+        mode=sandbox, limits=limits or SandboxConfig(), netns=netns, private_dir=private_dir
+    )
     if tls_ephemeral:
         tls = ephemeral_tls(tls_ephemeral, client_ca)
         assert isinstance(tls.cert, bytes)
@@ -364,6 +389,7 @@ def run_proxy(
         platform_key=key,
         max_workers=max_workers,
         worker_idle_timeout=worker_idle_timeout,
+        sandbox=confinement,
     )
     del key  # the server holds it until the session takes it
 
