@@ -177,9 +177,11 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
+    from farside.proxy._landlock import abi_version
     from farside.proxy._sandbox import probe
 
     print("farside doctor: what this machine offers to sandbox an enclave's proxy")
+    print(f"  Landlock ABI {abi_version()} (6 or more has every Landlock layer)")
     missing = 0
     for layer, why in probe().items():
         print(f"  {layer:15} {'available' if not why else 'MISSING: ' + why}")
@@ -278,6 +280,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 def _cmd_provision_server(args: argparse.Namespace) -> int:
     from farside import TLSConfig
+    from farside._config import SandboxConfig
     from farside.provision.server import ProvisionServer, ProvisionServerConfig
 
     logging.basicConfig(
@@ -302,6 +305,12 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
             workdir=Path(args.workdir) if args.workdir else None,
             proxy_idle_timeout=args.proxy_idle_timeout,
             proxy_ports=_port_range(args.proxy_ports) if args.proxy_ports else None,
+            proxy_sandbox=args.sandbox,
+            proxy_limits=SandboxConfig(
+                memory=args.memory_limit,
+                open_files=args.open_files_limit,
+                cpu_seconds=args.cpu_limit,
+            ),
         )
         server = ProvisionServer(config)
     except (ValueError, OSError) as exc:
@@ -441,7 +450,7 @@ def _add_proxy_sandbox_arguments(proxy: Any) -> None:
         "--sandbox",
         choices=SANDBOX_MODES,
         default="best-effort",
-        help="confine the process before enclave code runs (Landlock, seccomp, rlimits, "
+        help="confine the proxy process before enclave code runs (Landlock, seccomp, rlimits, "
         "network namespace): best-effort (default) applies what this machine offers and "
         "logs the rest; strict refuses to run the enclave unless every layer applies; off "
         "does nothing. A client may ask for a stricter mode, never a weaker one. See "
@@ -520,6 +529,7 @@ def _add_server_parser(sub: Any) -> None:
         action="store_true",
         help="allow plaintext or unauthenticated clients off loopback",
     )
+    _add_proxy_sandbox_arguments(server)
     server.set_defaults(func=_cmd_provision_server)
 
 

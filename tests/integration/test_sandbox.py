@@ -8,12 +8,14 @@ started or signalled. Layers are forced off with ``FARSIDE_SANDBOX_PRETEND_UNAVA
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,10 @@ import pytest
 import farside
 from farside.proxy._sandbox import LAYERS, PRETEND_UNAVAILABLE_ENV, probe
 
-from ._support import ENCLAVES, RecordingProvision, process_gone, proxy_pid
+from ._provision import ServerFactory, pki, servers
+from ._support import ENCLAVES, RecordingProvision, process_gone, proxy_pid, wait_until
+
+__all__ = ["pki", "servers"]  # fixtures used here
 
 ESCAPEE = ENCLAVES / "escapee.py"
 ALL_LAYERS = tuple(layer for layer, why in probe().items() if not why)
@@ -227,3 +232,19 @@ def test_strict_with_every_layer_loads() -> None:
     sandbox = farside.SandboxConfig(mode="strict")
     with farside.load(ESCAPEE, sandbox=sandbox, policy=require(*ALL_LAYERS)) as client:
         assert_still_serving(client)
+
+
+def test_a_remote_proxy_on_tcp_keeps_its_session_under_the_sandbox(servers: ServerFactory) -> None:
+    """seccomp refuses new sockets; the session's TLS connection, keepalives and stop work."""
+    server = servers(proxy_sandbox="strict")
+    tcp_layers = tuple(layer for layer in ALL_LAYERS if layer != "netns")  # it needs the network
+    policy = dataclasses.replace(servers.pki.policy(), require_sandbox=tcp_layers)
+    with farside.load(ESCAPEE, provision=servers.remote(server), policy=policy) as client:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            listener.settimeout(0.5)
+            assert_refused(client.call("connect", listener.getsockname()[1]), errno.EPERM)
+            with pytest.raises(TimeoutError):
+                listener.accept()
+        time.sleep(4.5)  # a keepalive ping (every 4 s) passes over the sandboxed connection
+        assert_still_serving(client)
+    assert wait_until(lambda: server.enclave_count() == 0, 10.0)  # the proxy stopped

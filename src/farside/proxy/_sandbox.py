@@ -139,10 +139,13 @@ def _load_seccomp() -> tuple[Any, str]:
 
 
 def probe() -> dict[str, str]:
-    """What this machine offers, layer by layer: ``""`` when available, else why not."""
+    """What this machine offers, layer by layer: ``""`` when available, else why not.
+
+    Layers named in ``FARSIDE_SANDBOX_PRETEND_UNAVAILABLE`` are reported missing.
+    """
     abi, why = _landlock_abi()
     _, seccomp_why = _load_seccomp()
-    return {
+    found = {
         "landlock-fs": why,
         "landlock-net": why or ("" if abi >= 4 else f"Landlock ABI {abi} < 4"),
         "landlock-scope": why or ("" if abi >= 6 else f"Landlock ABI {abi} < 6"),
@@ -150,6 +153,9 @@ def probe() -> dict[str, str]:
         "rlimits": "" if platform.system() == "Linux" else "only on Linux",
         "netns": _userns_probe(),
     }
+    for layer in _pretend_unavailable():
+        found[layer] = found[layer] or f"treated as unavailable ({PRETEND_UNAVAILABLE_ENV})"
+    return found
 
 
 def _userns_probe() -> str:
@@ -171,7 +177,7 @@ def enter_network_namespace() -> str:
     Only while the process has a single thread (the kernel refuses a user namespace
     to a multithreaded process), i.e. before the gRPC server starts.
     """
-    why = _userns_probe()
+    why = probe()["netns"]
     if why:
         return why
     uid, gid = os.getuid(), os.getgid()
@@ -304,17 +310,12 @@ class Sandbox:
         if mode == "off":
             log.warning("sandbox: off; enclave code can use this machine as this user")
             return ()
-        pretend = _pretend_unavailable()
         missing = dict(probe())
         if self.netns is None:
             del missing["netns"]  # a TCP proxy cannot have one: not a layer it lacks
         else:
-            missing["netns"] = self.netns
+            missing["netns"] = self.netns  # what entering it at start said
         missing = {k: v for k, v in missing.items() if v}
-        for layer in pretend:
-            if layer in missing or (layer == "netns" and self.netns is None):
-                continue
-            missing[layer] = f"treated as unavailable ({PRETEND_UNAVAILABLE_ENV})"
         if missing and mode == "strict":
             raise SandboxError(
                 "the strict sandbox cannot apply every layer, so the enclave will not run: "
