@@ -29,6 +29,7 @@ import os
 import platform
 import resource
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,6 +307,7 @@ class Sandbox:
         ``SandboxError`` naming every missing layer, before applying anything; in
         best-effort mode, logs each missing layer and goes on.
         """
+        started = time.perf_counter()
         mode, limits = self.effective(request)
         if mode == "off":
             log.warning("sandbox: off; enclave code can use this machine as this user")
@@ -348,7 +350,12 @@ class Sandbox:
                     ) from exc
                 log.warning("sandbox: %s not applied: %s", ", ".join(layers), exc)
         self.applied = tuple(layer for layer in LAYERS if layer in applied)
-        log.info("sandbox (%s): applied %s", mode, ", ".join(self.applied) or "nothing")
+        log.info(
+            "sandbox (%s): applied %s in %.1f ms",
+            mode,
+            ", ".join(self.applied) or "nothing",
+            (time.perf_counter() - started) * 1e3,
+        )
         return self.applied
 
     @staticmethod
