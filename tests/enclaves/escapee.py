@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -93,6 +94,19 @@ class Escapee(TrustedApplication):
         thread.start()
         thread.join()
         return outcome
+
+    @ecall
+    def burn(self, seconds: float) -> int:
+        """Spend CPU time (past a CPU limit, the kernel ends the process)."""
+        deadline = time.process_time() + seconds
+        spins = 0
+        while time.process_time() < deadline:
+            spins += 1
+        return spins
+
+    @ecall
+    def allocate(self, size: int) -> int:
+        return len(bytearray(size))
 
     @ecall
     def limits(self) -> dict[str, int]:

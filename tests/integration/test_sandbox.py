@@ -153,6 +153,25 @@ def test_resource_limits_come_from_the_load_config() -> None:
         }
 
 
+def test_a_memory_limit_refuses_a_large_allocation_and_the_proxy_keeps_serving() -> None:
+    sandbox = farside.SandboxConfig(memory=1 * 2**30)
+    with farside.load(ESCAPEE, sandbox=sandbox) as client:
+        with pytest.raises(farside.EnclaveCallError) as info:
+            client.call("allocate", 2 * 2**30)
+        assert info.value.remote_type == "MemoryError"
+        assert client.call("allocate", 2**20) == 2**20
+        assert_still_serving(client)
+
+
+def test_a_cpu_limit_ends_the_proxy_and_the_client_is_told() -> None:
+    sandbox = farside.SandboxConfig(cpu_seconds=1)
+    with (
+        farside.load(ESCAPEE, sandbox=sandbox) as client,
+        pytest.raises(farside.EnclaveUnavailableError),
+    ):
+        client.call("burn", 30.0, timeout=20.0)
+
+
 def test_a_client_cannot_turn_the_proxys_sandbox_off(tmp_path: Path) -> None:
     sandbox = farside.SandboxConfig(mode="off")
     with farside.load(ESCAPEE, sandbox=sandbox, policy=require(*ALL_LAYERS)) as client:
