@@ -200,10 +200,26 @@ class EnclaveRuntime:
         ).start()
 
     def _enclave_home(self, event: BundleReceived) -> None:
-        if self._load(event):
-            while True:
-                target, name = self._thread_starts.get()
+        try:
+            loaded = self._load(event)
+        except EnclaveError:  # the session ended while loading: the proxy shuts down
+            return
+        if not loaded:
+            return
+        while True:
+            target, name = self._thread_starts.get()
+            try:
                 threading.Thread(target=target, daemon=True, name=name).start()
+            except RuntimeError as exc:  # "can't start new thread": out of memory or threads
+                # A call would wait forever for a worker that never comes: end the session.
+                self._endpoint().fail(
+                    EnclaveError(
+                        f"the proxy cannot start an enclave thread: {exc}",
+                        code=StatusCode.RESOURCE_EXHAUSTED,
+                    )
+                )
+                self.ended.set()
+                return
 
     def start_enclave_thread(self, target: Callable[[], None], name: str) -> None:
         """Start ``target`` on a thread inside the sandbox (a descendant of the enclave home)."""
