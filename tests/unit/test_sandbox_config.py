@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 import farside
@@ -110,3 +114,25 @@ def test_strict_needs_the_network_namespace_only_where_it_applies(
     with pytest.raises(SandboxError, match="netns: unshare refused") as info:
         Sandbox(mode="strict", netns="unshare refused").confine(None)
     assert "seccomp" in str(info.value)
+
+
+def test_landlock_handles_the_rights_each_abi_knows() -> None:
+    from farside.proxy._landlock import FS
+
+    newer = FS.REFER | FS.TRUNCATE | FS.IOCTL_DEV
+    assert FS.handled(1) & newer == FS(0)
+    assert FS.handled(3) & newer == FS.REFER | FS.TRUNCATE
+    assert FS.handled(7) == FS.handled(5) == FS.handled(1) | newer
+
+
+def test_readable_paths_never_include_root_or_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from farside.proxy._sandbox import _read_paths
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [*sys.path, "/", "", ".", str(tmp_path)])
+    paths = _read_paths([str(tmp_path)])
+    assert "/" not in paths
+    assert str(tmp_path.resolve()) not in paths
+    assert os.path.realpath(sys.prefix) in paths

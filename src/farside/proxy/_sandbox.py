@@ -385,10 +385,12 @@ class Sandbox:
             net=net if "landlock-net" in wanted else None,
             scoped=scoped if "landlock-scope" in wanted else None,
         )
-        if fs:
-            exclude = [os.getcwd()] + ([self.private_dir] if self.private_dir else [])
-            readable = _landlock.FS.READ_FILE | _landlock.FS.READ_DIR
-            ruleset.allow_paths(_read_paths(exclude), readable)
-        ruleset.restrict_current_thread()
-        ruleset.close()  # the threads that run enclave code all descend from this one
+        try:
+            if fs:
+                exclude = [os.getcwd()] + ([self.private_dir] if self.private_dir else [])
+                readable = _landlock.FS.READ_FILE | _landlock.FS.READ_DIR
+                ruleset.allow_paths(_read_paths(exclude), readable)
+            ruleset.restrict_current_thread()
+        finally:
+            ruleset.close()  # the threads that run enclave code all descend from this one
         return wanted
