@@ -9,7 +9,7 @@ over one client-initiated session. Enclave code imports ``farside.trusted``.
         print(enclave.call("encrypt", "Asylo Rocks"))
 """
 
-from ._config import EnclaveConfig
+from ._config import EnclaveConfig, SandboxConfig
 from ._errors import (
     AttestationError,
     ClientClosedError,
@@ -50,6 +50,7 @@ __all__ = [
     "RemoteProxyClientConfig",
     "SimLoadConfig",
     "EnclaveConfig",
+    "SandboxConfig",
     # attestation
     "AttestationPolicy",
     "EnclaveIdentity",

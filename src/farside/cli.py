@@ -145,6 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from farside import TLSConfig
+    from farside._config import SandboxConfig
     from farside.proxy import run_proxy
 
     tls = None
@@ -169,7 +170,30 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         worker_idle_timeout=args.worker_idle_timeout,
         private_dir=args.private_dir,
         transport=args.transport,
+        sandbox=args.sandbox,
+        limits=SandboxConfig(
+            memory=args.memory_limit, open_files=args.open_files_limit, cpu_seconds=args.cpu_limit
+        ),
     )
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from farside.proxy._landlock import abi_version
+    from farside.proxy._sandbox import probe
+
+    print("farside doctor: what this machine offers to sandbox an enclave's proxy")
+    print(f"  Landlock ABI {abi_version()} (6 or more has every Landlock layer)")
+    missing = 0
+    for layer, why in probe().items():
+        print(f"  {layer:15} {'available' if not why else 'MISSING: ' + why}")
+        missing += bool(why)
+    print(
+        "--sandbox strict will refuse to run enclaves here (netns is needed only by "
+        "proxies on a Unix socket)"
+        if missing
+        else "every layer is available: --sandbox strict works here"
+    )
+    return 0
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
@@ -257,6 +281,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 def _cmd_provision_server(args: argparse.Namespace) -> int:
     from farside import TLSConfig
+    from farside._config import SandboxConfig
     from farside.provision.server import ProvisionServer, ProvisionServerConfig
 
     logging.basicConfig(
@@ -281,6 +306,12 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
             workdir=Path(args.workdir) if args.workdir else None,
             proxy_idle_timeout=args.proxy_idle_timeout,
             proxy_ports=_port_range(args.proxy_ports) if args.proxy_ports else None,
+            proxy_sandbox=args.sandbox,
+            proxy_limits=SandboxConfig(
+                memory=args.memory_limit,
+                open_files=args.open_files_limit,
+                cpu_seconds=args.cpu_limit,
+            ),
         )
         server = ProvisionServer(config)
     except (ValueError, OSError) as exc:
@@ -409,7 +440,60 @@ def _add_proxy_parser(sub: Any) -> None:
         action="store_true",
         help="write status lines (measurement, calls served) to stdout",
     )
+    _add_proxy_sandbox_arguments(proxy)
     proxy.set_defaults(func=_cmd_proxy)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def _add_proxy_sandbox_arguments(proxy: Any) -> None:
+    from farside._config import SANDBOX_MODES
+
+    proxy.add_argument(
+        "--sandbox",
+        choices=SANDBOX_MODES,
+        default="best-effort",
+        help="confine the proxy process before enclave code runs (Landlock, seccomp, rlimits, "
+        "network namespace): best-effort (default) applies what this machine offers and "
+        "logs the rest; strict refuses to run the enclave unless every layer applies; off "
+        "does nothing. A client may ask for a stricter mode, never a weaker one. See "
+        "`farside doctor` and docs/security.md",
+    )
+    proxy.add_argument(
+        "--memory-limit",
+        type=_positive_int,
+        metavar="BYTES",
+        help="cap the address space (RLIMIT_AS); a client may ask for less",
+    )
+    proxy.add_argument(
+        "--open-files-limit",
+        type=_positive_int,
+        metavar="N",
+        help="cap open descriptors (RLIMIT_NOFILE); a client may ask for less",
+    )
+    proxy.add_argument(
+        "--cpu-limit",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="cap CPU time (RLIMIT_CPU: the proxy dies beyond it); a client may ask for less",
+    )
+
+
+def _add_doctor_parser(sub: Any) -> None:
+    doctor = sub.add_parser(
+        "doctor",
+        help="print which sandbox layers this machine supports",
+        description="Probe this machine for what `farside proxy --sandbox` uses: Landlock "
+        "(filesystem, TCP, scopes, by ABI), seccomp (libseccomp through pyseccomp), resource "
+        "limits and user/network namespaces. A MISSING layer is skipped by best-effort "
+        "proxies and makes strict ones refuse to run enclaves.",
+    )
+    doctor.set_defaults(func=_cmd_doctor)
 
 
 def _add_server_parser(sub: Any) -> None:
@@ -453,6 +537,7 @@ def _add_server_parser(sub: Any) -> None:
         action="store_true",
         help="allow plaintext or unauthenticated clients off loopback",
     )
+    _add_proxy_sandbox_arguments(server)
     server.set_defaults(func=_cmd_provision_server)
 
 
@@ -587,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     _add_proxy_parser(sub)
+    _add_doctor_parser(sub)
 
     measure = sub.add_parser(
         "measure",

@@ -243,3 +243,20 @@ def test_console_script() -> None:
     )
     assert done.returncode == 0
     assert "usage: farside" in done.stdout
+
+
+def test_doctor_prints_every_sandbox_layer(tmp_path: Path) -> None:
+    from farside.proxy._sandbox import LAYERS
+
+    done = farside("doctor", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for layer in LAYERS:
+        assert f"  {layer} " in done.stdout
+    assert "Landlock ABI" in done.stdout
+
+
+def test_doctor_reports_a_missing_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FARSIDE_SANDBOX_PRETEND_UNAVAILABLE", "seccomp")
+    done = farside("doctor", cwd=tmp_path)
+    assert "seccomp         MISSING: treated as unavailable" in done.stdout
+    assert "--sandbox strict will refuse to run enclaves here" in done.stdout

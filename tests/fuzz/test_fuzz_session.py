@@ -1502,6 +1502,8 @@ def test_proxy_survives_echoing_deeply_nested_arguments(
             initialize = pb.Call(call_id=1, thread=7, kind=CallKind.INITIALIZE, args=config)
             echo = pb.Call(call_id=3, thread=7, kind=CallKind.ECALL, name="echo", args=echo_args)
             session.transport.send([pb.Frame(call=initialize)])
+            # A thread's next entry call may follow only its previous one's result.
+            assert session.wait_for("result", WAIT) is not None
             session.transport.send([pb.Frame(call=echo)])
             deadline = time.monotonic() + WAIT
             while len([f for f in session.received if f.WhichOneof("kind") == "result"]) < 2:

@@ -7,9 +7,9 @@ configuration or input reached the enclave:
   bundle the client sent nothing but Close; the configuration's secret is in none
   of its frames;
 * inside the enclave: tests/enclaves/attest_probe.py writes a marker when its code
-  is loaded and another (and calls the client's exit handler ``seen``) when
-  ``initialize`` gets the configuration; a refused load leaves the first and
-  never the second, and ``seen`` is never called;
+  is loaded (so these proxies run with ``sandbox="off"``) and another (and calls the
+  client's exit handler ``seen``) when ``initialize`` gets the configuration; a
+  refused load leaves the first and never the second, and ``seen`` is never called;
 * the proxy is gone afterwards (its pid is in the enclave's marker), and the name
   is free again in the ``EnclaveManager``.
 
@@ -59,6 +59,9 @@ from ._support import ENCLAVES, process_gone, registered, wait_until
 __all__ = ["pki", "servers"]  # fixtures used here
 
 PROBE = ENCLAVES / "attest_probe.py"
+# The probe's witness is a marker file on the real filesystem, which the proxy's sandbox
+# (tests/integration/test_sandbox.py) forbids: these proxies run without it.
+UNSANDBOXED = "off"
 THIEF = ENCLAVES / "key_thief.py"
 MARKER_VAR = "FARSIDE_TEST_PROBE_DIR"
 TAG = b"attest-probe original"
@@ -224,10 +227,10 @@ class Rig:
 @pytest.fixture(params=["local", "remote"])
 def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
     if request.param == "local":
-        made = Rig("local", farside.LocalProvision())
+        made = Rig("local", farside.LocalProvision(sandbox=UNSANDBOXED))
     else:
         factory: ServerFactory = request.getfixturevalue("servers")
-        server = factory()
+        server = factory(proxy_sandbox=UNSANDBOXED)
         made = Rig("remote", factory.remote(server), (factory.pki.platform_pub,), server=server)
     try:
         yield made
@@ -328,7 +331,7 @@ def signer_of_key(tmp_path: Path, key: Path) -> bytes:
 
 
 def test_local_default_policy_attests_and_then_initializes(probe: Probe, wire: Wire) -> None:
-    rig = Rig("local", farside.LocalProvision())
+    rig = Rig("local", farside.LocalProvision(sandbox=UNSANDBOXED))
     expected = load_bundle(PROBE).measurement()
     with rig.load(PROBE, probe) as client:  # no policy: exactly this bundle, debug as loaded
         identity = client.identity
@@ -347,7 +350,7 @@ def test_local_default_policy_attests_and_then_initializes(probe: Probe, wire: W
 def test_remote_signed_bundle_attests_with_its_signer(
     servers: ServerFactory, probe: Probe, wire: Wire, tmp_path: Path, signers: dict[str, Path]
 ) -> None:
-    server = servers()
+    server = servers(proxy_sandbox=UNSANDBOXED)
     rig = Rig("remote", servers.remote(server), (servers.pki.platform_pub,), server=server)
     archive = signed_probe(tmp_path, signers["A"], product_id=5, security_version=2, debug=False)
     signer = verify_bundle_signature(load_bundle(archive))
@@ -368,7 +371,7 @@ def test_remote_signed_bundle_attests_with_its_signer(
 def test_remote_trust_any_platform_is_logged(
     servers: ServerFactory, probe: Probe, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = servers()
+    server = servers(proxy_sandbox=UNSANDBOXED)
     rig = Rig("remote", servers.remote(server), server=server)
     policy = farside.AttestationPolicy(trust_any_platform=True, allow_debug=True)
     with caplog.at_level(logging.WARNING, logger="farside"), rig.load(PROBE, probe, policy=policy):
@@ -463,7 +466,7 @@ class Disowning:
 
 
 def test_local_evidence_from_a_platform_nobody_vouches_for(probe: Probe, wire: Wire) -> None:
-    rig = Rig("local", Disowning(farside.LocalProvision()))
+    rig = Rig("local", Disowning(farside.LocalProvision(sandbox=UNSANDBOXED)))
     policy = farside.AttestationPolicy(allow_debug=True)
     refused_load(rig, probe, wire, PROBE, "platform signature", policy=policy)
 
@@ -472,7 +475,7 @@ def test_remote_evidence_signed_by_an_unknown_platform_key(
     servers: ServerFactory, probe: Probe, wire: Wire, tmp_path: Path
 ) -> None:
     """The server's machine has the PKI's platform key; the client trusts another machine."""
-    server = servers()
+    server = servers(proxy_sandbox=UNSANDBOXED)
     other = init_platform(tmp_path / "other-platform")
     rig = Rig("remote", servers.remote(server), (other,), server=server)
     error = refused_load(
@@ -485,7 +488,7 @@ def test_remote_proxy_without_a_platform_key(
     servers: ServerFactory, probe: Probe, wire: Wire
 ) -> None:
     """A server with no platform identity: its proxies' evidence is trusted by no one."""
-    server = servers(platform_dir=None)
+    server = servers(platform_dir=None, proxy_sandbox=UNSANDBOXED)
     rig = Rig("remote", servers.remote(server), (servers.pki.platform_pub,), server=server)
     refused_load(rig, probe, wire, PROBE, "platform signature", policy=rig.policy(allow_debug=True))
 
@@ -564,7 +567,7 @@ def test_replayed_and_relayed_evidence_at_the_session_level(
     C: a genuine proxy to which an attacker relayed B's Open (N2, K2): its evidence has
     B's nonce but C's TLS key.
     """
-    server = servers()
+    server = servers(proxy_sandbox=UNSANDBOXED)
     provision = servers.remote(server)
     config = load_config_for(provision, servers.pki)
     leases = [provision.provision(name=f"hand-{label}", timeout=LOAD_TIMEOUT) for label in "ABC"]
@@ -631,7 +634,7 @@ def test_replayed_evidence_end_to_end(
     servers: ServerFactory, probe: Probe, wire: Wire, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A man in the middle answers a new session with an earlier session's Loaded."""
-    server = servers()
+    server = servers(proxy_sandbox=UNSANDBOXED)
     rig = Rig("remote", servers.remote(server), (servers.pki.platform_pub,), server=server)
     recorded: list[LoadedReceived] = []
 
@@ -666,7 +669,7 @@ def test_relayed_evidence_end_to_end(
     signed by a trusted platform, but binds its own TLS key, not the one the
     client's session is pinned to.
     """
-    server = servers()
+    server = servers(proxy_sandbox=UNSANDBOXED)
     provision = servers.remote(server)
     rig = Rig("remote", provision, (servers.pki.platform_pub,), server=server)
     relays: list[farside.ProxyLease] = []

@@ -750,3 +750,36 @@ def test_evidence_v1_vector_verifies() -> None:
     assert refused(given, AttestationPolicy(), nonce=nonce, binding=binding).check == (
         "platform signature"
     )
+
+
+# --------------------------------------------------------------------------- sandbox
+
+
+def sandboxed(*layers: str) -> pb.Evidence:
+    return make_evidence(PLATFORM, IDENTITY, nonce=NONCE, binding=BINDING, sandbox=layers)
+
+
+def test_required_sandbox_layers_that_were_applied_pass() -> None:
+    policy = strict_policy(require_sandbox=("seccomp", "landlock-fs"))
+    given = sandboxed("landlock-fs", "seccomp", "rlimits")
+    assert verify_evidence(given, policy, nonce=NONCE, binding=BINDING) == IDENTITY
+
+
+@pytest.mark.parametrize("applied", [(), ("landlock-fs",), ("rlimits", "landlock-net")])
+def test_a_missing_required_sandbox_layer_is_refused(applied: tuple[str, ...]) -> None:
+    policy = strict_policy(require_sandbox=("landlock-fs", "seccomp"))
+    with pytest.raises(farside.AttestationError) as info:
+        verify_evidence(sandboxed(*applied), policy, nonce=NONCE, binding=BINDING)
+    assert info.value.check == "sandbox"
+    assert "seccomp" in str(info.value)
+    assert f"applied: {', '.join(applied) or 'none'}" in str(info.value)
+
+
+def test_require_sandbox_is_a_tuple_of_names() -> None:
+    with pytest.raises(TypeError, match="require_sandbox"):
+        AttestationPolicy(require_sandbox="seccomp")  # type: ignore[arg-type]
+
+
+def test_with_platform_keys_keeps_the_sandbox_requirement() -> None:
+    policy = AttestationPolicy(require_sandbox=("seccomp",)).with_platform_keys([PLATFORM_PUB])
+    assert policy.require_sandbox == ("seccomp",)

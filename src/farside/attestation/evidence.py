@@ -133,6 +133,9 @@ class AttestationPolicy:
     ``platform_keys``: the trusted machines' platform public keys (raw bytes, hex,
     ``Ed25519PublicKey`` or a ``platform.pub`` path). ``trust_any_platform`` skips
     the platform check: for development only, and logged loudly at every load.
+    ``require_sandbox``: sandbox layers the evidence must list as applied to the
+    enclave's process (names as ``farside doctor`` prints them, e.g. ``"seccomp"``,
+    ``"landlock-fs"``); refused with ``AttestationError(check="sandbox")``.
     """
 
     measurements: tuple[str | bytes, ...] = ()
@@ -142,12 +145,13 @@ class AttestationPolicy:
     allow_debug: bool = False
     platform_keys: tuple[object, ...] = ()
     trust_any_platform: bool = False
+    require_sandbox: tuple[str, ...] = ()
     _measurements: frozenset[bytes] = field(init=False, repr=False, compare=False)
     _signers: frozenset[bytes] = field(init=False, repr=False, compare=False)
     _platform_keys: frozenset[bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("measurements", "signers", "platform_keys"):
+        for name in ("measurements", "signers", "platform_keys", "require_sandbox"):
             if isinstance(getattr(self, name), str | bytes):
                 raise TypeError(f"AttestationPolicy.{name} is a tuple of values, not one value")
         object.__setattr__(self, "_measurements", _hex_set(self.measurements, "measurement"))
@@ -167,6 +171,7 @@ class AttestationPolicy:
             allow_debug=self.allow_debug,
             platform_keys=(*self.platform_keys, *keys),
             trust_any_platform=self.trust_any_platform,
+            require_sandbox=self.require_sandbox,
         )
 
 
@@ -251,4 +256,11 @@ def verify_evidence(
         debug=body.debug,
     )
     _check_claims(identity, policy)
+    absent = [layer for layer in policy.require_sandbox if layer not in body.sandbox]
+    if absent:
+        raise fail(
+            "sandbox",
+            f"the enclave's process lacks sandbox layer(s) {', '.join(absent)} (applied: "
+            f"{', '.join(body.sandbox) or 'none'})",
+        )
     return identity

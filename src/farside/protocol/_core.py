@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _values
+from .._config import SANDBOX_MODES, SandboxConfig
 from .._errors import EnclaveError, EnclaveUnavailableError, ProtocolError, StatusCode
 from .._proto.v1 import session_pb2 as pb
 from ..attestation import Bundle, BundleError, Manifest
@@ -125,6 +126,26 @@ def _remote_error_to_pb(error: RemoteError) -> pb.Error:
     )
 
 
+def _sandbox_to_pb(sandbox: SandboxConfig) -> pb.SandboxRequest:
+    return pb.SandboxRequest(
+        mode=sandbox.mode or "",
+        memory_bytes=sandbox.memory or 0,
+        open_files=sandbox.open_files or 0,
+        cpu_seconds=sandbox.cpu_seconds or 0,
+    )
+
+
+def _sandbox_from_pb(request: pb.SandboxRequest) -> SandboxConfig:
+    if request.mode and request.mode not in SANDBOX_MODES:
+        raise ProtocolError(f"peer asked for an unknown sandbox mode {_text(request.mode)!r}")
+    return SandboxConfig(
+        mode=request.mode or None,  # checked just above
+        memory=request.memory_bytes or None,
+        open_files=request.open_files or None,
+        cpu_seconds=request.cpu_seconds or None,
+    )
+
+
 class SessionCore:
     """The state of one enclave session, as seen from one end (``role``)."""
 
@@ -155,6 +176,7 @@ class SessionCore:
         self._open_nonce = b""
         self._open_client_key = b""
         self._open_signature: tuple[bytes, bytes] | None = None
+        self._open_sandbox: SandboxConfig | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -194,10 +216,12 @@ class SessionCore:
         nonce: bytes = b"",
         client_key: bytes = b"",
         signature: tuple[bytes, bytes] | None = None,
+        sandbox: SandboxConfig | None = None,
     ) -> None:
         """(client) Start the session: manifest, file index, attestation nonce, bundle bytes.
 
-        ``signature`` is the bundle signer's (public key, signature), if it is signed.
+        ``signature`` is the bundle signer's (public key, signature), if it is signed;
+        ``sandbox`` is what the client asks of the proxy's sandbox.
         """
         self._require_role(Role.CLIENT, "open")
         self._check_usable()
@@ -224,6 +248,7 @@ class SessionCore:
                     signature=pb.BundleSignature(public_key=signature[0], signature=signature[1])
                     if signature is not None
                     else None,
+                    sandbox=_sandbox_to_pb(sandbox) if sandbox is not None else None,
                 )
             )
         )
@@ -535,6 +560,7 @@ class SessionCore:
             if frame.HasField("signature")
             else None
         )
+        self._open_sandbox = _sandbox_from_pb(frame.sandbox) if frame.HasField("sandbox") else None
         self._files = [(f.path, f.size) for f in frame.files]
         self._bundle_size = sum(size for _, size in self._files)
         if self._bundle_size > self.limits.max_bundle_size:
@@ -582,6 +608,7 @@ class SessionCore:
                 nonce=self._open_nonce,
                 client_key=self._open_client_key,
                 signature=self._open_signature,
+                sandbox=self._open_sandbox,
             )
         )
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._config import SandboxConfig
 from .._errors import EnclaveError, StatusCode
 from ..attestation import Bundle
 
@@ -149,6 +150,7 @@ class BundleReceived:
     nonce: bytes = b""
     client_key: bytes = b""
     signature: tuple[bytes, bytes] | None = None  # (signer public key, signature)
+    sandbox: SandboxConfig | None = None  # what the client asks of the proxy's sandbox
     thread: int = 0
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .._config import SANDBOX_MODES, SandboxMode
 from ..attestation.evidence import public_key_bytes
 from ..attestation.platform import platform_key_pem
 from ._base import ProxyLease, choose_transport
@@ -88,6 +89,9 @@ class LocalProvision:
     ``transport`` is the session's wire: "grpc" (the default, or
     ``$FARSIDE_TRANSPORT``) or "stream", length-prefixed frames on the Unix
     socket, which is several times faster (docs/performance.md).
+    ``sandbox`` is the proxies' own sandbox mode (``farside proxy --sandbox``): the
+    least they apply whatever a load config asks; ``"off"`` only for measurements and
+    debugging.
     """
 
     def __init__(
@@ -99,7 +103,11 @@ class LocalProvision:
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
         transport: str | None = None,
+        sandbox: SandboxMode = "best-effort",
     ) -> None:
+        if sandbox not in SANDBOX_MODES:
+            raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_MODES)}, not {sandbox!r}")
+        self.sandbox: SandboxMode = sandbox
         if max_workers < 1 or worker_idle_timeout <= 0 or idle_timeout <= 0:
             raise ValueError("LocalProvision's limits and timeouts must be positive")
         self.transport = choose_transport(transport)
@@ -132,6 +140,8 @@ class LocalProvision:
                 str(self.worker_idle_timeout),
                 "--private-dir",
                 str(directory),
+                "--sandbox",
+                self.sandbox,
             ],
         )
         proxy = start_proxy(

@@ -36,6 +36,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from .._config import SandboxConfig, SandboxMode
 from .._errors import EnclaveLoadError
 from .._proto.v1 import provision_pb2 as pb
 from .._proto.v1 import provision_pb2_grpc as pb_grpc
@@ -72,6 +73,8 @@ class ProvisionServerConfig:
     proxy_start_timeout: float = 30.0
     grace: float = 5.0
     python: str | None = None
+    proxy_sandbox: SandboxMode = "best-effort"  # each proxy's --sandbox
+    proxy_limits: SandboxConfig = field(default_factory=SandboxConfig)  # and its limit flags
 
     def __post_init__(self) -> None:
         if self.max_enclaves < 1 or self.max_per_client < 1:
@@ -297,7 +300,7 @@ class ProvisionServer:
     ) -> tuple[ProxyProcess, str]:
         token = secrets.token_urlsafe(32)
         host = self.config.advertise or self.config.host
-        extra = [*self._proxy_tls, "--report-status"]
+        extra = [*self._proxy_tls, "--report-status", *self._proxy_sandbox_args()]
         if self.config.platform_dir is not None:
             extra += ["--platform-key", "-"]  # on stdin: proxies never see the key's file
         error: EnclaveLoadError | None = None
@@ -337,6 +340,18 @@ class ProvisionServer:
                 "no free port is left in this server's proxy port range",
             )
         raise RefusedError(grpc.StatusCode.INTERNAL, "the enclave proxy failed to start")
+
+    def _proxy_sandbox_args(self) -> list[str]:
+        args = ["--sandbox", self.config.proxy_sandbox]
+        limits = self.config.proxy_limits
+        for flag, value in (
+            ("--memory-limit", limits.memory),
+            ("--open-files-limit", limits.open_files),
+            ("--cpu-limit", limits.cpu_seconds),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        return args
 
     def _candidate_ports(self) -> list[int]:
         """Ports to try for a new proxy: any (0), or the free ones of --proxy-ports."""

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from .._config import SandboxConfig, SandboxMode
 from .._errors import EnclaveError, HostCallError
 from .._tls import TLSConfig
 from ..attestation.platform import load_platform_key, load_platform_key_pem
@@ -38,6 +39,7 @@ from ..transport.endpoint import Sender
 from ..transport.grpc import GrpcListener
 from ..transport.stream import StreamListener
 from ..trusted._runtime import EnclaveRuntime
+from ._sandbox import Sandbox, enter_network_namespace
 
 __all__ = ["RemoteEnclaveProxyServer"]
 
@@ -112,9 +114,11 @@ class RemoteEnclaveProxyServer:
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
         transport: str = "grpc",
+        sandbox: Sandbox | None = None,
     ) -> None:
         if not token:
             raise ValueError("the proxy needs a session token")
+        self.sandbox = sandbox  # None: no sandbox at all (in-process tests)
         self._listen = listen
         self._tls = tls
         self.platform_key = platform_key
@@ -173,6 +177,7 @@ class RemoteEnclaveProxyServer:
             tls_public_key=self.tls_public_key,
             max_workers=self._max_workers,
             worker_idle_timeout=self._worker_idle_timeout,
+            confine=self.sandbox.confine if self.sandbox is not None else None,
         )
         del key
         endpoint = Endpoint(
@@ -256,10 +261,17 @@ class RemoteEnclaveProxyServer:
             except Exception:
                 log.exception("finalize() raised while the client was gone")
 
-        worker = threading.Thread(target=finalize, daemon=True, name="farside-finalize")
-        worker.start()
-        worker.join(FINALIZE_GRACE)
-        if worker.is_alive():
+        done = threading.Event()
+
+        def finalize_and_tell() -> None:
+            try:
+                finalize()
+            finally:
+                done.set()
+
+        # On a thread inside the sandbox, like every thread that runs enclave code.
+        runtime.start_enclave_thread(finalize_and_tell, "farside-finalize")
+        if not done.wait(FINALIZE_GRACE):
             log.warning("finalize() did not return within %g s; exiting anyway", FINALIZE_GRACE)
 
 
@@ -318,6 +330,8 @@ def run_proxy(
     worker_idle_timeout: float = 30.0,
     private_dir: str | None = None,
     transport: str = "grpc",
+    sandbox: SandboxMode = "best-effort",
+    limits: SandboxConfig | None = None,
 ) -> int:
     """``farside proxy``: serve one session, printing one ready line on stdout.
 
@@ -325,7 +339,10 @@ def run_proxy(
     key and self-signed certificate of its own, written to ``tls-cert.pem`` in its
     working directory for the provisioner to hand to the client, which pins it.
     With ``report_status``, stdout stays open for status lines to the provisioner.
-    Returns only on a usage error; otherwise it ends the process itself.
+    ``sandbox`` and ``limits`` are the least confinement the enclave gets (a client may
+    ask for more); a proxy on a Unix socket enters its own network namespace right away,
+    while it has one thread. Returns only on a usage error; otherwise it ends the process
+    itself.
     """
     logging.basicConfig(
         level=logging.INFO,
@@ -340,6 +357,14 @@ def run_proxy(
             file=sys.stderr,
         )
         return 2
+    netns: str | None = None
+    if sandbox != "off" and listen.startswith("unix:"):
+        netns = enter_network_namespace()  # a path socket still reaches the client
+        if netns:
+            log.info("sandbox: no network namespace: %s", netns)
+    confinement = Sandbox(
+        mode=sandbox, limits=limits or SandboxConfig(), netns=netns, private_dir=private_dir
+    )
     if tls_ephemeral:
         tls = ephemeral_tls(tls_ephemeral, client_ca)
         assert isinstance(tls.cert, bytes)
@@ -362,6 +387,7 @@ def run_proxy(
         max_workers=max_workers,
         worker_idle_timeout=worker_idle_timeout,
         transport=transport,
+        sandbox=confinement,
     )
     del key  # the server holds it until the session takes it
 

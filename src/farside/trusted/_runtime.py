@@ -12,16 +12,18 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import queue
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .._config import EnclaveConfig
+from .._config import EnclaveConfig, SandboxConfig
 from .._errors import EnclaveError, HostCallError, StatusCode
 from ..attestation import Bundle, measure_bundle
 from ..attestation.evidence import channel_binding, make_evidence
@@ -101,7 +103,12 @@ class EnclaveRuntime:
         tls_public_key: bytes = b"",
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
+        confine: Callable[[SandboxConfig | None], tuple[str, ...]] | None = None,
     ) -> None:
+        # Confines the process and the calling thread before enclave code runs; returns
+        # the layers applied (they go into the evidence). None: no sandbox (tests).
+        self._confine = confine
+        self._thread_starts: queue.SimpleQueue[tuple[Callable[[], None], str]] = queue.SimpleQueue()
         self.max_workers = max_workers  # enclave worker threads at once (one per client thread)
         self.worker_idle_timeout = worker_idle_timeout  # an idle worker exits after this
         self.workers = 0
@@ -146,7 +153,7 @@ class EnclaveRuntime:
         assert self.endpoint is not None
         return self.endpoint
 
-    def _attest(self, event: BundleReceived) -> tuple[Any, bytes]:
+    def _attest(self, event: BundleReceived, sandbox: tuple[str, ...]) -> tuple[Any, bytes]:
         """Measure the bundle, check its signature, and sign evidence for this session.
 
         Runs before any enclave code, which is why the platform key is dropped here.
@@ -170,7 +177,9 @@ class EnclaveRuntime:
             tls_public_key=self.tls_public_key, client_key=event.client_key, proxy_key=proxy_key
         )
         key = self.platform_key or Ed25519PrivateKey.generate()
-        evidence = make_evidence(key, self.identity, nonce=event.nonce, binding=binding)
+        evidence = make_evidence(
+            key, self.identity, nonce=event.nonce, binding=binding, sandbox=sandbox
+        )
         self._sealing_keys = (
             SealingKeys.derive(sealing_root(key), self.identity)
             if self.platform_key is not None
@@ -179,19 +188,69 @@ class EnclaveRuntime:
         self.platform_key = None  # enclave code must not be able to sign evidence
         return evidence, proxy_key
 
-    def _load(self, event: BundleReceived) -> None:
+    def _start_enclave_home(self, event: BundleReceived) -> None:
+        """Load the bundle on the thread every thread that runs enclave code descends from.
+
+        That thread confines itself first (Landlock binds a thread and its future
+        children, not its siblings), then signs the evidence naming the layers in force,
+        then runs the bundle's code, then starts the enclave's worker threads on request.
+        """
+        threading.Thread(
+            target=self._enclave_home, args=(event,), daemon=True, name="farside-enclave"
+        ).start()
+
+    def _enclave_home(self, event: BundleReceived) -> None:
+        try:
+            loaded = self._load(event)
+        except EnclaveError:  # the session ended while loading: the proxy shuts down
+            return
+        if not loaded:
+            return
+        while True:
+            target, name = self._thread_starts.get()
+            try:
+                threading.Thread(target=target, daemon=True, name=name).start()
+            except RuntimeError as exc:  # "can't start new thread": out of memory or threads
+                # A call would wait forever for a worker that never comes: end the session.
+                self._endpoint().fail(
+                    EnclaveError(
+                        f"the proxy cannot start an enclave thread: {exc}",
+                        code=StatusCode.RESOURCE_EXHAUSTED,
+                    )
+                )
+                self.ended.set()
+                return
+
+    def start_enclave_thread(self, target: Callable[[], None], name: str) -> None:
+        """Start ``target`` on a thread inside the sandbox (a descendant of the enclave home)."""
+        self._thread_starts.put((target, name))
+
+    def _refuse_load(self, error: RemoteError) -> bool:
+        self._endpoint().run_locked(lambda core: core.loaded(error=error))
+        self.ended.set()
+        return False
+
+    def _load(self, event: BundleReceived) -> bool:
+        """Confine, attest, run the bundle's code; answer ``Loaded``. True if it loaded."""
         bundle = event.bundle
         self.bundle = bundle
         self.debug = bundle.manifest.debug
         try:
-            evidence, proxy_key = self._attest(event)
-        except ValueError as exc:  # a bad bundle signature
-            error = RemoteError(
-                code=StatusCode.PERMISSION_DENIED, type="BundleError", message=str(exc)
+            layers = self._confine(event.sandbox) if self._confine is not None else ()
+        except Exception as exc:  # a strict sandbox that lacks a layer, or a failing layer
+            return self._refuse_load(
+                RemoteError(
+                    code=StatusCode.FAILED_PRECONDITION,
+                    type=type(exc).__name__,
+                    message=f"the proxy's sandbox: {exc}",
+                )
             )
-            self._endpoint().run_locked(lambda core: core.loaded(error=error))
-            self.ended.set()
-            return
+        try:
+            evidence, proxy_key = self._attest(event, layers)
+        except ValueError as exc:  # a bad bundle signature
+            return self._refuse_load(
+                RemoteError(code=StatusCode.PERMISSION_DENIED, type="BundleError", message=str(exc))
+            )
         try:
             module = load_package(bundle, open_function=self.open)
             build = getattr(module, "build_trusted_application", None)
@@ -215,22 +274,22 @@ class EnclaveRuntime:
                     message=error.message,
                     traceback="".join(traceback.format_exception_only(exc)),
                 )
-            self._endpoint().run_locked(lambda core: core.loaded(error=error))
-            self.ended.set()
+            self._refuse_load(error)
             if not isinstance(exc, Exception):
                 raise
-            return
+            return False
         self.app = app
         self._endpoint().run_locked(
             lambda core: core.loaded(self.measurement, evidence=evidence, proxy_key=proxy_key)
         )
+        return True
 
     # ------------------------------------------------------------- Handler
 
     def handle_event(self, event: Event) -> None:
         """Events not bound for a waiting thread (the endpoint's reader calls this)."""
         if isinstance(event, BundleReceived):
-            self._load(event)
+            self._start_enclave_home(event)
         elif isinstance(event, CancelReceived):
             self._cancelled.add(event.thread)
         elif isinstance(event, CloseReceived):
@@ -248,10 +307,9 @@ class EnclaveRuntime:
             if self.workers >= self.max_workers and not control:
                 return False
             self.workers += 1
-        worker = threading.Thread(
-            target=self._work, args=(thread,), daemon=True, name=f"farside-enclave-worker-{thread}"
+        self.start_enclave_thread(
+            lambda: self._work(thread), name=f"farside-enclave-worker-{thread}"
         )
-        worker.start()
         return True
 
     def _work(self, thread: int) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .._config import EnclaveConfig
+from .._config import EnclaveConfig, SandboxConfig
 from ..attestation.evidence import AttestationPolicy
 from ..provision import LocalProvision, Provisioner
 
@@ -40,7 +40,10 @@ class RemoteProxyClientConfig:
     must prove before the client sends it anything (None: exactly the bundle sent,
     on a platform the provisioner vouches for; remote platforms need ``platform_keys``);
     ``max_value_size`` bounds one encoded argument list or result, both ways (values
-    travel in 1 MiB chunks; a larger one is a ``ValueError`` before anything is sent).
+    travel in 1 MiB chunks; a larger one is a ``ValueError`` before anything is sent);
+    ``sandbox`` is what the client asks of the proxy's sandbox (a stricter mode, resource
+    limits; None: the proxy's own settings). To *require* layers, use
+    ``AttestationPolicy(require_sandbox=...)``: the evidence lists those applied.
     """
 
     provision: Provisioner
@@ -48,6 +51,7 @@ class RemoteProxyClientConfig:
     max_depth: int = 64
     policy: AttestationPolicy | None = None
     max_value_size: int = 256 * 2**20
+    sandbox: SandboxConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.provision, Provisioner):
@@ -59,6 +63,8 @@ class RemoteProxyClientConfig:
             raise ValueError("load_timeout must be positive and max_depth at least 1")
         if not 0 < self.max_value_size <= 2**30:
             raise ValueError("max_value_size must be in (0, 1 GiB]")
+        if self.sandbox is not None and not isinstance(self.sandbox, SandboxConfig):
+            raise TypeError(f"sandbox must be a SandboxConfig, not {type(self.sandbox).__name__}")
 
     @classmethod
     def defaults_with_provision(

@@ -15,7 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .._config import EnclaveConfig
+from .._config import EnclaveConfig, SandboxConfig
 from .._errors import (
     AttestationError,
     EnclaveCallError,
@@ -217,6 +217,7 @@ def _open_session(
                 nonce=nonce,
                 client_key=client_key,
                 signature=(signature.public_key, signature.signature) if signature else None,
+                sandbox=proxy_config.sandbox,
             )
         )
         loaded = endpoint.wait_loaded(timeout)
@@ -272,13 +273,15 @@ def load(
     files_root: str | os.PathLike[str] | None = None,
     load_timeout: float = 30.0,
     policy: AttestationPolicy | None = None,
+    sandbox: SandboxConfig | None = None,
 ) -> EnclaveClient:
     """Load the enclave bundle at ``enclave_path`` and return its client: the short form.
 
     ``provision`` defaults to ``LocalProvision()``; ``name`` defaults to a unique
     one. ``policy`` is what the enclave must prove before it gets anything (default:
     exactly this bundle, on a platform the provisioner vouches for, debug allowed as
-    ``debug`` says); ``AttestationError`` names the check that failed. The client is
+    ``debug`` says); ``AttestationError`` names the check that failed. ``sandbox`` asks
+    the proxy for a stricter sandbox or resource limits (see ``SandboxConfig``). The client is
     registered in ``EnclaveManager.instance()`` like any other, and destroys the
     enclave when used as a context manager.
     """
@@ -288,6 +291,7 @@ def load(
         provision=RemoteProxyClientConfig.defaults_with_provision(provision).provision,
         load_timeout=load_timeout,
         policy=policy,
+        sandbox=sandbox,
     )
     load_config = EnclaveLoadConfig(
         name=name,

@@ -98,7 +98,7 @@ class BundleSignature(_message.Message):
     def __init__(self, public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Open(_message.Message):
-    __slots__ = ("protocol_version", "manifest", "files", "max_depth", "nonce", "client_key", "signature", "max_value_size")
+    __slots__ = ("protocol_version", "manifest", "files", "max_depth", "nonce", "client_key", "signature", "max_value_size", "sandbox")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class Open(_message.Message):
     CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     MAX_VALUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     manifest: Manifest
     files: _containers.RepeatedCompositeFieldContainer[FileEntry]
@@ -115,7 +116,20 @@ class Open(_message.Message):
     client_key: bytes
     signature: BundleSignature
     max_value_size: int
-    def __init__(self, protocol_version: _Optional[int] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., max_depth: _Optional[int] = ..., nonce: _Optional[bytes] = ..., client_key: _Optional[bytes] = ..., signature: _Optional[_Union[BundleSignature, _Mapping]] = ..., max_value_size: _Optional[int] = ...) -> None: ...
+    sandbox: SandboxRequest
+    def __init__(self, protocol_version: _Optional[int] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., max_depth: _Optional[int] = ..., nonce: _Optional[bytes] = ..., client_key: _Optional[bytes] = ..., signature: _Optional[_Union[BundleSignature, _Mapping]] = ..., max_value_size: _Optional[int] = ..., sandbox: _Optional[_Union[SandboxRequest, _Mapping]] = ...) -> None: ...
+
+class SandboxRequest(_message.Message):
+    __slots__ = ("mode", "memory_bytes", "open_files", "cpu_seconds")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FILES_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    memory_bytes: int
+    open_files: int
+    cpu_seconds: int
+    def __init__(self, mode: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., open_files: _Optional[int] = ..., cpu_seconds: _Optional[int] = ...) -> None: ...
 
 class BundleChunk(_message.Message):
     __slots__ = ("data",)
