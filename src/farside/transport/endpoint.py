@@ -183,7 +183,8 @@ class Endpoint:
                     target=self._flush_loop, name="farside-output-flusher", daemon=True
                 )
                 self._flusher.start()
-        self._flush_wanted.set()
+        if not self._flush_wanted.is_set():  # a plain read; set() takes a lock
+            self._flush_wanted.set()
         outbox = getattr(self._sender, "outbox", None)
         if outbox is not None and outbox.backlog > OUTPUT_BACKLOG:
             # Backpressure: a flood of output waits for the client instead of piling up.

@@ -379,7 +379,8 @@ class StreamConnection:
                     end = offset + _LEN.size + size
                     if len(buffer) < end:
                         break
-                    batch = pb.Batch.FromString(bytes(buffer[offset + _LEN.size : end]))
+                    with memoryview(buffer) as view, view[offset + _LEN.size : end] as message:
+                        batch = pb.Batch.FromString(message)  # type: ignore[arg-type]  # in place
                     offset = end
                     sink(list(batch.frames))
                 if offset:
