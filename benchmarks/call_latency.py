@@ -1,6 +1,6 @@
 """Per-call costs of farside on this machine (local provisioning, Unix socket).
 
-    python -m benchmarks.call_latency [--calls N]
+    python -m benchmarks.call_latency [--calls N] [--transport grpc|stream]
 
 Prints the median and p99 of: an empty call's round trip, a call with one nested
 exit call, and the time of a 10,000-line print loop inside one call (its output
@@ -44,8 +44,10 @@ def _summary(name: str, samples: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--transport", choices=("grpc", "stream"), default=None)
     args = parser.parse_args(argv)
-    with farside.load(ENCLAVE, exit_handlers={"echo": lambda v: v}) as enclave:
+    provision = farside.LocalProvision(transport=args.transport)
+    with farside.load(ENCLAVE, provision=provision, exit_handlers={"echo": lambda v: v}) as enclave:
         print(_summary("empty call", _timings(lambda: enclave.call("empty"), args.calls)))
         print(_summary("64-byte echo", _timings(lambda: enclave.call("echo", PAYLOAD), args.calls)))
         print(

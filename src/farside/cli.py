@@ -65,9 +65,11 @@ def _provisioner(args: argparse.Namespace) -> Provisioner:
     from farside import LocalProvision, RemoteProvision
 
     if not args.remote:
-        return LocalProvision()
+        return LocalProvision(transport=args.transport)
     token = _read_secret(args.token_file) if args.token_file else None
-    return RemoteProvision(args.remote, tls=_client_tls(args), token=token)
+    return RemoteProvision(
+        args.remote, tls=_client_tls(args), token=token, transport=args.transport
+    )
 
 
 def _policy(args: argparse.Namespace, *, debug: bool) -> AttestationPolicy | None:
@@ -83,6 +85,13 @@ def _policy(args: argparse.Namespace, *, debug: bool) -> AttestationPolicy | Non
 
 
 def _add_remote_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--transport",
+        choices=("grpc", "stream"),
+        default=None,
+        help="the session's wire: gRPC (default, or $FARSIDE_TRANSPORT) or the faster "
+        "stream transport (docs/performance.md)",
+    )
     group = parser.add_argument_group("remote provisioning (default: a local proxy process)")
     group.add_argument("--remote", metavar="HOST:PORT", help="the provision server to use")
     group.add_argument("--tls-ca", metavar="FILE", help="CA bundle that signed the server's cert")

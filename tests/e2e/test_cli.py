@@ -54,6 +54,35 @@ def test_demo(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("transport", ["grpc", "stream"])
+def test_demo_on_each_transport(tmp_path: Path, transport: str) -> None:
+    done = farside("demo", "--message", "Asylo Rocks", "--transport", transport, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "Decrypted inside the enclave: Asylo Rocks"
+
+
+def test_demo_with_an_unknown_transport_is_a_usage_error(tmp_path: Path) -> None:
+    done = farside("demo", "--message", "x", "--transport", "carrier-pigeon", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "invalid choice: 'carrier-pigeon'" in done.stderr
+
+
+def test_demo_with_a_bad_farside_transport_variable_says_so(tmp_path: Path) -> None:
+    env = {**os.environ, "FARSIDE_TRANSPORT": "bogus"}
+    done = subprocess.run(
+        [sys.executable, "-m", "farside", "demo", "--message", "x"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "$FARSIDE_TRANSPORT must be one of grpc, stream, not 'bogus'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_demo_with_explicit_enclave_path(tmp_path: Path) -> None:
     import farside as package
 
