@@ -55,13 +55,25 @@ class RemoteProvision:
     mTLS), used for the server and for the proxies it starts; ``token`` is the
     server's bearer token, if it requires one. Without ``tls`` the connection is
     plaintext, which is only sensible on loopback: farside logs a warning otherwise.
+    ``node_label`` (``"key=value"``, e.g. ``"tee=sgx"``) asks a server in fleet mode
+    to place the enclave on a host carrying that label.
     """
 
     def __init__(
-        self, address: str, *, tls: TLSConfig | None = None, token: str | None = None
+        self,
+        address: str,
+        *,
+        tls: TLSConfig | None = None,
+        token: str | None = None,
+        node_label: str | None = None,
     ) -> None:
         if not isinstance(address, str) or ":" not in address:
             raise ValueError(f"the provision server address must be host:port, not {address!r}")
+        if node_label is not None:
+            from .fleet import parse_node_label
+
+            parse_node_label(node_label)  # ValueError now, not a refusal later
+        self.node_label = node_label or ""
         if tls is not None and not isinstance(tls, TLSConfig):
             raise TypeError("tls must be a farside.TLSConfig")
         self.address = address
@@ -105,7 +117,9 @@ class RemoteProvision:
         """Ask the server for a proxy; ``EnclaveLoadError`` with the reason if it fails."""
         try:
             response = self._stub().Provision(
-                pb.ProvisionRequest(name=name), timeout=timeout, metadata=self._metadata()
+                pb.ProvisionRequest(name=name, node_label=self.node_label),
+                timeout=timeout,
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN

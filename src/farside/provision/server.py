@@ -12,6 +12,11 @@ Proxies run in their own sessions and do not die with the server: a crash or
 restart of the server leaves running enclaves serving. A clean shutdown
 (``stop``) asks every proxy to finalize, waits a grace period, then kills and
 reaps them all.
+
+In fleet mode (``ray_address``) the server spawns nothing itself: a ``RayPlacer``
+(``provision.fleet``) places each proxy on one of the fleet's trusted hosts, and a
+monitor thread per enclave frees its slot once the proxy exited or its host died.
+There, enclaves belong to the server's Ray driver and end with it.
 """
 
 from __future__ import annotations
@@ -71,8 +76,19 @@ class ProvisionServerConfig:
     proxy_start_timeout: float = 30.0
     grace: float = 5.0
     python: str | None = None
+    ray_address: str | None = None  # fleet mode: place proxies through this Ray cluster
+    ray_node_ip: str | None = None  # this machine's address in the Ray cluster
+    ray_allow_plaintext: bool = False  # development only: Ray without TLS
+    placement_timeout: float = 30.0  # fleet mode: the longest a Provision waits for a slot
 
     def __post_init__(self) -> None:
+        if self.ray_address is not None and self.platform_dir is not None:
+            raise ValueError(
+                "in fleet mode each host signs with its own platform key (farside fleet join "
+                "--platform-dir); do not give --platform-dir to the server"
+            )
+        if self.placement_timeout <= 0:
+            raise ValueError("--placement-timeout must be positive")
         if self.max_enclaves < 1 or self.max_per_client < 1:
             raise ValueError("--max-enclaves and --max-per-client must be at least 1")
         if not 0 <= self.port < 65536:
@@ -110,6 +126,7 @@ class _Enclave:
     measurement: str = ""
     calls: int = 0
     released: bool = False
+    placement: Any = None  # fleet mode: the fleet.Placement, once placed
 
 
 class ProvisionServer:
@@ -124,6 +141,15 @@ class ProvisionServer:
         if config.platform_dir is not None:  # fail now, not at the first Provision
             self._platform_pem = platform_key_pem(
                 load_platform_key(config.platform_dir / PLATFORM_KEY)
+            )
+        self._placer: Any = None
+        if config.ray_address is not None:  # fail now (FleetConfigError), not at the first request
+            from .fleet import RayPlacer
+
+            self._placer = RayPlacer(
+                config.ray_address,
+                node_ip=config.ray_node_ip,
+                allow_plaintext=config.ray_allow_plaintext,
             )
         self._workdir = Path(tempfile.mkdtemp(prefix="farside-server-", dir=config.workdir))  # 0700
         self._proxy_tls = self._materialize_tls()
@@ -163,6 +189,8 @@ class ProvisionServer:
     def start(self) -> str:
         """Bind and serve; return ``host:port`` (the real port when ``port`` was 0)."""
         target = f"{self.config.host}:{self.config.port}"
+        if self._placer is not None:
+            self._placer.connect()  # OSError naming the cluster if it cannot
         try:
             if self.config.tls is not None:
                 port = self._server.add_secure_port(target, self.config.tls.server_credentials())
@@ -185,6 +213,8 @@ class ProvisionServer:
             enclaves = list(self._enclaves.values())
         self._health.enter_graceful_shutdown()
         stopped = self._server.stop(grace=1.0)
+        if self._placer is not None:
+            self._stop_fleet(enclaves)
         proxies = [e.proxy for e in enclaves if e.proxy is not None]
         for proxy in proxies:
             if proxy.process.poll() is None:
@@ -234,8 +264,15 @@ class ProvisionServer:
                 identity = f"token:{digest}"
         return identity or f"peer:{context.peer()}"
 
-    def provision(self, name: str, client: str) -> tuple[str, str, str, bytes]:
-        """Start a proxy for ``client``; return (enclave id, address, token, proxy cert PEM)."""
+    def provision(
+        self, name: str, client: str, *, label: str = "", timeout: float | None = None
+    ) -> tuple[str, str, str, bytes]:
+        """Start a proxy for ``client``; return (enclave id, address, token, proxy cert PEM).
+
+        ``label`` (fleet mode only) asks for a host with that node label; ``timeout``
+        bounds the wait for a free slot in the fleet.
+        """
+        parsed = self._parse_label(label)
         with self._lock:
             if self._stopping:
                 raise RefusedError(
@@ -257,6 +294,8 @@ class ProvisionServer:
             enclave_id = secrets.token_hex(8)
             enclave = _Enclave(enclave_id, name, client)
             self._enclaves[enclave_id] = enclave  # holds the slot while the proxy starts
+        if self._placer is not None:
+            return self._place(enclave, parsed, timeout)
         try:
             proxy, token = self._start_proxy(enclave_id, name)
         except BaseException:
@@ -288,6 +327,106 @@ class ProvisionServer:
         ).start()
         log.info("provisioned %s (%s) for %s at %s", enclave_id, name, client, proxy.address)
         return enclave_id, proxy.address, token, certificate
+
+    def _parse_label(self, label: str) -> tuple[str, str] | None:
+        if not label:
+            return None
+        if self._placer is None:
+            raise RefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "this server runs enclaves on one host and has no node labels; "
+                "node_label is for a server in fleet mode",
+            )
+        from .fleet import parse_node_label
+
+        try:
+            return parse_node_label(label)
+        except ValueError as exc:
+            raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+    # ----------------------------------------------------------- fleet mode
+
+    def _place(
+        self, enclave: _Enclave, label: tuple[str, str] | None, timeout: float | None
+    ) -> tuple[str, str, str, bytes]:
+        """Fleet mode's ``provision``: have Ray place the proxy on a host with a free slot."""
+        from ._fleet_host import ProxySpec
+        from .fleet import PlacementError
+
+        limit = self.config.placement_timeout
+        spec = ProxySpec(
+            name=enclave.name,
+            tls=self.config.tls is not None,
+            client_ca_pem=self._client_ca_pem(),
+            idle_timeout=self.config.proxy_idle_timeout,
+            start_timeout=self.config.proxy_start_timeout,
+        )
+        try:
+            placement = self._placer.place(
+                spec, label, limit if timeout is None else max(0.1, min(timeout, limit))
+            )
+        except BaseException as exc:
+            with self._lock:
+                del self._enclaves[enclave.enclave_id]
+            if isinstance(exc, PlacementError):
+                raise RefusedError(exc.code, str(exc)) from None
+            raise
+        started = placement.started
+        with self._lock:
+            enclave.placement = placement
+            enclave.started = time.monotonic()
+            stopping = self._stopping
+        if stopping:  # stop() ran while we placed it: it must not outlive the server
+            self._placer.end(placement)
+            raise RefusedError(grpc.StatusCode.UNAVAILABLE, "the provision server is shutting down")
+        threading.Thread(
+            target=self._monitor_placement,
+            args=(enclave, placement),
+            daemon=True,
+            name=f"farside-slot-{enclave.enclave_id}",
+        ).start()
+        log.info(
+            "placed %s (%s) for %s on %s at %s",
+            enclave.enclave_id,
+            enclave.name,
+            enclave.client,
+            started.host,
+            started.address,
+        )
+        return enclave.enclave_id, started.address, started.token, started.certificate
+
+    def _client_ca_pem(self) -> bytes:
+        tls = self.config.tls
+        if tls is None or tls.client_ca is None:
+            return b""
+        if isinstance(tls.client_ca, bytes):
+            return tls.client_ca
+        return Path(tls.client_ca).read_bytes()
+
+    def _monitor_placement(self, enclave: _Enclave, placement: Any) -> None:
+        """Wait until the placed enclave ended, then free its slot and forget it."""
+        how = self._placer.wait(placement)
+        self._placer.end(placement)
+        with self._lock:
+            self._enclaves.pop(enclave.enclave_id, None)
+        log.info("enclave %s on %s ended: %s", enclave.enclave_id, placement.started.host, how)
+
+    def _stop_fleet(self, enclaves: list[_Enclave]) -> None:
+        """Ask every placed proxy to finalize, wait the grace period, end every slot, leave."""
+        placements = [e.placement for e in enclaves if e.placement is not None]
+        for placement in placements:
+            self._placer.release(placement)
+        deadline = time.monotonic() + self.config.grace
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(e.placement is not None for e in self._enclaves.values()):
+                    break
+            time.sleep(0.1)
+        for placement in placements:
+            self._placer.end(placement)
+        self._placer.close()
+
+    # ----------------------------------------------------------- single host
 
     def _start_proxy(self, enclave_id: str, name: str) -> tuple[ProxyProcess, str]:
         token = secrets.token_urlsafe(32)
@@ -368,18 +507,31 @@ class ProvisionServer:
         """Stop the caller's proxy ``enclave_id`` (finalize on SIGTERM); unknown ids are fine."""
         with self._lock:
             enclave = self._enclaves.get(enclave_id)
-            if enclave is None or enclave.client != client or enclave.proxy is None:
+            if enclave is None or enclave.client != client:
                 return
-            enclave.released = True
-            process = enclave.proxy.process
+            if enclave.placement is not None:
+                enclave.released = True
+                placement = enclave.placement
+            elif enclave.proxy is None:
+                return
+            else:
+                placement = None
+                enclave.released = True
+                process = enclave.proxy.process
+        if placement is not None:
+            self._placer.release(placement)  # the proxy finalizes; the monitor frees the slot
+            return
         try:  # after a clean session end the proxy is already on its way out
             process.wait(1.0)
         except subprocess.TimeoutExpired:
             process.terminate()  # it finalizes on SIGTERM; the monitor reaps it
 
     def list_enclaves(self) -> list[pb.EnclaveInfo]:
-        """What ``ListEnclaves`` returns."""
+        """The running enclaves, for ``ListEnclaves``."""
+        if self._placer is not None:
+            return self._list_placed()
         now = time.monotonic()
+        host = self.config.advertise or self.config.host
         with self._lock:
             return [
                 pb.EnclaveInfo(
@@ -391,10 +543,54 @@ class ProvisionServer:
                     calls_served=e.calls,
                     address=e.proxy.address,
                     pid=e.proxy.process.pid,
+                    host=host,
                 )
                 for e in self._enclaves.values()
                 if e.proxy is not None
             ]
+
+    def _list_placed(self) -> list[pb.EnclaveInfo]:
+        with self._lock:
+            enclaves = [e for e in self._enclaves.values() if e.placement is not None]
+        statuses = self._placer.statuses([e.placement for e in enclaves])
+        now = time.monotonic()
+        return [
+            pb.EnclaveInfo(
+                enclave_id=e.enclave_id,
+                name=e.name,
+                client=e.client,
+                measurement=measurement,
+                uptime_seconds=now - e.started,
+                calls_served=calls,
+                address=e.placement.started.address,
+                pid=e.placement.started.pid,
+                host=e.placement.started.host,
+            )
+            for e, (measurement, calls) in zip(enclaves, statuses, strict=True)
+        ]
+
+    def list_hosts(self) -> list[pb.HostInfo]:
+        """The trusted hosts and their slots: the fleet's, or this one host."""
+        if self._placer is not None:
+            with self._lock:
+                placements = [e.placement for e in self._enclaves.values() if e.placement]
+            from .fleet import PlacementError
+
+            try:
+                hosts: list[pb.HostInfo] = self._placer.hosts(placements)
+            except PlacementError as exc:
+                raise RefusedError(exc.code, str(exc)) from None
+            return hosts
+        with self._lock:
+            running = len(self._enclaves)
+        return [
+            pb.HostInfo(
+                address=self.config.advertise or self.config.host,
+                alive=True,
+                slots_total=self.config.max_enclaves,
+                slots_free=max(0, self.config.max_enclaves - running),
+            )
+        ]
 
 
 class _Malformed:
@@ -457,8 +653,15 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the enclave name must be 1-128 characters of letters, digits, '.', '_', '-'",
             )
+        remaining = context.time_remaining()
         try:
-            enclave_id, address, token, certificate = self._server.provision(request.name, client)
+            enclave_id, address, token, certificate = self._server.provision(
+                request.name,
+                client,
+                label=request.node_label,
+                # leave a moment to answer before the caller's deadline passes
+                timeout=None if remaining is None else remaining - 0.5,
+            )
         except RefusedError as exc:
             context.abort(exc.code, str(exc))
         return pb.ProvisionResponse(
@@ -481,4 +684,8 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
     ) -> pb.ListEnclavesResponse:
         self._server.authenticate(context)
         _check_parsed(request, context)
-        return pb.ListEnclavesResponse(enclaves=self._server.list_enclaves())
+        try:
+            hosts = self._server.list_hosts()
+        except RefusedError as exc:
+            context.abort(exc.code, str(exc))
+        return pb.ListEnclavesResponse(enclaves=self._server.list_enclaves(), hosts=hosts)
