@@ -1,0 +1,222 @@
+"""Fleet mode on a simulated fleet: a Ray head and three nodes on loopback addresses.
+
+One module-scoped ``SimulatedFleet`` (benchmarks/fleet.py): the head on
+127.0.0.2 runs the fleet-mode provision server; 127.0.0.3 offers 2 slots labelled
+``tee=sgx``, 127.0.0.4 offers 2 unlabelled slots, 127.0.0.5 offers none. Ray runs
+with token authentication and TLS, as fleet mode demands. Clients are plain
+``RemoteProvision`` users in this process (they never join Ray). The fixture kills
+every process the fleet started by pid and fails if one survives.
+
+Skipped where Ray is not installed (``pip install 'farside[fleet]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+import farside
+from farside._proto.v1 import provision_pb2 as pb
+from farside._proto.v1 import provision_pb2_grpc as pb_grpc
+
+pytest.importorskip("ray", reason="Ray is not installed (pip install 'farside[fleet]')")
+
+from benchmarks.fleet import SimulatedFleet
+
+from ._support import process_gone, wait_until
+
+pytestmark = pytest.mark.timeout(150)
+
+SGX, PLAIN, EMPTY = "127.0.0.3", "127.0.0.4", "127.0.0.5"
+PROMPTLY = 10.0  # seconds within which a dead host's clients must fail
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[SimulatedFleet]:
+    root = Path(tempfile.mkdtemp(prefix="fs-fleet-"))
+    fleet = SimulatedFleet(root, placement_timeout=20.0)
+    try:
+        fleet.start()
+        yield fleet
+    finally:
+        survivors = fleet.stop()
+        log = fleet.log()
+        shutil.rmtree(root, ignore_errors=True)
+        if survivors:
+            pytest.fail("processes of the fleet survived:\n" + "\n".join(survivors))
+        assert "Traceback" not in log, log
+
+
+def host_of(client: farside.EnclaveClient) -> str:
+    return client._lease.address.rsplit(":", 1)[0]
+
+
+def destroy(*clients: farside.EnclaveClient) -> None:
+    for client in clients:
+        farside.EnclaveManager.instance().destroy_enclave(client)
+
+
+def roundtrip(client: farside.EnclaveClient, message: str) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):
+        sealed = client.call("encrypt", message)
+    assert client.call("decrypt", sealed) == message
+
+
+def free_slots(fleet: SimulatedFleet) -> dict[str, int]:
+    return {h["address"]: h.get("slotsFree", 0) for h in fleet.status().get("hosts", [])}
+
+
+def test_quickstart_from_several_clients_respects_capacity(fleet: SimulatedFleet) -> None:
+    clients: list[farside.EnclaveClient] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def one(index: int) -> None:
+        try:
+            client = fleet.load()
+            roundtrip(client, f"client {index}")
+        except BaseException as exc:
+            errors.append(exc)
+            return
+        with lock:
+            clients.append(client)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert not errors, errors
+        # Four slots in all, two per host: each host got exactly two, the empty node none.
+        assert Counter(host_of(c) for c in clients) == {SGX: 2, PLAIN: 2}
+        status = fleet.status()
+        assert {h["address"]: h.get("slotsFree", 0) for h in status["hosts"]} == {
+            SGX: 0,
+            PLAIN: 0,
+        }
+        assert sorted(e["host"] for e in status["enclaves"]) == [SGX, SGX, PLAIN, PLAIN]
+        labels = {h["address"]: h.get("labels", {}) for h in status["hosts"]}
+        assert labels == {SGX: {"tee": "sgx"}, PLAIN: {}}
+
+        started = time.monotonic()
+        with pytest.raises(farside.EnclaveLoadError) as full:
+            fleet.load(load_timeout=3.0)
+        assert full.value.code == farside.StatusCode.RESOURCE_EXHAUSTED, full.value
+        assert "no enclave slot came free" in str(full.value)
+        assert time.monotonic() - started < 8.0
+    finally:
+        destroy(*clients)
+    # Session end frees every slot (the server ends each slot actor).
+    assert wait_until(lambda: free_slots(fleet) == {SGX: 2, PLAIN: 2}, 15), fleet.status()
+
+
+def test_the_cli_quickstart_in_the_fleet(fleet: SimulatedFleet) -> None:
+    tls = fleet.root / "tls"
+    command = [
+        *(sys.executable, "-m", "farside", "demo", "--remote", fleet.address),
+        *("--tls-ca", str(tls / "ca.pem"), "--tls-cert", str(tls / "client.pem")),
+        *("--tls-key", str(tls / "client.key"), "--node-label", "tee=sgx"),
+        *("--message", "Asylo Rocks"),
+    ]
+    for platform in fleet.platforms.values():
+        command += ["--platform-key", str(platform / "platform.pub")]
+    result = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"Decrypted inside the enclave: Asylo Rocks" in result.stdout
+    assert f"on {SGX} at {SGX}:" in fleet.log()
+
+
+def test_a_label_places_on_the_labelled_host_only(fleet: SimulatedFleet) -> None:
+    first = fleet.load("tee=sgx")
+    second = fleet.load("tee=sgx")
+    try:
+        assert host_of(first) == host_of(second) == SGX
+        roundtrip(first, "labelled")
+        # The labelled host is full; the other host's free slots do not count.
+        with pytest.raises(farside.EnclaveLoadError) as full:
+            fleet.load("tee=sgx", load_timeout=3.0)
+        assert full.value.code == farside.StatusCode.RESOURCE_EXHAUSTED, full.value
+        # No host has this label at all: refused at once, not after the timeout.
+        started = time.monotonic()
+        with pytest.raises(farside.EnclaveLoadError) as nowhere:
+            fleet.load("tee=tdx", load_timeout=20.0)
+        assert nowhere.value.code == farside.StatusCode.RESOURCE_EXHAUSTED
+        assert "no live host in the fleet offers enclave slots labelled tee=tdx" in str(
+            nowhere.value
+        )
+        assert time.monotonic() - started < 5.0
+    finally:
+        destroy(first, second)
+
+
+def test_a_malformed_label_is_invalid_and_never_reaches_ray(fleet: SimulatedFleet) -> None:
+    with pytest.raises(ValueError, match="node label"):
+        farside.RemoteProvision(fleet.address, tls=fleet.tls(), node_label="tee=sgx;rm -rf")
+    tls = fleet.tls()
+    with grpc.secure_channel(fleet.address, tls.channel_credentials()) as channel:
+        stub = pb_grpc.ProvisionerStub(channel)
+        for label in ("tee", "tee=", "=sgx", "tee=sgx,gpu=a100", "ray.io/node-id=x", "a=b c"):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Provision(pb.ProvisionRequest(name="bad", node_label=label), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, label
+    assert "(bad)" not in fleet.log()  # nothing was placed under that name
+
+
+def test_a_dead_host_fails_its_clients_promptly_and_loads_go_elsewhere(
+    fleet: SimulatedFleet,
+) -> None:
+    doomed = [fleet.load("tee=sgx"), fleet.load("tee=sgx")]
+    survivor = fleet.load()  # the labelled host is full: it must land on the other
+    late: list[farside.EnclaveClient] = []
+    try:
+        assert [host_of(c) for c in doomed] == [SGX, SGX]
+        assert host_of(survivor) == PLAIN
+        listing = fleet.status()["enclaves"]
+        proxy_pids = [e["pid"] for e in listing if e["host"] == SGX]
+        assert len(proxy_pids) == 2, listing
+
+        killed = time.monotonic()
+        fleet.kill_node(SGX)
+        for client in doomed:
+            deadline = killed + PROMPTLY
+            while True:
+                try:
+                    roundtrip(client, "are you there")
+                except farside.EnclaveUnavailableError:
+                    break
+                assert time.monotonic() < deadline, "a dead host's client kept working"
+                time.sleep(0.02)
+        noticed = time.monotonic() - killed
+        assert noticed < PROMPTLY
+        # The proxies died with their slot actors' workers: none outlives its actor.
+        assert wait_until(lambda: all(process_gone(p) for p in proxy_pids), 10), proxy_pids
+        roundtrip(survivor, "still here")
+
+        # New loads go to the remaining host; the label's only host is gone.
+        late.append(fleet.load())
+        assert host_of(late[0]) == PLAIN
+        roundtrip(late[0], "placed elsewhere")
+        assert wait_until(
+            lambda: not any(h.get("alive") for h in fleet.status()["hosts"] if h["address"] == SGX),
+            20,
+        ), fleet.status()
+        with pytest.raises(farside.EnclaveLoadError) as gone:
+            fleet.load("tee=sgx", load_timeout=10.0)
+        assert gone.value.code == farside.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        for client in [*doomed, survivor, *late]:
+            farside.EnclaveManager.instance().destroy_enclave(client)
+    assert wait_until(lambda: free_slots(fleet).get(PLAIN) == 2, 15), fleet.status()
