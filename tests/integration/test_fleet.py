@@ -13,6 +13,7 @@ Skipped where Ray is not installed (``pip install 'farside[fleet]'``).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import shutil
 import subprocess
@@ -31,7 +32,8 @@ import farside
 from farside._proto.v1 import provision_pb2 as pb
 from farside._proto.v1 import provision_pb2_grpc as pb_grpc
 
-pytest.importorskip("ray", reason="Ray is not installed (pip install 'farside[fleet]')")
+if importlib.util.find_spec("ray") is None:  # found, not imported: Ray runs in the fleet only
+    pytest.skip("Ray is not installed (pip install 'farside[fleet]')", allow_module_level=True)
 
 from benchmarks.fleet import SimulatedFleet
 
@@ -175,6 +177,54 @@ def test_a_malformed_label_is_invalid_and_never_reaches_ray(fleet: SimulatedFlee
     assert "(bad)" not in fleet.log()  # nothing was placed under that name
 
 
+def test_release_and_client_death_free_their_slots(fleet: SimulatedFleet) -> None:
+    # Release without ever opening the session: the server stops the proxy (long before
+    # its 30 s idle timeout) and ends the slot actor.
+    provision = fleet.remote("tee=sgx")
+    lease = provision.provision(name="never-used", timeout=20)
+    assert lease.address.startswith(f"{SGX}:")
+    assert free_slots(fleet)[SGX] == 1
+    released = time.monotonic()
+    provision.release(lease)
+    provision.close()
+    assert wait_until(lambda: free_slots(fleet)[SGX] == 2, 10), fleet.status()
+    assert time.monotonic() - released < 10
+
+    # A client process that dies without a word: its proxy sees the stream break.
+    script = (
+        "import sys, time, farside\n"
+        "from benchmarks.fleet import SimulatedFleet\n"
+        "from pathlib import Path\n"
+        "fleet = SimulatedFleet(Path(sys.argv[1]))\n"
+        "fleet.address = sys.argv[2]\n"
+        "fleet.platforms = {'a': Path(sys.argv[3]), 'b': Path(sys.argv[4])}\n"
+        "client = fleet.load('tee=sgx')\n"
+        "print('loaded', client._lease.address, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    platforms = [str(p) for p in fleet.platforms.values()]
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(fleet.root), fleet.address, *platforms],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().decode()
+        assert line.startswith(f"loaded {SGX}:"), line
+        assert free_slots(fleet)[SGX] == 1
+        child.kill()
+        child.wait(10)
+        assert wait_until(lambda: free_slots(fleet)[SGX] == 2, 20), fleet.status()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+# Last: it kills a node for good.
 def test_a_dead_host_fails_its_clients_promptly_and_loads_go_elsewhere(
     fleet: SimulatedFleet,
 ) -> None:
