@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import subprocess
 import sys
+import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -275,16 +278,23 @@ class FakeRay:
         return Options()
 
 
-def placer(fake: FakeRay) -> RayPlacer:
-    placer = RayPlacer("10.0.0.1:6379", environ=SECURE | {"RAY_USE_TLS": "0"}, allow_plaintext=True)
+@pytest.fixture
+def head() -> Iterator[str]:
+    """A listening socket standing in for the head's GCS port (the placer probes it)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+
+
+def placer(fake: FakeRay, address: str) -> RayPlacer:
+    placer = RayPlacer(address, environ=SECURE | {"RAY_USE_TLS": "0"}, allow_plaintext=True)
     placer._ray = fake
     placer._slot_class = fake.slot_class()
     return placer
 
 
-def test_an_actor_that_died_before_it_ran_is_placed_again() -> None:
+def test_an_actor_that_died_before_it_ran_is_placed_again(head: str) -> None:
     fake = FakeRay([_RayActorError("node died"), STARTED])
-    placement = placer(fake).place(SPEC, ("tee", "sgx"), timeout=5)
+    placement = placer(fake, head).place(SPEC, ("tee", "sgx"), timeout=5)
     assert placement.started == STARTED
     assert fake.killed == [0]  # the dead one is ended; the second runs on
     assert fake.options_seen[0]["resources"] == {"enclave": 1}
@@ -292,34 +302,34 @@ def test_an_actor_that_died_before_it_ran_is_placed_again() -> None:
     assert fake.options_seen[0]["num_cpus"] == 0
 
 
-def test_no_free_slot_in_time_is_resource_exhausted() -> None:
+def test_no_free_slot_in_time_is_resource_exhausted(head: str) -> None:
     fake = FakeRay([_GetTimeoutError()])
     with pytest.raises(PlacementError, match="came free") as refused:
-        placer(fake).place(SPEC, None, timeout=0.5)
+        placer(fake, head).place(SPEC, None, timeout=0.5)
     assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert fake.killed == [0]  # the pending actor does not hold on to a slot later
 
 
-def test_a_host_that_cannot_start_the_proxy_is_internal_and_says_little() -> None:
+def test_a_host_that_cannot_start_the_proxy_is_internal_and_says_little(head: str) -> None:
     fake = FakeRay([_RayTaskError(RuntimeError("stderr of the host's proxy: secret path"))])
     with pytest.raises(PlacementError) as failed:
-        placer(fake).place(SPEC, None, timeout=5)
+        placer(fake, head).place(SPEC, None, timeout=5)
     assert failed.value.code == grpc.StatusCode.INTERNAL
     assert "secret" not in str(failed.value)
     assert fake.killed == [0]
 
 
-def test_no_host_with_the_label_is_refused_without_waiting() -> None:
+def test_no_host_with_the_label_is_refused_without_waiting(head: str) -> None:
     fake = FakeRay([])
     with pytest.raises(PlacementError, match="labelled tee=tdx") as refused:
-        placer(fake).place(SPEC, ("tee", "tdx"), timeout=60)
+        placer(fake, head).place(SPEC, ("tee", "tdx"), timeout=60)
     assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     fake.node_list[0]["Alive"] = False
     with pytest.raises(PlacementError, match="no live host"):
-        placer(fake).place(SPEC, None, timeout=60)
+        placer(fake, head).place(SPEC, None, timeout=60)
 
 
-def test_an_unreachable_cluster_is_unavailable() -> None:
+def test_an_unreachable_cluster_is_unavailable(head: str) -> None:
     fake = FakeRay([])
 
     def broken() -> list[dict[str, Any]]:
@@ -327,13 +337,49 @@ def test_an_unreachable_cluster_is_unavailable() -> None:
 
     fake.nodes = broken  # type: ignore[method-assign]
     with pytest.raises(PlacementError, match="unreachable") as refused:
-        placer(fake).place(SPEC, None, timeout=5)
+        placer(fake, head).place(SPEC, None, timeout=5)
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    # The head gone entirely: refused at once, not after Ray's own minutes of retrying.
+    gone = placer(FakeRay([STARTED]), f"127.0.0.1:{_closed_port()}")
+    started = time.monotonic()
+    with pytest.raises(PlacementError, match="unreachable") as refused:
+        gone.place(SPEC, None, timeout=30)
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started < 3.0
 
 
-def test_hosts_lists_slots_and_labels() -> None:
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_the_server_refuses_to_start_without_the_head() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef"}
+    address = f"127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "farside", "provision-server"),
+            "--ray-address",
+            address,
+            "--ray-allow-plaintext",
+        ],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot reach the Ray cluster's head at {address}".encode() in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_hosts_lists_slots_and_labels(head: str) -> None:
     fake = FakeRay([STARTED])
-    p = placer(fake)
+    p = placer(fake, head)
     placement = p.place(SPEC, None, timeout=5)
     fake.node_list.append({"Alive": True, "NodeID": "head", "Resources": {"CPU": 1.0}})
     [host] = p.hosts([placement])

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -254,8 +255,24 @@ class RayPlacer:
         self._ray: Any = None
         self._slot_class: Any = None
 
+    def _probe(self, timeout: float) -> None:
+        """``OSError`` unless the head's GCS port accepts a connection within ``timeout`` s.
+
+        Ray itself retries an absent head for minutes (and then ends the driver's
+        process); a plain connect says at once that the head is down or wrong.
+        """
+        host, _, port = self.address.rpartition(":")
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+
     def connect(self) -> None:
         """Join the cluster as a driver; ``OSError`` naming the address if it cannot."""
+        try:
+            self._probe(5.0)
+        except OSError as exc:
+            raise OSError(
+                f"cannot reach the Ray cluster's head at {self.address}: {exc.strerror or exc}"
+            ) from exc
         ray = _import_ray()
         kwargs: dict[str, Any] = {}
         if self._node_ip:
@@ -282,6 +299,7 @@ class RayPlacer:
 
     def _nodes(self) -> list[dict[str, Any]]:
         try:
+            self._probe(2.0)
             nodes: list[dict[str, Any]] = self._ray.nodes()
         except Exception as exc:
             raise PlacementError(
