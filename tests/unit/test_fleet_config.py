@@ -385,3 +385,45 @@ def test_hosts_lists_slots_and_labels(head: str) -> None:
     [host] = p.hosts([placement])
     assert (host.address, host.slots_total, host.slots_free, host.alive) == ("10.0.0.3", 2, 1, True)
     assert dict(host.labels) == {"tee": "sgx"}
+
+
+def test_fleet_certs_serve_and_connect(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    out = tmp_path / "ray-tls"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "farside", "fleet", "certs", "--out", str(out)),
+            *("--host", "10.0.0.1", "--host", "head.example"),
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    node = x509.load_pem_x509_certificate((out / "node.pem").read_bytes())
+    usage = node.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    # Ray presents the node certificate both as a server and as a client.
+    assert set(usage) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    names = node.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["head.example"]
+    assert (out / "node.key").stat().st_mode & 0o777 == 0o600
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "farside",
+            "fleet",
+            "certs",
+            "--out",
+            str(out),
+            "--host",
+            "10.0.0.1",
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert again.returncode == 1
+    assert b"already exist" in again.stderr
