@@ -147,6 +147,12 @@ def test_a_label_places_on_the_labelled_host_only(fleet: SimulatedFleet) -> None
     try:
         assert host_of(first) == host_of(second) == SGX
         roundtrip(first, "labelled")
+        # Enclave code runs in the proxy: it must not find Ray's token or the key's home.
+        for info in fleet.status()["enclaves"]:
+            environ = Path(f"/proc/{info['pid']}/environ").read_bytes().split(b"\0")
+            assert not [v for v in environ if v.startswith(b"RAY_")], info
+            assert not [v for v in environ if v.startswith(b"FARSIDE_FLEET_PLATFORM_DIR=")]
+            assert f"FARSIDE_FLEET_SIM={fleet.marker}".encode() in environ  # the sweep's mark
         # The labelled host is full; the other host's free slots do not count.
         with pytest.raises(farside.EnclaveLoadError) as full:
             fleet.load("tee=sgx", load_timeout=3.0)

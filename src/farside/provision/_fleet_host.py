@@ -24,6 +24,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "ProxySpec",
     "RayEnclaveSlot",
     "Started",
+    "proxy_environment",
 ]
 
 PLATFORM_DIR_VAR = "FARSIDE_FLEET_PLATFORM_DIR"
@@ -77,6 +79,16 @@ class Started:
     host: str
     node_id: str
     pid: int
+
+
+def proxy_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The Ray worker's environment without what enclave code must not see.
+
+    Ray's variables (``RAY_AUTH_TOKEN`` opens the whole cluster) and where this
+    host keeps its platform key stay behind; the proxy gets the key on stdin.
+    """
+    hidden = (PLATFORM_DIR_VAR, WORKDIR_VAR)
+    return {k: v for k, v in environ.items() if not k.startswith("RAY_") and k not in hidden}
 
 
 class EnclaveSlot:
@@ -130,6 +142,7 @@ class EnclaveSlot:
                 name=spec.name,
                 launch=_spawner.run,  # a long-lived thread: see the module docstring
                 secret_input=key_pem,
+                environ=proxy_environment(os.environ),
             )
         except EnclaveLoadError as exc:
             shutil.rmtree(directory, ignore_errors=True)
