@@ -219,14 +219,17 @@ class SimulatedFleet:
     # ------------------------------------------------------------- processes
 
     def processes(self) -> list[int]:
-        """Live processes this fleet started (by the marker in their environment)."""
+        """Live processes this fleet started: the marker in their environment, or Ray's
+        temporary directory on their command line (in case Ray ever cleans an environment)."""
         tag = f"{MARKER_VAR}={self.marker}".encode()
+        ray_dir = str(self.ray_dir).encode()
         me = os.getpid()
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != me:
                 pid = int(entry.name)
-                if tag in _read(entry / "environ").split(b"\0") and _alive(pid):
+                ours = tag in _read(entry / "environ").split(b"\0")
+                if (ours or ray_dir in _read(entry / "cmdline")) and _alive(pid):
                     found.append(pid)
         return found
 
