@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -44,6 +44,7 @@ __all__ = [
     "FleetConfigError",
     "Placement",
     "PlacementError",
+    "Placer",
     "RayPlacer",
     "check_ray_security",
     "join_command",
@@ -233,6 +234,29 @@ class Placement:
     actor: Any
     started: Started
     done: Any  # the ObjectRef of the actor's wait()
+
+
+class Placer(Protocol):
+    """What the provision server needs of a fleet (``RayPlacer``; docs/fleet.md sketches
+    how a Kubernetes placer would provide the same)."""
+
+    def connect(self) -> None: ...
+
+    def place(
+        self, spec: ProxySpec, label: tuple[str, str] | None, timeout: float
+    ) -> Placement: ...
+
+    def wait(self, placement: Placement) -> str: ...
+
+    def release(self, placement: Placement) -> None: ...
+
+    def end(self, placement: Placement) -> None: ...
+
+    def statuses(self, placements: Sequence[Placement]) -> list[tuple[str, int]]: ...
+
+    def hosts(self, placements: Sequence[Placement]) -> list[pb.HostInfo]: ...
+
+    def close(self) -> None: ...
 
 
 class RayPlacer:

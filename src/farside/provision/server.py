@@ -35,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -47,6 +47,9 @@ from .._proto.v1 import provision_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
 from ..attestation.platform import PLATFORM_KEY, load_platform_key, platform_key_pem
 from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
+
+if TYPE_CHECKING:
+    from .fleet import Placer
 
 __all__ = ["ProvisionServer", "ProvisionServerConfig"]
 
@@ -142,7 +145,7 @@ class ProvisionServer:
             self._platform_pem = platform_key_pem(
                 load_platform_key(config.platform_dir / PLATFORM_KEY)
             )
-        self._placer: Any = None
+        self._placer: Placer | None = None
         if config.ray_address is not None:  # fail now (FleetConfigError), not at the first request
             from .fleet import RayPlacer
 
@@ -346,6 +349,12 @@ class ProvisionServer:
 
     # ----------------------------------------------------------- fleet mode
 
+    @property
+    def _fleet(self) -> Placer:
+        """The placer; only fleet mode's code paths get here."""
+        assert self._placer is not None
+        return self._placer
+
     def _place(
         self, enclave: _Enclave, label: tuple[str, str] | None, timeout: float | None
     ) -> tuple[str, str, str, bytes]:
@@ -362,7 +371,7 @@ class ProvisionServer:
             start_timeout=self.config.proxy_start_timeout,
         )
         try:
-            placement = self._placer.place(
+            placement = self._fleet.place(
                 spec, label, limit if timeout is None else max(0.1, min(timeout, limit))
             )
         except BaseException as exc:
@@ -377,7 +386,7 @@ class ProvisionServer:
             enclave.started = time.monotonic()
             stopping = self._stopping
         if stopping:  # stop() ran while we placed it: it must not outlive the server
-            self._placer.end(placement)
+            self._fleet.end(placement)
             raise RefusedError(grpc.StatusCode.UNAVAILABLE, "the provision server is shutting down")
         threading.Thread(
             target=self._monitor_placement,
@@ -405,8 +414,8 @@ class ProvisionServer:
 
     def _monitor_placement(self, enclave: _Enclave, placement: Any) -> None:
         """Wait until the placed enclave ended, then free its slot and forget it."""
-        how = self._placer.wait(placement)
-        self._placer.end(placement)
+        how = self._fleet.wait(placement)
+        self._fleet.end(placement)
         with self._lock:
             self._enclaves.pop(enclave.enclave_id, None)
         log.info("enclave %s on %s ended: %s", enclave.enclave_id, placement.started.host, how)
@@ -415,7 +424,7 @@ class ProvisionServer:
         """Ask every placed proxy to finalize, wait the grace period, end every slot, leave."""
         placements = [e.placement for e in enclaves if e.placement is not None]
         for placement in placements:
-            self._placer.release(placement)
+            self._fleet.release(placement)
         deadline = time.monotonic() + self.config.grace
         while time.monotonic() < deadline:
             with self._lock:
@@ -423,8 +432,8 @@ class ProvisionServer:
                     break
             time.sleep(0.1)
         for placement in placements:
-            self._placer.end(placement)
-        self._placer.close()
+            self._fleet.end(placement)
+        self._fleet.close()
 
     # ----------------------------------------------------------- single host
 
@@ -519,7 +528,7 @@ class ProvisionServer:
                 enclave.released = True
                 process = enclave.proxy.process
         if placement is not None:
-            self._placer.release(placement)  # the proxy finalizes; the monitor frees the slot
+            self._fleet.release(placement)  # the proxy finalizes; the monitor frees the slot
             return
         try:  # after a clean session end the proxy is already on its way out
             process.wait(1.0)
@@ -552,7 +561,7 @@ class ProvisionServer:
     def _list_placed(self) -> list[pb.EnclaveInfo]:
         with self._lock:
             enclaves = [e for e in self._enclaves.values() if e.placement is not None]
-        statuses = self._placer.statuses([e.placement for e in enclaves])
+        statuses = self._fleet.statuses([e.placement for e in enclaves])
         now = time.monotonic()
         return [
             pb.EnclaveInfo(
@@ -577,7 +586,7 @@ class ProvisionServer:
             from .fleet import PlacementError
 
             try:
-                hosts: list[pb.HostInfo] = self._placer.hosts(placements)
+                hosts: list[pb.HostInfo] = self._fleet.hosts(placements)
             except PlacementError as exc:
                 raise RefusedError(exc.code, str(exc)) from None
             return hosts
