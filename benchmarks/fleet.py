@@ -84,6 +84,7 @@ class SimulatedFleet:
         self.ray_address = ""
         self.address = ""
         self.server: subprocess.Popen[bytes] | None = None
+        self.server_exit: int | None = None  # the server's exit code after stop()
         self.platforms: dict[str, Path] = {}
         self.env: dict[str, str] = {}
 
@@ -152,9 +153,13 @@ class SimulatedFleet:
             )
 
     def _start_server(self) -> None:
+        self.server, self.address = self.start_server(self.root / "server.log")
+
+    def start_server(self, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+        """Start a fleet-mode provision server on the head; return it and its address."""
         tls = self.root / "tls"
-        log = (self.root / "server.log").open("wb")
-        self.server = subprocess.Popen(
+        log = log_path.open("wb")
+        server = subprocess.Popen(
             [
                 *(sys.executable, "-m", "farside", "provision-server", "--host", HEAD),
                 *("--port", "0", "--tls-cert", str(tls / "server.pem")),
@@ -168,12 +173,16 @@ class SimulatedFleet:
             stderr=log,
         )
         log.close()
-        assert self.server.stdout is not None
-        line = read_line(self.server.stdout, 60.0) or ""
+        assert server.stdout is not None
+        line = read_line(server.stdout, 60.0) or ""
         prefix = "farside provision-server listening on "
         if not line.startswith(prefix):
-            raise RuntimeError(f"the provision server did not start ({line!r}):\n{self.log()}")
-        self.address = line[len(prefix) :]
+            server.kill()
+            server.wait()
+            server.stdout.close()
+            log_text = _read(log_path).decode(errors="replace")
+            raise RuntimeError(f"the provision server did not start ({line!r}):\n{log_text}")
+        return server, line[len(prefix) :]
 
     def log(self) -> str:
         """The provision server's stderr so far."""
@@ -263,7 +272,7 @@ class SimulatedFleet:
         if self.server is not None and self.server.poll() is None:
             self.server.send_signal(signal.SIGTERM)
             try:
-                self.server.wait(15)
+                self.server_exit = self.server.wait(15)
             except subprocess.TimeoutExpired:
                 self.server.kill()
                 self.server.wait()

@@ -313,6 +313,10 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
     except OSError as exc:
         server.stop()
         return _fail("provision-server", exc)
+    # Joining Ray (fleet mode) installs Ray's own SIGTERM handler, which kills the process
+    # without stopping the server: ours must win.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     print(f"farside provision-server listening on {address}", flush=True)
     while not done.wait(0.5):
         pass

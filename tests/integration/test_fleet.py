@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +39,7 @@ if importlib.util.find_spec("ray") is None:  # found, not imported: Ray runs in 
 
 from benchmarks.fleet import SimulatedFleet
 
-from ._support import process_gone, wait_until
+from ._support import QUICKSTART, process_gone, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -59,6 +61,8 @@ def fleet() -> Iterator[SimulatedFleet]:
         if survivors:
             pytest.fail("processes of the fleet survived:\n" + "\n".join(survivors))
         assert "Traceback" not in log, log
+        if fleet.server is not None:  # it started: SIGTERM stopped it cleanly
+            assert fleet.server_exit == 0, log
 
 
 def host_of(client: farside.EnclaveClient) -> str:
@@ -228,6 +232,72 @@ def test_release_and_client_death_free_their_slots(fleet: SimulatedFleet) -> Non
             child.wait()
         if child.stdout is not None:
             child.stdout.close()
+
+
+def test_stopping_the_server_ends_its_enclaves_and_their_proxies(fleet: SimulatedFleet) -> None:
+    # In fleet mode enclaves belong to the server's Ray driver: a second server on the
+    # same fleet, stopped with SIGTERM, must take its proxies with it.
+    log_path = fleet.root / "second-server.log"
+    server, address = fleet.start_server(log_path)
+    provision = farside.RemoteProvision(address, tls=fleet.tls(), node_label="tee=sgx")
+    client = None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            client = farside.load(QUICKSTART, provision=provision, policy=fleet.policy())
+        roundtrip(client, "owned by the second server")
+        proxy = _proxy_pid_on(fleet, client._lease.address)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(20) == 0, log_path.read_text()
+        assert wait_until(lambda: process_gone(proxy), 10), "a proxy outlived its server"
+        with pytest.raises(farside.EnclaveUnavailableError):
+            roundtrip(client, "gone")
+        # Its slot is free again: two more fit on the labelled host.
+        more = [fleet.load("tee=sgx"), fleet.load("tee=sgx")]
+        destroy(*more)
+    finally:
+        if client is not None:
+            farside.EnclaveManager.instance().destroy_enclave(client)
+        provision.close()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+    assert "Traceback" not in log_path.read_text()
+
+
+def _proxy_pid_on(fleet: SimulatedFleet, address: str) -> int:
+    """The pid of the fleet's proxy listening on ``address`` (its command line names it)."""
+    host = address.rsplit(":", 1)[0]
+    port = address.rsplit(":", 1)[1]
+    for pid in fleet.processes():
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"proxy" in args and f"{host}:0".encode() in args:
+            sockets = _listening_ports(pid)
+            if int(port) in sockets:
+                return pid
+    raise LookupError(f"no proxy of the fleet listens on {address}")
+
+
+def _listening_ports(pid: int) -> set[int]:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 # Last: it kills a node for good.
