@@ -13,10 +13,9 @@ restart of the server leaves running enclaves serving. A clean shutdown
 (``stop``) asks every proxy to finalize, waits a grace period, then kills and
 reaps them all.
 
-In fleet mode (``ray_address``) the server spawns nothing itself: a ``RayPlacer``
-(``provision.fleet``) places each proxy on one of the fleet's trusted hosts, and a
-monitor thread per enclave frees its slot once the proxy exited or its host died.
-There, enclaves belong to the server's Ray driver and end with it.
+In fleet mode (``ray_address``) the server spawns nothing itself: its
+``FleetEnclaves`` (``provision._fleet_server``) has a ``RayPlacer``
+(``provision.fleet``) place each proxy on one of the fleet's trusted hosts.
 """
 
 from __future__ import annotations
@@ -49,7 +48,8 @@ from ..attestation.platform import PLATFORM_KEY, load_platform_key, platform_key
 from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
 
 if TYPE_CHECKING:
-    from .fleet import Placer
+    from ._fleet_server import FleetEnclaves
+    from .fleet import Placement
 
 __all__ = ["ProvisionServer", "ProvisionServerConfig"]
 
@@ -129,7 +129,7 @@ class _Enclave:
     measurement: str = ""
     calls: int = 0
     released: bool = False
-    placement: Any = None  # fleet mode: the fleet.Placement, once placed
+    placement: Placement | None = None  # fleet mode, once placed
 
 
 class ProvisionServer:
@@ -145,15 +145,17 @@ class ProvisionServer:
             self._platform_pem = platform_key_pem(
                 load_platform_key(config.platform_dir / PLATFORM_KEY)
             )
-        self._placer: Placer | None = None
+        self._fleet: FleetEnclaves | None = None
         if config.ray_address is not None:  # fail now (FleetConfigError), not at the first request
+            from ._fleet_server import FleetEnclaves
             from .fleet import RayPlacer
 
-            self._placer = RayPlacer(
+            placer = RayPlacer(
                 config.ray_address,
                 node_ip=config.ray_node_ip,
                 allow_plaintext=config.ray_allow_plaintext,
             )
+            self._fleet = FleetEnclaves(self, placer)
         self._workdir = Path(tempfile.mkdtemp(prefix="farside-server-", dir=config.workdir))  # 0700
         self._proxy_tls = self._materialize_tls()
         self._server = grpc.server(
@@ -192,8 +194,8 @@ class ProvisionServer:
     def start(self) -> str:
         """Bind and serve; return ``host:port`` (the real port when ``port`` was 0)."""
         target = f"{self.config.host}:{self.config.port}"
-        if self._placer is not None:
-            self._placer.connect()  # OSError naming the cluster if it cannot
+        if self._fleet is not None:
+            self._fleet.placer.connect()  # OSError naming the cluster if it cannot
         try:
             if self.config.tls is not None:
                 port = self._server.add_secure_port(target, self.config.tls.server_credentials())
@@ -216,8 +218,8 @@ class ProvisionServer:
             enclaves = list(self._enclaves.values())
         self._health.enter_graceful_shutdown()
         stopped = self._server.stop(grace=1.0)
-        if self._placer is not None:
-            self._stop_fleet(enclaves)
+        if self._fleet is not None:
+            self._fleet.stop(enclaves)
         proxies = [e.proxy for e in enclaves if e.proxy is not None]
         for proxy in proxies:
             if proxy.process.poll() is None:
@@ -297,8 +299,8 @@ class ProvisionServer:
             enclave_id = secrets.token_hex(8)
             enclave = _Enclave(enclave_id, name, client)
             self._enclaves[enclave_id] = enclave  # holds the slot while the proxy starts
-        if self._placer is not None:
-            return self._place(enclave, parsed, timeout)
+        if self._fleet is not None:
+            return self._fleet.place(enclave, parsed, timeout)
         try:
             proxy, token = self._start_proxy(enclave_id, name)
         except BaseException:
@@ -334,7 +336,7 @@ class ProvisionServer:
     def _parse_label(self, label: str) -> tuple[str, str] | None:
         if not label:
             return None
-        if self._placer is None:
+        if self._fleet is None:
             raise RefusedError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "this server runs enclaves on one host and has no node labels; "
@@ -346,94 +348,6 @@ class ProvisionServer:
             return parse_node_label(label)
         except ValueError as exc:
             raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-
-    # ----------------------------------------------------------- fleet mode
-
-    @property
-    def _fleet(self) -> Placer:
-        """The placer; only fleet mode's code paths get here."""
-        assert self._placer is not None
-        return self._placer
-
-    def _place(
-        self, enclave: _Enclave, label: tuple[str, str] | None, timeout: float | None
-    ) -> tuple[str, str, str, bytes]:
-        """Fleet mode's ``provision``: have Ray place the proxy on a host with a free slot."""
-        from ._fleet_host import ProxySpec
-        from .fleet import PlacementError
-
-        limit = self.config.placement_timeout
-        spec = ProxySpec(
-            name=enclave.name,
-            tls=self.config.tls is not None,
-            client_ca_pem=self._client_ca_pem(),
-            idle_timeout=self.config.proxy_idle_timeout,
-            start_timeout=self.config.proxy_start_timeout,
-        )
-        try:
-            placement = self._fleet.place(
-                spec, label, limit if timeout is None else max(0.1, min(timeout, limit))
-            )
-        except BaseException as exc:
-            with self._lock:
-                del self._enclaves[enclave.enclave_id]
-            if isinstance(exc, PlacementError):
-                raise RefusedError(exc.code, str(exc)) from None
-            raise
-        started = placement.started
-        with self._lock:
-            enclave.placement = placement
-            enclave.started = time.monotonic()
-            stopping = self._stopping
-        if stopping:  # stop() ran while we placed it: it must not outlive the server
-            self._fleet.end(placement)
-            raise RefusedError(grpc.StatusCode.UNAVAILABLE, "the provision server is shutting down")
-        threading.Thread(
-            target=self._monitor_placement,
-            args=(enclave, placement),
-            daemon=True,
-            name=f"farside-slot-{enclave.enclave_id}",
-        ).start()
-        log.info(
-            "placed %s (%s) for %s on %s at %s",
-            enclave.enclave_id,
-            enclave.name,
-            enclave.client,
-            started.host,
-            started.address,
-        )
-        return enclave.enclave_id, started.address, started.token, started.certificate
-
-    def _client_ca_pem(self) -> bytes:
-        tls = self.config.tls
-        if tls is None or tls.client_ca is None:
-            return b""
-        if isinstance(tls.client_ca, bytes):
-            return tls.client_ca
-        return Path(tls.client_ca).read_bytes()
-
-    def _monitor_placement(self, enclave: _Enclave, placement: Any) -> None:
-        """Wait until the placed enclave ended, then free its slot and forget it."""
-        how = self._fleet.wait(placement)
-        self._fleet.end(placement)
-        with self._lock:
-            self._enclaves.pop(enclave.enclave_id, None)
-        log.info("enclave %s on %s ended: %s", enclave.enclave_id, placement.started.host, how)
-
-    def _stop_fleet(self, enclaves: list[_Enclave]) -> None:
-        """Ask every placed proxy to finalize, wait the grace period, end every slot, leave."""
-        placements = [e.placement for e in enclaves if e.placement is not None]
-        for placement in placements:
-            self._fleet.release(placement)
-        deadline = time.monotonic() + self.config.grace
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not any(e.placement is not None for e in self._enclaves.values()):
-                    break
-            time.sleep(0.1)
-        for placement in placements:
-            self._fleet.end(placement)
-        self._fleet.close()
 
     # ----------------------------------------------------------- single host
 
@@ -528,6 +442,7 @@ class ProvisionServer:
                 enclave.released = True
                 process = enclave.proxy.process
         if placement is not None:
+            assert self._fleet is not None
             self._fleet.release(placement)  # the proxy finalizes; the monitor frees the slot
             return
         try:  # after a clean session end the proxy is already on its way out
@@ -537,8 +452,8 @@ class ProvisionServer:
 
     def list_enclaves(self) -> list[pb.EnclaveInfo]:
         """The running enclaves, for ``ListEnclaves``."""
-        if self._placer is not None:
-            return self._list_placed()
+        if self._fleet is not None:
+            return self._fleet.list_enclaves()
         now = time.monotonic()
         host = self.config.advertise or self.config.host
         with self._lock:
@@ -558,38 +473,10 @@ class ProvisionServer:
                 if e.proxy is not None
             ]
 
-    def _list_placed(self) -> list[pb.EnclaveInfo]:
-        with self._lock:
-            enclaves = [e for e in self._enclaves.values() if e.placement is not None]
-        statuses = self._fleet.statuses([e.placement for e in enclaves])
-        now = time.monotonic()
-        return [
-            pb.EnclaveInfo(
-                enclave_id=e.enclave_id,
-                name=e.name,
-                client=e.client,
-                measurement=measurement,
-                uptime_seconds=now - e.started,
-                calls_served=calls,
-                address=e.placement.started.address,
-                pid=e.placement.started.pid,
-                host=e.placement.started.host,
-            )
-            for e, (measurement, calls) in zip(enclaves, statuses, strict=True)
-        ]
-
     def list_hosts(self) -> list[pb.HostInfo]:
         """The trusted hosts and their slots: the fleet's, or this one host."""
-        if self._placer is not None:
-            with self._lock:
-                placements = [e.placement for e in self._enclaves.values() if e.placement]
-            from .fleet import PlacementError
-
-            try:
-                hosts: list[pb.HostInfo] = self._fleet.hosts(placements)
-            except PlacementError as exc:
-                raise RefusedError(exc.code, str(exc)) from None
-            return hosts
+        if self._fleet is not None:
+            return self._fleet.hosts()
         with self._lock:
             running = len(self._enclaves)
         return [
