@@ -134,6 +134,7 @@ class SimulatedFleet:
                 command = [sys.executable, "-m", "farside", "fleet", "join"]
                 command += ["--ray-address", self.ray_address, "--slots", str(slots)]
                 command += ["--platform-dir", str(platform), "--node-ip", ip]
+                command += ["--workdir", str(self.root / f"work-{ip}")]
                 command += ["--temp-dir", str(self.ray_dir), *RAY_SMALL[:2]]
                 command += ["--object-store-memory", RAY_SMALL[3]]
                 if label:
@@ -228,19 +229,41 @@ class SimulatedFleet:
     # ------------------------------------------------------------- processes
 
     def processes(self) -> list[int]:
-        """Live processes this fleet started: the marker in their environment, or Ray's
-        temporary directory on their command line (in case Ray ever cleans an environment)."""
+        """Live processes this fleet started.
+
+        Those with the marker in their environment, or Ray's temporary directory on
+        their command line, or a file under this fleet's root open: Ray's agents
+        rename themselves (``ray::DashboardAgent``), which wipes the environment
+        ``/proc`` shows, and they can outlive their raylet.
+        """
         tag = f"{MARKER_VAR}={self.marker}".encode()
         ray_dir = str(self.ray_dir).encode()
         me = os.getpid()
         found = []
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != me:
-                pid = int(entry.name)
-                ours = tag in _read(entry / "environ").split(b"\0")
-                if (ours or ray_dir in _read(entry / "cmdline")) and _alive(pid):
-                    found.append(pid)
+            if not entry.name.isdigit() or int(entry.name) == me:
+                continue
+            pid = int(entry.name)
+            ours = (
+                tag in _read(entry / "environ").split(b"\0")
+                or ray_dir in _read(entry / "cmdline")
+                or self._holds_files(entry)
+            )
+            if ours and _alive(pid):
+                found.append(pid)
         return found
+
+    def _holds_files(self, entry: Path) -> bool:
+        root = str(self.root)
+        try:
+            descriptors = list((entry / "fd").iterdir())
+        except OSError:
+            return False
+        for fd in descriptors:
+            with contextlib.suppress(OSError):
+                if os.readlink(fd).startswith(root):
+                    return True
+        return False
 
     def rss_bytes(self) -> int:
         """The resident memory of every process of the fleet, summed."""
@@ -278,11 +301,11 @@ class SimulatedFleet:
                 self.server.wait()
         if self.server is not None and self.server.stdout is not None:
             self.server.stdout.close()
-        for pid in self.processes():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10.0
-        while self.processes() and time.monotonic() < deadline:
+        while (left := self.processes()) and time.monotonic() < deadline:
+            for pid in left:  # again and again: a dying daemon may have started another
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
         return [f"pid {pid}: {_command_line(pid)}" for pid in self.processes()]
 

@@ -427,3 +427,35 @@ def test_fleet_certs_serve_and_connect(tmp_path: Path) -> None:
     )
     assert again.returncode == 1
     assert b"already exist" in again.stderr
+
+
+def test_stale_proxy_directories_are_removed_live_and_young_ones_kept(tmp_path: Path) -> None:
+    from farside.provision._fleet_host import remove_stale_directories
+
+    old = time.time() - 600
+    stale, young, live = (tmp_path / f"farside-fleet-{n}" for n in ("a", "b", "c"))
+    for directory in (stale, young, live):
+        directory.mkdir(mode=0o700)
+        (directory / "proxy.log").write_text("x")
+    other = tmp_path / "not-ours"
+    other.mkdir()
+    for directory in (stale, live, other):
+        os.utime(directory, (old, old))
+    # A process naming the directory on its command line, as a proxy's --private-dir does.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "--private-dir", str(live)]
+    )
+    try:
+        cmdline = Path(f"/proc/{holder.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while str(live).encode() not in cmdline.read_bytes():  # until it has exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert remove_stale_directories(tmp_path) == [stale]
+        assert not stale.exists()
+        assert young.exists()
+        assert live.exists()
+        assert other.exists()
+    finally:
+        holder.kill()
+        holder.wait()

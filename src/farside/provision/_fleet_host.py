@@ -24,6 +24,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,14 @@ __all__ = [
     "RayEnclaveSlot",
     "Started",
     "proxy_environment",
+    "remove_stale_directories",
 ]
 
 PLATFORM_DIR_VAR = "FARSIDE_FLEET_PLATFORM_DIR"
 WORKDIR_VAR = "FARSIDE_FLEET_WORKDIR"
 STOP_GRACE = 5.0
+DIRECTORY_PREFIX = "farside-fleet-"
+STALE_AFTER = 60.0  # seconds: younger proxy directories may still be getting their proxy
 
 
 class HostError(Exception):
@@ -79,6 +83,40 @@ class Started:
     host: str
     node_id: str
     pid: int
+
+
+def remove_stale_directories(workdir: Path, *, min_age: float = STALE_AFTER) -> list[Path]:
+    """Remove the private directories of this host's proxies that are gone; return them.
+
+    A proxy removes its own directory when it exits, but Ray kills a dead actor's
+    child processes with SIGKILL (a node's death, a server that stopped), and then
+    nobody did. A directory is stale when it is ours, older than ``min_age`` seconds
+    (a new one may not have its proxy yet) and no live process names it on its
+    command line (every proxy has ``--private-dir DIR`` there).
+    """
+    try:
+        candidates = [
+            d
+            for d in workdir.glob(f"{DIRECTORY_PREFIX}*")
+            if d.is_dir() and not d.is_symlink() and d.stat().st_uid == os.getuid()
+        ]
+    except OSError:
+        return []
+    now = time.time()
+    candidates = [d for d in candidates if now - d.stat().st_mtime > min_age]
+    if not candidates:
+        return []
+    in_use: set[bytes] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                in_use.update((entry / "cmdline").read_bytes().split(b"\0"))
+            except OSError:
+                continue
+    stale = [d for d in candidates if str(d).encode() not in in_use]
+    for directory in stale:
+        shutil.rmtree(directory, ignore_errors=True)
+    return stale
 
 
 def proxy_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -117,8 +155,12 @@ class EnclaveSlot:
             key_pem = platform_key_pem(load_platform_key(Path(platform_dir) / PLATFORM_KEY))
         except (OSError, ValueError) as exc:
             raise HostError(f"host {self._host} cannot read its platform key: {exc}") from None
-        workdir = os.environ.get(WORKDIR_VAR) or None
-        directory = Path(tempfile.mkdtemp(prefix="farside-fleet-", dir=workdir))  # 0700
+        workdir = Path(os.environ.get(WORKDIR_VAR) or tempfile.gettempdir())
+        remove_stale_directories(workdir)
+        try:
+            directory = Path(tempfile.mkdtemp(prefix=DIRECTORY_PREFIX, dir=workdir))  # 0700
+        except OSError as exc:
+            raise HostError(f"host {self._host} cannot make a proxy directory: {exc}") from None
         extra = ["--report-status", "--platform-key", "-", "--private-dir", str(directory)]
         if spec.tls:
             extra += ["--tls-ephemeral", self._host]

@@ -173,7 +173,8 @@ def join_command(
     """The ``ray start`` command (and its environment) that offers this host's slots.
 
     Checks everything it can first: the address, the slot count, the labels and
-    that the platform key is readable (the slots sign evidence with it).
+    that the platform key is readable (the slots sign evidence with it); makes
+    ``workdir`` (0700) if it is missing.
     """
     from ..attestation.platform import PLATFORM_KEY, load_platform_key
 
@@ -220,7 +221,12 @@ def join_command(
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     if workdir:
-        env[WORKDIR_VAR] = str(Path(workdir).resolve())
+        path = Path(workdir).resolve()
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FleetConfigError(f"cannot make --workdir {path}: {exc.strerror}") from None
+        env[WORKDIR_VAR] = str(path)
     return command, env
 
 
