@@ -84,6 +84,9 @@ class Started:
     node_id: str
     pid: int
 
+    def __repr__(self) -> str:  # never print the token
+        return f"Started(address={self.address!r}, host={self.host!r}, pid={self.pid})"
+
 
 def remove_stale_directories(workdir: Path, *, min_age: float = STALE_AFTER) -> list[Path]:
     """Remove the private directories of this host's proxies that are gone; return them.
