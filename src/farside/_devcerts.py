@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .attestation.platform import write_private
 
-__all__ = ["make_dev_certs"]
+__all__ = ["make_dev_certs", "make_fleet_certs"]
 
 FILES = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
 
@@ -141,3 +141,51 @@ def make_dev_certs(
     for name, (data, mode) in outputs.items():
         write_private(root / name, data, mode=mode, force=True)
     return [root / name for name in FILES]
+
+
+FLEET_FILES = ("ca.pem", "node.pem", "node.key")
+
+
+def make_fleet_certs(
+    out: str | os.PathLike[str], hosts: list[str], *, days: int = 365, force: bool = False
+) -> list[Path]:
+    """Write ca.pem, node.pem and node.key (0600) for a development fleet's Ray TLS.
+
+    Ray uses one certificate per node both to serve and to connect (mutual TLS),
+    so the node certificate allows both uses; its SANs are ``hosts`` (every node's
+    address). A CA of its own: Ray's cluster is not the clients' business.
+    """
+    if not hosts:
+        raise ValueError("at least one --host (a node's address) is needed")
+    for host in hosts:
+        if not host or any(c.isspace() for c in host):
+            raise ValueError(f"invalid host name {host!r}")
+    root = Path(out)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not force:
+        existing = [name for name in FLEET_FILES if (root / name).exists()]
+        if existing:
+            raise FileExistsError(
+                f"{', '.join(existing)} already exist in {str(root)!r}; pass --force to replace"
+            )
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _issue(f"farside fleet CA {secrets.token_hex(4)}", ca_key, None, ca_key, days, ca=True)
+    node_key = ec.generate_private_key(ec.SECP256R1())
+    node = _issue(
+        "farside fleet node",
+        node_key,
+        ca,
+        ca_key,
+        days,
+        hosts=hosts,
+        usage=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    pem = serialization.Encoding.PEM
+    outputs = {
+        "ca.pem": (ca.public_bytes(pem), 0o644),
+        "node.pem": (node.public_bytes(pem), 0o644),
+        "node.key": (_key_pem(node_key), 0o600),
+    }
+    for name, (data, mode) in outputs.items():
+        write_private(root / name, data, mode=mode, force=True)
+    return [root / name for name in FLEET_FILES]

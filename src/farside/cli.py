@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -68,7 +69,11 @@ def _provisioner(args: argparse.Namespace) -> Provisioner:
         return LocalProvision(transport=args.transport)
     token = _read_secret(args.token_file) if args.token_file else None
     return RemoteProvision(
-        args.remote, tls=_client_tls(args), token=token, transport=args.transport
+        args.remote,
+        tls=_client_tls(args),
+        token=token,
+        transport=args.transport,
+        node_label=getattr(args, "node_label", None),
     )
 
 
@@ -98,6 +103,11 @@ def _add_remote_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-cert", metavar="FILE", help="client certificate (mTLS)")
     group.add_argument("--tls-key", metavar="FILE", help="client key (mTLS)")
     group.add_argument("--token-file", metavar="FILE", help="the server's bearer token")
+    group.add_argument(
+        "--node-label",
+        metavar="KEY=VALUE",
+        help="fleet mode: place the enclave on a host with this label (e.g. tee=sgx)",
+    )
     group.add_argument(
         "--platform-key",
         metavar="FILE",
@@ -321,6 +331,10 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
                 open_files=args.open_files_limit,
                 cpu_seconds=args.cpu_limit,
             ),
+            ray_address=args.ray_address,
+            ray_node_ip=args.ray_node_ip,
+            ray_allow_plaintext=args.ray_allow_plaintext,
+            placement_timeout=args.placement_timeout,
         )
         server = ProvisionServer(config)
     except (ValueError, OSError) as exc:
@@ -339,6 +353,10 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
     except OSError as exc:
         server.stop()
         return _fail("provision-server", exc)
+    # Joining Ray (fleet mode) installs Ray's own SIGTERM handler, which kills the process
+    # without stopping the server: ours must win.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     print(f"farside provision-server listening on {address}", flush=True)
     while not done.wait(0.5):
         pass
@@ -547,7 +565,185 @@ def _add_server_parser(sub: Any) -> None:
         help="allow plaintext or unauthenticated clients off loopback",
     )
     _add_proxy_sandbox_arguments(server)
+    fleet = server.add_argument_group("fleet mode (see docs/fleet.md)")
+    fleet.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="place enclaves on the trusted hosts of this Ray cluster (its head's address); "
+        "needs RAY_AUTH_MODE=token and Ray's TLS in the environment",
+    )
+    fleet.add_argument(
+        "--ray-node-ip",
+        metavar="IP",
+        help="this machine's address in the Ray cluster (when Ray guesses it wrong)",
+    )
+    fleet.add_argument(
+        "--ray-allow-plaintext",
+        action="store_true",
+        help="accept a Ray cluster without TLS (development only; logged loudly)",
+    )
+    fleet.add_argument(
+        "--placement-timeout",
+        type=float,
+        default=30.0,
+        help="the longest a request waits for a free slot (s, default 30)",
+    )
     server.set_defaults(func=_cmd_provision_server)
+
+
+def _cmd_fleet_join(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from farside.provision.fleet import FleetConfigError, check_ray_security, join_command
+
+    try:
+        for warning in check_ray_security(os.environ, allow_plaintext=args.ray_allow_plaintext):
+            print(f"farside fleet join: WARNING: {warning}", file=sys.stderr)
+        command, env = join_command(
+            ray_address=args.ray_address,
+            slots=args.slots,
+            platform_dir=Path(args.platform_dir),
+            labels=args.label or (),
+            node_ip=args.node_ip,
+            num_cpus=args.num_cpus,
+            temp_dir=args.temp_dir,
+            object_store_memory=args.object_store_memory,
+            workdir=args.workdir,
+            block=args.block,
+        )
+    except FleetConfigError as exc:
+        return _fail("fleet join", exc)
+    try:
+        return subprocess.call(command, env=env)
+    except OSError as exc:
+        return _fail("fleet join", f"cannot run {command[0]}: {exc}")
+
+
+def _cmd_fleet_certs(args: argparse.Namespace) -> int:
+    from farside._devcerts import make_fleet_certs
+
+    try:
+        paths = make_fleet_certs(args.out, args.host, days=args.days, force=args.force)
+    except (OSError, ValueError) as exc:
+        return _fail("fleet certs", exc)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import grpc
+
+    from farside._proto.v1 import provision_pb2 as pb
+    from farside._proto.v1 import provision_pb2_grpc as pb_grpc
+
+    try:
+        tls = _client_tls(args)
+        token = _read_secret(args.token_file) if args.token_file else None
+        channel = (
+            grpc.secure_channel(args.address, tls.channel_credentials())
+            if tls is not None
+            else grpc.insecure_channel(args.address)
+        )
+    except ValueError as exc:
+        return _fail("status", exc)
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    try:
+        reply = pb_grpc.ProvisionerStub(channel).ListEnclaves(
+            pb.ListEnclavesRequest(), timeout=args.timeout, metadata=metadata
+        )
+    except grpc.RpcError as exc:
+        code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+        details = exc.details() if isinstance(exc, grpc.Call) else ""
+        return _fail("status", f"the provision server at {args.address} answered {code}: {details}")
+    finally:
+        channel.close()
+    if args.json:
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps(MessageToDict(reply), indent=2))
+        return 0
+    print(f"hosts ({len(reply.hosts)}):")
+    for host in reply.hosts:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(host.labels.items())) or "-"
+        state = "alive" if host.alive else "DEAD"
+        print(
+            f"  {host.address:<20} {state:<5} slots {host.slots_free}/{host.slots_total} free"
+            f"  labels {labels}"
+        )
+    print(f"enclaves ({len(reply.enclaves)}):")
+    for e in reply.enclaves:
+        print(
+            f"  {e.enclave_id}  {e.name:<24} {e.host or '-':<16} {e.address:<22} "
+            f"{e.client:<24} up {e.uptime_seconds:7.1f} s  calls {e.calls_served}"
+        )
+    return 0
+
+
+def _add_fleet_parsers(sub: Any) -> None:
+    fleet = sub.add_parser("fleet", help="fleets of trusted machines (Ray); see docs/fleet.md")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
+    join = fleet_sub.add_parser(
+        "join",
+        help="offer this trusted machine's enclave slots to a fleet",
+        description="Run ray start so that this machine joins the fleet's Ray cluster "
+        "offering --slots units of the 'enclave' resource (and --label node labels). Its "
+        "slots sign evidence with the platform key in --platform-dir. Needs "
+        "RAY_AUTH_MODE=token, a token, and Ray's TLS variables in the environment.",
+    )
+    join.add_argument("--ray-address", required=True, metavar="HOST:PORT", help="the head")
+    join.add_argument("--slots", type=int, required=True, help="enclaves this host may run")
+    join.add_argument(
+        "--platform-dir", required=True, help="this host's platform identity (platform init)"
+    )
+    join.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a node label requests can ask for, e.g. tee=sgx (repeatable)",
+    )
+    join.add_argument("--node-ip", metavar="IP", help="this host's address on the trusted network")
+    join.add_argument("--num-cpus", type=int, default=1, help="CPUs offered to Ray (default 1)")
+    join.add_argument("--temp-dir", help="Ray's temporary directory on this host")
+    join.add_argument("--object-store-memory", type=int, metavar="BYTES", help="Ray's store")
+    join.add_argument("--workdir", help="where proxies' private directories go (default: tmp)")
+    join.add_argument("--block", action="store_true", help="stay in the foreground (systemd)")
+    join.add_argument(
+        "--ray-allow-plaintext",
+        action="store_true",
+        help="join a Ray cluster without TLS (development only)",
+    )
+    join.set_defaults(func=_cmd_fleet_join)
+
+    certs = fleet_sub.add_parser(
+        "certs",
+        help="make development TLS certificates for the fleet's Ray cluster",
+        description="Write ca.pem, node.pem and node.key (0600): one node certificate for "
+        "both serving and connecting, as Ray's TLS uses it, whose SANs are every --host. "
+        "Point RAY_TLS_CA_CERT, RAY_TLS_SERVER_CERT and RAY_TLS_SERVER_KEY at them.",
+    )
+    certs.add_argument("--out", required=True, help="output directory")
+    certs.add_argument(
+        "--host", action="append", required=True, help="a node's address (repeatable)"
+    )
+    certs.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    certs.add_argument("--force", action="store_true", help="replace existing files")
+    certs.set_defaults(func=_cmd_fleet_certs)
+
+    status = sub.add_parser(
+        "status",
+        help="list a provision server's hosts, free slots and running enclaves",
+        description="Ask the provision server at ADDRESS (a fleet-mode server lists every "
+        "trusted host of its fleet) for its hosts, their free slots, and its enclaves.",
+    )
+    status.add_argument("address", metavar="HOST:PORT", help="the provision server")
+    status.add_argument("--tls-ca", metavar="FILE", help="CA bundle that signed the server's cert")
+    status.add_argument("--tls-cert", metavar="FILE", help="client certificate (mTLS)")
+    status.add_argument("--tls-key", metavar="FILE", help="client key (mTLS)")
+    status.add_argument("--token-file", metavar="FILE", help="the server's bearer token")
+    status.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    status.add_argument("--json", action="store_true", help="print the reply as JSON")
+    status.set_defaults(func=_cmd_status)
 
 
 def _add_key_parsers(sub: Any) -> None:
@@ -695,6 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.set_defaults(func=_cmd_measure)
 
     _add_server_parser(sub)
+    _add_fleet_parsers(sub)
     _add_key_parsers(sub)
     _add_bundle_parsers(sub)
     return parser

@@ -470,3 +470,34 @@ def test_sigint_stops_an_idle_server(start_server: ServerStarter) -> None:
     assert server.process.wait(10) == 0, server.stderr()
     assert time.monotonic() - started < 5
     assert "Traceback" not in server.stderr()
+
+
+def test_status_lists_this_host_its_slots_and_enclaves(
+    start_server: ServerStarter, keys: tuple[CertSet, Path]
+) -> None:
+    certs, platform = keys
+    server = start_server("--max-enclaves", "3")
+    tls_flags = ["--tls-ca", str(certs.ca), "--tls-cert", str(certs.client_cert)]
+    tls_flags += ["--tls-key", str(certs.client_key)]
+    idle = farside_cli("status", server.address, *tls_flags)
+    assert idle.returncode == 0, idle.stderr
+    assert re.search(r"127\.0\.0\.1 +alive slots 3/3 free", idle.stdout), idle.stdout
+    assert "enclaves (0):" in idle.stdout
+
+    provision = farside.RemoteProvision(server.address, tls=certs.client_tls())
+    policy = farside.AttestationPolicy(platform_keys=(platform / "platform.pub",), allow_debug=True)
+    client = farside.load(QUICKSTART, provision=provision, policy=policy)
+    try:
+        busy = farside_cli("status", server.address, *tls_flags)
+        assert busy.returncode == 0, busy.stderr
+        assert "slots 2/3 free" in busy.stdout, busy.stdout
+        assert "enclaves (1):" in busy.stdout
+        assert client.name in busy.stdout
+    finally:
+        farside.EnclaveManager.instance().destroy_enclave(client)
+        provision.close()
+
+    refused = farside_cli("status", server.address, "--tls-ca", str(certs.ca))
+    assert refused.returncode == 1
+    assert "farside status: the provision server at" in refused.stderr
+    assert "Traceback" not in refused.stderr

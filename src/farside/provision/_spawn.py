@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -120,11 +120,14 @@ def start_proxy(
     name: str,
     launch: Launcher | None = None,
     secret_input: bytes = b"",
+    environ: Mapping[str, str] | None = None,
 ) -> ProxyProcess:
     """Start ``command`` in ``directory`` and wait until it listens (``EnclaveLoadError`` if not).
 
     The directory must exist (mode 0700); it is removed by ``reap``. ``launch``
     runs the fork (``LocalProvision`` forks from one long-lived thread).
+    ``environ`` replaces this process's environment for the proxy (enclave code
+    runs there and can read it).
     """
     log_fd = os.open(directory / "proxy.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 
@@ -137,7 +140,7 @@ def start_proxy(
             start_new_session=True,
             close_fds=True,
             cwd=directory,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**(os.environ if environ is None else environ), "PYTHONUNBUFFERED": "1"},
         )
 
     try:

@@ -57,6 +57,8 @@ class RemoteProvision:
     plaintext, which is only sensible on loopback: farside logs a warning otherwise.
     ``transport`` is the sessions' wire: "grpc" (the default, or
     ``$FARSIDE_TRANSPORT``) or "stream" (TLS 1.3 on a plain TCP connection).
+    ``node_label`` (``"key=value"``, e.g. ``"tee=sgx"``) asks a server in fleet mode
+    to place the enclave on a host carrying that label.
     """
 
     def __init__(
@@ -66,9 +68,15 @@ class RemoteProvision:
         tls: TLSConfig | None = None,
         token: str | None = None,
         transport: str | None = None,
+        node_label: str | None = None,
     ) -> None:
         if not isinstance(address, str) or ":" not in address:
             raise ValueError(f"the provision server address must be host:port, not {address!r}")
+        if node_label is not None:
+            from .fleet import parse_node_label
+
+            parse_node_label(node_label)  # ValueError now, not a refusal later
+        self.node_label = node_label or ""
         if tls is not None and not isinstance(tls, TLSConfig):
             raise TypeError("tls must be a farside.TLSConfig")
         self.address = address
@@ -113,7 +121,9 @@ class RemoteProvision:
         """Ask the server for a proxy; ``EnclaveLoadError`` with the reason if it fails."""
         try:
             response = self._stub().Provision(
-                pb.ProvisionRequest(name=name, transport=self.transport),
+                pb.ProvisionRequest(
+                    name=name, transport=self.transport, node_label=self.node_label
+                ),
                 timeout=timeout,
                 metadata=self._metadata(),
             )

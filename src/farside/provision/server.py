@@ -12,6 +12,10 @@ Proxies run in their own sessions and do not die with the server: a crash or
 restart of the server leaves running enclaves serving. A clean shutdown
 (``stop``) asks every proxy to finalize, waits a grace period, then kills and
 reaps them all.
+
+In fleet mode (``ray_address``) the server spawns nothing itself: its
+``FleetEnclaves`` (``provision._fleet_server``) has a ``RayPlacer``
+(``provision.fleet``) place each proxy on one of the fleet's trusted hosts.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -44,6 +48,10 @@ from .._tls import TLSConfig
 from ..attestation.platform import PLATFORM_KEY, load_platform_key, platform_key_pem
 from ._base import TRANSPORTS
 from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
+
+if TYPE_CHECKING:
+    from ._fleet_server import FleetEnclaves
+    from .fleet import Placement
 
 __all__ = ["ProvisionServer", "ProvisionServerConfig"]
 
@@ -75,8 +83,19 @@ class ProvisionServerConfig:
     python: str | None = None
     proxy_sandbox: SandboxMode = "best-effort"  # each proxy's --sandbox
     proxy_limits: SandboxConfig = field(default_factory=SandboxConfig)  # and its limit flags
+    ray_address: str | None = None  # fleet mode: place proxies through this Ray cluster
+    ray_node_ip: str | None = None  # this machine's address in the Ray cluster
+    ray_allow_plaintext: bool = False  # development only: Ray without TLS
+    placement_timeout: float = 30.0  # fleet mode: the longest a Provision waits for a slot
 
     def __post_init__(self) -> None:
+        if self.ray_address is not None and self.platform_dir is not None:
+            raise ValueError(
+                "in fleet mode each host signs with its own platform key (farside fleet join "
+                "--platform-dir); do not give --platform-dir to the server"
+            )
+        if self.placement_timeout <= 0:
+            raise ValueError("--placement-timeout must be positive")
         if self.max_enclaves < 1 or self.max_per_client < 1:
             raise ValueError("--max-enclaves and --max-per-client must be at least 1")
         if not 0 <= self.port < 65536:
@@ -114,6 +133,7 @@ class _Enclave:
     measurement: str = ""
     calls: int = 0
     released: bool = False
+    placement: Placement | None = None  # fleet mode, once placed
 
 
 class ProvisionServer:
@@ -129,6 +149,17 @@ class ProvisionServer:
             self._platform_pem = platform_key_pem(
                 load_platform_key(config.platform_dir / PLATFORM_KEY)
             )
+        self._fleet: FleetEnclaves | None = None
+        if config.ray_address is not None:  # fail now (FleetConfigError), not at the first request
+            from ._fleet_server import FleetEnclaves
+            from .fleet import RayPlacer
+
+            placer = RayPlacer(
+                config.ray_address,
+                node_ip=config.ray_node_ip,
+                allow_plaintext=config.ray_allow_plaintext,
+            )
+            self._fleet = FleetEnclaves(self, placer)
         self._workdir = Path(tempfile.mkdtemp(prefix="farside-server-", dir=config.workdir))  # 0700
         self._proxy_tls = self._materialize_tls()
         self._server = grpc.server(
@@ -167,6 +198,8 @@ class ProvisionServer:
     def start(self) -> str:
         """Bind and serve; return ``host:port`` (the real port when ``port`` was 0)."""
         target = f"{self.config.host}:{self.config.port}"
+        if self._fleet is not None:
+            self._fleet.placer.connect()  # OSError naming the cluster if it cannot
         try:
             if self.config.tls is not None:
                 port = self._server.add_secure_port(target, self.config.tls.server_credentials())
@@ -189,6 +222,8 @@ class ProvisionServer:
             enclaves = list(self._enclaves.values())
         self._health.enter_graceful_shutdown()
         stopped = self._server.stop(grace=1.0)
+        if self._fleet is not None:
+            self._fleet.stop(enclaves)
         proxies = [e.proxy for e in enclaves if e.proxy is not None]
         for proxy in proxies:
             if proxy.process.poll() is None:
@@ -239,9 +274,21 @@ class ProvisionServer:
         return identity or f"peer:{context.peer()}"
 
     def provision(
-        self, name: str, client: str, transport: str = "grpc"
+        self,
+        name: str,
+        client: str,
+        *,
+        label: str = "",
+        timeout: float | None = None,
+        transport: str = "grpc",
     ) -> tuple[str, str, str, bytes]:
-        """Start a proxy for ``client``; return (enclave id, address, token, proxy cert PEM)."""
+        """Start a proxy for ``client``; return (enclave id, address, token, proxy cert PEM).
+
+        ``label`` (fleet mode only) asks for a host with that node label; ``timeout``
+        bounds the wait for a free slot in the fleet; ``transport`` is the wire the
+        proxy serves ("grpc" or "stream").
+        """
+        parsed = self._parse_label(label)
         with self._lock:
             if self._stopping:
                 raise RefusedError(
@@ -263,6 +310,8 @@ class ProvisionServer:
             enclave_id = secrets.token_hex(8)
             enclave = _Enclave(enclave_id, name, client)
             self._enclaves[enclave_id] = enclave  # holds the slot while the proxy starts
+        if self._fleet is not None:
+            return self._fleet.place(enclave, parsed, timeout, transport)
         try:
             proxy, token = self._start_proxy(enclave_id, name, transport)
         except BaseException:
@@ -294,6 +343,24 @@ class ProvisionServer:
         ).start()
         log.info("provisioned %s (%s) for %s at %s", enclave_id, name, client, proxy.address)
         return enclave_id, proxy.address, token, certificate
+
+    def _parse_label(self, label: str) -> tuple[str, str] | None:
+        if not label:
+            return None
+        if self._fleet is None:
+            raise RefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "this server runs enclaves on one host and has no node labels; "
+                "node_label is for a server in fleet mode",
+            )
+        from .fleet import parse_node_label
+
+        try:
+            return parse_node_label(label)
+        except ValueError as exc:
+            raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+    # ----------------------------------------------------------- single host
 
     def _start_proxy(
         self, enclave_id: str, name: str, transport: str = "grpc"
@@ -389,18 +456,32 @@ class ProvisionServer:
         """Stop the caller's proxy ``enclave_id`` (finalize on SIGTERM); unknown ids are fine."""
         with self._lock:
             enclave = self._enclaves.get(enclave_id)
-            if enclave is None or enclave.client != client or enclave.proxy is None:
+            if enclave is None or enclave.client != client:
                 return
-            enclave.released = True
-            process = enclave.proxy.process
+            if enclave.placement is not None:
+                enclave.released = True
+                placement = enclave.placement
+            elif enclave.proxy is None:
+                return
+            else:
+                placement = None
+                enclave.released = True
+                process = enclave.proxy.process
+        if placement is not None:
+            assert self._fleet is not None
+            self._fleet.release(placement)  # the proxy finalizes; the monitor frees the slot
+            return
         try:  # after a clean session end the proxy is already on its way out
             process.wait(1.0)
         except subprocess.TimeoutExpired:
             process.terminate()  # it finalizes on SIGTERM; the monitor reaps it
 
     def list_enclaves(self) -> list[pb.EnclaveInfo]:
-        """What ``ListEnclaves`` returns."""
+        """The running enclaves, for ``ListEnclaves``."""
+        if self._fleet is not None:
+            return self._fleet.list_enclaves()
         now = time.monotonic()
+        host = self.config.advertise or self.config.host
         with self._lock:
             return [
                 pb.EnclaveInfo(
@@ -412,10 +493,26 @@ class ProvisionServer:
                     calls_served=e.calls,
                     address=e.proxy.address,
                     pid=e.proxy.process.pid,
+                    host=host,
                 )
                 for e in self._enclaves.values()
                 if e.proxy is not None
             ]
+
+    def list_hosts(self) -> list[pb.HostInfo]:
+        """The trusted hosts and their slots: the fleet's, or this one host."""
+        if self._fleet is not None:
+            return self._fleet.hosts()
+        with self._lock:
+            running = len(self._enclaves)
+        return [
+            pb.HostInfo(
+                address=self.config.advertise or self.config.host,
+                alive=True,
+                slots_total=self.config.max_enclaves,
+                slots_free=max(0, self.config.max_enclaves - running),
+            )
+        ]
 
 
 class _Malformed:
@@ -483,9 +580,15 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the transport must be one of {', '.join(TRANSPORTS)}",
             )
+        remaining = context.time_remaining()
         try:
             enclave_id, address, token, certificate = self._server.provision(
-                request.name, client, request.transport or "grpc"
+                request.name,
+                client,
+                label=request.node_label,
+                # leave a moment to answer before the caller's deadline passes
+                timeout=None if remaining is None else remaining - 0.5,
+                transport=request.transport or "grpc",
             )
         except RefusedError as exc:
             context.abort(exc.code, str(exc))
@@ -509,4 +612,8 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
     ) -> pb.ListEnclavesResponse:
         self._server.authenticate(context)
         _check_parsed(request, context)
-        return pb.ListEnclavesResponse(enclaves=self._server.list_enclaves())
+        try:
+            hosts = self._server.list_hosts()
+        except RefusedError as exc:
+            context.abort(exc.code, str(exc))
+        return pb.ListEnclavesResponse(enclaves=self._server.list_enclaves(), hosts=hosts)

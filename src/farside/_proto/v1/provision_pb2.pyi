@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProvisionRequest(_message.Message):
-    __slots__ = ("name", "transport")
+    __slots__ = ("name", "node_label", "transport")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_LABEL_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     name: str
+    node_label: str
     transport: str
-    def __init__(self, name: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., node_label: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
 
 class ProvisionResponse(_message.Message):
     __slots__ = ("enclave_id", "address", "session_token", "proxy_certificate")
@@ -42,7 +44,7 @@ class ListEnclavesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EnclaveInfo(_message.Message):
-    __slots__ = ("enclave_id", "name", "client", "measurement", "uptime_seconds", "calls_served", "address", "pid")
+    __slots__ = ("enclave_id", "name", "client", "measurement", "uptime_seconds", "calls_served", "address", "pid", "host")
     ENCLAVE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLIENT_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +53,7 @@ class EnclaveInfo(_message.Message):
     CALLS_SERVED_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     enclave_id: str
     name: str
     client: str
@@ -59,10 +62,36 @@ class EnclaveInfo(_message.Message):
     calls_served: int
     address: str
     pid: int
-    def __init__(self, enclave_id: _Optional[str] = ..., name: _Optional[str] = ..., client: _Optional[str] = ..., measurement: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., calls_served: _Optional[int] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    host: str
+    def __init__(self, enclave_id: _Optional[str] = ..., name: _Optional[str] = ..., client: _Optional[str] = ..., measurement: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., calls_served: _Optional[int] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ...) -> None: ...
+
+class HostInfo(_message.Message):
+    __slots__ = ("address", "node_id", "alive", "slots_total", "slots_free", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FREE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    node_id: str
+    alive: bool
+    slots_total: int
+    slots_free: int
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, address: _Optional[str] = ..., node_id: _Optional[str] = ..., alive: _Optional[bool] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListEnclavesResponse(_message.Message):
-    __slots__ = ("enclaves",)
+    __slots__ = ("enclaves", "hosts")
     ENCLAVES_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
     enclaves: _containers.RepeatedCompositeFieldContainer[EnclaveInfo]
-    def __init__(self, enclaves: _Optional[_Iterable[_Union[EnclaveInfo, _Mapping]]] = ...) -> None: ...
+    hosts: _containers.RepeatedCompositeFieldContainer[HostInfo]
+    def __init__(self, enclaves: _Optional[_Iterable[_Union[EnclaveInfo, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[HostInfo, _Mapping]]] = ...) -> None: ...

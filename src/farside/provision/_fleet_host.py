@@ -1,0 +1,262 @@
+"""The trusted-host side of fleet mode: one ``EnclaveSlot`` actor owns one proxy.
+
+Ray runs an ``EnclaveSlot`` on the host it chose (the actor holds one unit of
+that host's ``enclave`` resource for as long as it lives). ``start`` spawns the
+proxy there, signing with *this host's* platform key, which it reads from the
+directory ``farside fleet join --platform-dir`` named (``FARSIDE_FLEET_PLATFORM_DIR``
+in the node's environment): no key ever travels through Ray. ``wait`` returns
+once the proxy has exited (session end, release, client gone), after which the
+provision server ends the actor and the slot is free again.
+
+The proxy never outlives this actor: it is forked from one long-lived thread of
+the actor's worker with ``--parent-pid``, so the kernel's parent-death signal
+(and the proxy's ``getppid`` check) end it when the worker dies, which Ray does
+to every worker of a node that dies or of an actor it kills.
+
+This module must not import ray: the actor class is plain Python, wrapped with
+``ray.remote`` by ``provision.fleet`` on the server side only.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._errors import EnclaveLoadError
+from ..attestation.platform import PLATFORM_KEY, load_platform_key, platform_key_pem
+from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
+from .local import _spawner
+
+__all__ = [
+    "PLATFORM_DIR_VAR",
+    "WORKDIR_VAR",
+    "EnclaveSlot",
+    "HostError",
+    "ProxySpec",
+    "RayEnclaveSlot",
+    "Started",
+    "proxy_environment",
+    "remove_stale_directories",
+]
+
+PLATFORM_DIR_VAR = "FARSIDE_FLEET_PLATFORM_DIR"
+WORKDIR_VAR = "FARSIDE_FLEET_WORKDIR"
+STOP_GRACE = 5.0
+DIRECTORY_PREFIX = "farside-fleet-"
+STALE_AFTER = 60.0  # seconds: younger proxy directories may still be getting their proxy
+
+
+class HostError(Exception):
+    """The chosen host could not start the proxy (its message is the host's reason)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxySpec:
+    """What the server tells a slot about the proxy to start: its own settings only.
+
+    Built by the server from its configuration and the *validated* enclave name;
+    nothing else of the client's request reaches the host.
+    """
+
+    name: str
+    tls: bool
+    client_ca_pem: bytes = b""
+    idle_timeout: float = 30.0
+    start_timeout: float = 30.0
+    transport: str = "grpc"  # validated by the server against TRANSPORTS
+    sandbox_args: tuple[str, ...] = ()  # the server's --sandbox and limit flags
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started:
+    """What ``EnclaveSlot.start`` returns to the server (and, but for ``pid``, the client)."""
+
+    address: str
+    token: str
+    certificate: bytes
+    host: str
+    node_id: str
+    pid: int
+
+    def __repr__(self) -> str:  # never print the token
+        return f"Started(address={self.address!r}, host={self.host!r}, pid={self.pid})"
+
+
+def remove_stale_directories(workdir: Path, *, min_age: float = STALE_AFTER) -> list[Path]:
+    """Remove the private directories of this host's proxies that are gone; return them.
+
+    A proxy removes its own directory when it exits, but Ray kills a dead actor's
+    child processes with SIGKILL (a node's death, a server that stopped), and then
+    nobody did. A directory is stale when it is ours, older than ``min_age`` seconds
+    (a new one may not have its proxy yet) and no live process names it on its
+    command line (every proxy has ``--private-dir DIR`` there).
+    """
+    try:
+        candidates = [
+            d
+            for d in workdir.glob(f"{DIRECTORY_PREFIX}*")
+            if d.is_dir() and not d.is_symlink() and d.stat().st_uid == os.getuid()
+        ]
+    except OSError:
+        return []
+    now = time.time()
+    candidates = [d for d in candidates if now - d.stat().st_mtime > min_age]
+    if not candidates:
+        return []
+    in_use: set[bytes] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                in_use.update((entry / "cmdline").read_bytes().split(b"\0"))
+            except OSError:
+                continue
+    stale = [d for d in candidates if str(d).encode() not in in_use]
+    for directory in stale:
+        shutil.rmtree(directory, ignore_errors=True)
+    return stale
+
+
+def proxy_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The Ray worker's environment without what enclave code must not see.
+
+    Ray's variables (``RAY_AUTH_TOKEN`` opens the whole cluster) and where this
+    host keeps its platform key stay behind; the proxy gets the key on stdin.
+    """
+    hidden = (PLATFORM_DIR_VAR, WORKDIR_VAR)
+    return {k: v for k, v in environ.items() if not k.startswith("RAY_") and k not in hidden}
+
+
+class EnclaveSlot:
+    """One enclave slot on one trusted host: spawns, watches and stops one proxy."""
+
+    def __init__(self, host: str, node_id: str) -> None:
+        # Given by the Ray wrapper (it knows this node's address); tests pass their own.
+        self._host = host
+        self._node_id = node_id
+        self._proxy: ProxyProcess | None = None
+        self._ended = threading.Event()
+        self._code: int | None = None
+        self._status: tuple[str, int] = ("", 0)
+
+    def start(self, spec: ProxySpec) -> Started:
+        """Spawn the proxy on this host; ``HostError`` with the reason if it cannot."""
+        if self._proxy is not None:
+            raise HostError("this slot already runs a proxy")
+        platform_dir = os.environ.get(PLATFORM_DIR_VAR, "")
+        if not platform_dir:
+            raise HostError(
+                f"host {self._host} joined the fleet without a platform key "
+                f"(farside fleet join --platform-dir DIR sets {PLATFORM_DIR_VAR})"
+            )
+        try:
+            key_pem = platform_key_pem(load_platform_key(Path(platform_dir) / PLATFORM_KEY))
+        except (OSError, ValueError) as exc:
+            raise HostError(f"host {self._host} cannot read its platform key: {exc}") from None
+        workdir = Path(os.environ.get(WORKDIR_VAR) or tempfile.gettempdir())
+        remove_stale_directories(workdir)
+        try:
+            directory = Path(tempfile.mkdtemp(prefix=DIRECTORY_PREFIX, dir=workdir))  # 0700
+        except OSError as exc:
+            raise HostError(f"host {self._host} cannot make a proxy directory: {exc}") from None
+        extra = [
+            "--report-status",
+            "--platform-key",
+            "-",
+            "--private-dir",
+            str(directory),
+            *spec.sandbox_args,
+        ]
+        if spec.tls:
+            extra += ["--tls-ephemeral", self._host]
+            if spec.client_ca_pem:
+                ca_path = directory / "client-ca.pem"
+                ca_path.write_bytes(spec.client_ca_pem)
+                extra += ["--client-ca", str(ca_path)]
+        token = secrets.token_urlsafe(32)
+        command = proxy_command(
+            f"{self._host}:0",
+            idle_timeout=spec.idle_timeout,
+            parent_pid=os.getpid(),  # the proxy dies with this worker
+            transport=spec.transport,
+            extra=extra,
+        )
+        try:
+            proxy = start_proxy(
+                command,
+                token=token,
+                directory=directory,
+                timeout=spec.start_timeout,
+                name=spec.name,
+                launch=_spawner.run,  # a long-lived thread: see the module docstring
+                secret_input=key_pem,
+                environ=proxy_environment(os.environ),
+            )
+        except EnclaveLoadError as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise HostError(str(exc)) from None
+        certificate = b""
+        if spec.tls:
+            try:
+                certificate = (directory / "tls-cert.pem").read_bytes()
+            except OSError:
+                certificate = b""
+            if not certificate:
+                reap(proxy, grace=0.0)
+                raise HostError("the enclave proxy ended before it could be handed over")
+        self._proxy = proxy
+        threading.Thread(target=self._watch, daemon=True, name="farside-slot-watch").start()
+        return Started(
+            address=proxy.address,
+            token=token,
+            certificate=certificate,
+            host=self._host,
+            node_id=self._node_id,
+            pid=proxy.process.pid,
+        )
+
+    def _watch(self) -> None:
+        """Read the proxy's status lines until its pipe closes, then reap it."""
+        proxy = self._proxy
+        assert proxy is not None
+        assert proxy.process.stdout is not None
+        for raw in proxy.process.stdout:
+            parts = raw.decode("utf-8", "replace").split()
+            if len(parts) == 3 and parts[0] == "status" and parts[2].isdigit():
+                self._status = ("" if parts[1] == "-" else parts[1][:64], int(parts[2]))
+        self._code = reap(proxy, grace=STOP_GRACE)
+        self._ended.set()
+
+    def wait(self) -> int:
+        """Block until the proxy has exited and was reaped; return its exit code."""
+        if self._proxy is None:
+            return 0
+        self._ended.wait()
+        return self._code if self._code is not None else 1
+
+    def stop(self) -> None:
+        """Ask the proxy to finalize and exit (SIGTERM); ``wait`` returns once it did."""
+        proxy = self._proxy
+        if proxy is not None and proxy.process.poll() is None:
+            proxy.process.terminate()
+
+    def status(self) -> tuple[str, int]:
+        """(measurement hex once loaded, entry calls served), as the proxy last reported."""
+        return self._status
+
+
+class RayEnclaveSlot(EnclaveSlot):
+    """The class ``provision.fleet`` hands to ``ray.remote``: a slot on the node Ray chose."""
+
+    def __init__(self) -> None:
+        import ray  # only ever constructed inside a Ray worker
+
+        util: Any = ray.util  # partly untyped
+        super().__init__(util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
