@@ -102,6 +102,7 @@ class _TLS:
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
         self._lock = threading.Lock()
+        self.closed = False  # the peer sent close_notify
 
     def handshake(self, sock: socket.socket) -> bytes:
         """Run the handshake on a socket with a timeout set (blocking; nothing else runs yet).
@@ -119,8 +120,7 @@ class _TLS:
                 self._incoming.write(data)
                 continue
             sock.sendall(self._outgoing.read())
-            plain, _ = self.decrypt(b"")
-            return plain or b""
+            return self.decrypt(b"") or b""
 
     def peer_certificate(self) -> bytes | None:
         return self._object.getpeercert(binary_form=True)
@@ -130,19 +130,27 @@ class _TLS:
             self._object.write(data)
             return self._outgoing.read()
 
-    def decrypt(self, data: bytes) -> tuple[bytes | None, bytes]:
-        """(plaintext, or None once the peer closed TLS; bytes TLS itself must send back)."""
+    def decrypt(self, data: bytes) -> bytes | None:
+        """The plaintext in ``data`` (maybe empty), or None once the peer closed TLS.
+
+        What TLS itself sends back (a KeyUpdate's answer) stays in the outgoing BIO:
+        the next ``encrypt`` takes it ahead of its own record, so records leave in the
+        order they were made (TLS 1.3 asks for the answer before our next data)."""
         chunks: list[bytes] = []
         with self._lock:
             self._incoming.write(data)
             try:
-                while True:
-                    chunks.append(self._object.read(_RECV_BYTES))
+                while not self.closed:
+                    chunk = self._object.read(_RECV_BYTES)
+                    if not chunk:  # close_notify: read() returns b"" from now on
+                        self.closed = True
+                    chunks.append(chunk)
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
-                return None, self._outgoing.read()
-            return b"".join(chunks), self._outgoing.read()
+                self.closed = True
+        plain = b"".join(chunks)
+        return None if self.closed and not plain else plain
 
 
 class _RefusedError(Exception):
@@ -230,12 +238,16 @@ class StreamConnection:
             self._queue(_LEN.pack(len(body)))
             self._queue(body)
 
-    def _queue(self, data: bytes, *, encrypted: bool = False) -> None:
-        if self._tls is not None and not encrypted:
-            data = self._tls.encrypt(data)
+    def _queue(self, data: bytes) -> None:
         outbox = self.outbox
         if self._broken is not None or outbox.closing:
             return  # the connection is gone; the endpoint learns it from the reader
+        if self._tls is not None:
+            try:
+                data = self._tls.encrypt(data)
+            except ssl.SSLError as exc:  # TLS failed (the reader reports why): never raise
+                self._break(exc)
+                return
         # The fast path: nothing queued ahead of us and nobody writing, so write now.
         # (Callers send under their endpoint's lock, so frames keep their order.)
         if not outbox.parts and self._send_lock.acquire(blocking=False):
@@ -319,15 +331,14 @@ class StreamConnection:
 
     def _recv(self) -> bytes | None:
         """The next plaintext bytes (maybe empty), or None at the end of the stream."""
+        if self._tls is not None and self._tls.closed:
+            return None
         data = self._sock.recv(_RECV_BYTES)
         if not data:
             return None
         if self._tls is None:
             return data
-        plain, reply = self._tls.decrypt(data)
-        if reply and plain is not None:  # TLS's own messages (a key update), in order with ours
-            self._queue(reply, encrypted=True)
-        return plain
+        return self._tls.decrypt(data)
 
     def read_message(self, already: bytes = b"", limit: int = MAX_MESSAGE_BYTES) -> bytes | None:
         """Read one length-prefixed message before the reader starts (the handshake).

@@ -1,0 +1,151 @@
+"""Regression tests from a review of the stream transport: ends, deadlines, TLS failures.
+
+Like ``test_stream.py``, each test runs a ``StreamListener`` (or a stand-in proxy on a
+raw socket) in this process; every wait is bounded and every socket is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farside._errors import EnclaveUnavailableError
+from farside._tls import TLSConfig
+from farside.proxy.server import ephemeral_tls
+from farside.transport.stream import _TLS, PREFACE
+
+from .test_stream import TOKEN, WAIT, Client, Proxy, output
+
+
+def hello(token: str = TOKEN) -> bytes:
+    data = token.encode()
+    return PREFACE + struct.pack(">I", len(data)) + data
+
+
+def wait_for(predicate: Any, timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class FakeProxy:
+    """A Unix listener that reads the client's hello and answers with ``reply`` bytes,
+    ``drip`` seconds apart one byte at a time if ``drip`` is set."""
+
+    def __init__(self, path: Path, reply: bytes, drip: float = 0.0) -> None:
+        self.address = f"unix:{path}"
+        self._reply = reply
+        self._drip = drip
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_UNIX)
+        self._sock.bind(str(path))
+        self._sock.listen(1)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(WAIT)
+            try:
+                got = b""
+                while len(got) < len(hello()):
+                    data = conn.recv(4096)
+                    if not data:
+                        return
+                    got += data
+                if not self._drip:
+                    conn.sendall(self._reply)
+                    return
+                for byte in self._reply:
+                    if self._stop.wait(self._drip):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(WAIT)
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[Proxy]:
+    server = Proxy(f"unix:{tmp_path / 'proxy.sock'}")
+    yield server
+    server.listener.stop(grace=1.0)
+
+
+# ------------------------------------------------------------------ the proxy's end
+
+
+# ------------------------------------------------------------------ the client's end
+
+
+# ------------------------------------------------------------------ TLS
+
+
+def test_sending_after_a_broken_tls_record_does_not_raise() -> None:
+    # Someone on the path injects a bogus TLS record: the reader reports the loss,
+    # and the endpoint, which may still send (a Close, output), must not get an
+    # ssl.SSLError out of send(): sending never raises.
+    tls = ephemeral_tls("127.0.0.1", None)
+    server = Proxy("127.0.0.1:0", tls=tls)
+    try:
+        client = Client(server.address, tls=TLSConfig(ca=tls.cert).client_ssl_context())
+        assert server.opened.wait(WAIT)
+        assert server.connection is not None
+        server.connection._sock.sendall(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+        assert client.done.wait(WAIT)
+        assert isinstance(client.lost[0], EnclaveUnavailableError)
+        client.transport.send([output(b"after")])  # must not raise
+        client.transport.close(timeout=1.0)
+    finally:
+        server.listener.stop(grace=1.0)
+
+
+def tls_pair() -> tuple[_TLS, _TLS]:
+    tls = ephemeral_tls("127.0.0.1", None)
+    server = _TLS(tls.server_ssl_context(), server_side=True)
+    client = _TLS(
+        TLSConfig(ca=tls.cert).client_ssl_context(),
+        server_side=False,
+        server_hostname="127.0.0.1",
+    )
+    for _ in range(4):
+        for end in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                end._object.do_handshake()
+        server._incoming.write(client._outgoing.read())
+        client._incoming.write(server._outgoing.read())
+    assert client._object.version() == server._object.version() == "TLSv1.3"
+    return client, server
+
+
+def test_data_that_arrives_with_close_notify_is_not_dropped() -> None:
+    client, server = tls_pair()
+    client._object.write(b"last words")
+    with pytest.raises(ssl.SSLWantReadError):
+        client._object.unwrap()  # sends close_notify, waits for the peer's
+    plain = server.decrypt(client._outgoing.read())
+    assert plain == b"last words"
+    assert server.decrypt(b"") is None  # and then the end
+
+
+# ------------------------------------------------------------------ ending
