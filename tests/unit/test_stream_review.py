@@ -21,6 +21,7 @@ import pytest
 from farside._errors import EnclaveUnavailableError
 from farside._tls import TLSConfig
 from farside.proxy.server import ephemeral_tls
+from farside.transport import stream
 from farside.transport.stream import _TLS, PREFACE
 
 from .test_stream import TOKEN, WAIT, Client, Proxy, output
@@ -95,7 +96,60 @@ def proxy(tmp_path: Path) -> Iterator[Proxy]:
 # ------------------------------------------------------------------ the proxy's end
 
 
+def test_a_slow_preface_is_dropped_at_the_handshake_deadline(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A byte every 0.3 s never trips a per-recv timeout; the deadline is for the whole
+    # handshake, else 8 such connections keep the real client out for hours.
+    monkeypatch.setattr(stream, "HANDSHAKE_TIMEOUT", 1.0)
+    started = time.monotonic()
+    with socket.socket(socket.AF_UNIX) as slow:
+        slow.connect(proxy.address[len("unix:") :])
+        slow.settimeout(0.3)
+        dropped = False
+        for byte in hello():
+            try:
+                slow.send(bytes([byte]))
+                if slow.recv(4096) == b"":
+                    dropped = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                dropped = True
+                break
+    assert dropped, "the proxy let a slow client vet for as long as it liked"
+    assert time.monotonic() - started < 3.0
+
+
 # ------------------------------------------------------------------ the client's end
+
+
+def test_a_malformed_refusal_is_a_loss_not_an_exception(tmp_path: Path) -> None:
+    fake = FakeProxy(tmp_path / "fake.sock", struct.pack(">I", 3) + b"\xff\xff\xff")
+    try:
+        client = Client(fake.address)  # start() must report, not raise DecodeError
+        assert client.done.wait(WAIT)
+        assert isinstance(client.lost[0], EnclaveUnavailableError)
+        assert fake.address in str(client.lost[0])
+    finally:
+        fake.close()
+
+
+def test_a_proxy_that_answers_slowly_is_given_up_at_the_connect_deadline(
+    tmp_path: Path,
+) -> None:
+    # An answer announced as 1 MiB and sent a byte every 0.2 s: per-recv timeouts
+    # never fire; connect_timeout bounds the whole handshake.
+    fake = FakeProxy(tmp_path / "fake.sock", struct.pack(">I", 1 << 20) + b"x" * 64, drip=0.2)
+    try:
+        started = time.monotonic()
+        client = Client(fake.address, connect_timeout=1.0)
+        assert client.done.is_set()
+        assert time.monotonic() - started < 3.0
+        assert isinstance(client.lost[0], EnclaveUnavailableError)
+    finally:
+        fake.close()
 
 
 # ------------------------------------------------------------------ TLS

@@ -38,6 +38,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from .._errors import (
     EnclaveError,
     EnclaveLoadError,
@@ -54,6 +56,8 @@ log = logging.getLogger("farside")
 PREFACE = b"farside-stream/1\n"
 HANDSHAKE_TIMEOUT = 10.0  # seconds for TCP, TLS and the preface, on either side
 MAX_PENDING_HANDSHAKES = 8  # connections the proxy vets at once; more are dropped
+_MAX_TOKEN_BYTES = 1024
+_MAX_ANSWER_BYTES = 1 << 16  # an empty message or one Close
 _LEN = struct.Struct(">I")
 _RECV_BYTES = 1 << 18
 _SENDMSG_PARTS = 64
@@ -76,6 +80,15 @@ def _tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, _USER_TIMEOUT_MS)
+
+
+def _within(sock: socket.socket, deadline: float) -> None:
+    """Give the socket's next blocking call what is left until ``deadline`` (a handshake
+    has one deadline in all, so a peer trickling bytes cannot stretch it)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out during the handshake")
+    sock.settimeout(left)
 
 
 def _address(target: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
@@ -104,8 +117,8 @@ class _TLS:
         self._lock = threading.Lock()
         self.closed = False  # the peer sent close_notify
 
-    def handshake(self, sock: socket.socket) -> bytes:
-        """Run the handshake on a socket with a timeout set (blocking; nothing else runs yet).
+    def handshake(self, sock: socket.socket, deadline: float) -> bytes:
+        """Run the handshake on a socket by ``deadline`` (blocking; nothing else runs yet).
 
         Returns the plaintext that arrived with the handshake's last flight (a client
         sends its first message right behind its Finished)."""
@@ -113,12 +126,15 @@ class _TLS:
             try:
                 self._object.do_handshake()
             except ssl.SSLWantReadError:
+                _within(sock, deadline)
                 sock.sendall(self._outgoing.read())
+                _within(sock, deadline)
                 data = sock.recv(_RECV_BYTES)
                 if not data:
                     raise ConnectionError("the peer hung up during the TLS handshake") from None
                 self._incoming.write(data)
                 continue
+            _within(sock, deadline)
             sock.sendall(self._outgoing.read())
             return self.decrypt(b"") or b""
 
@@ -224,6 +240,7 @@ class StreamConnection:
         self._lost: LostCallback | None = None
         self._lost_called = False
         self._lost_lock = threading.Lock()
+        self._deadline: float | None = None  # the handshake's, while it runs
 
     # ----------------------------------------------------------------- sending
 
@@ -333,6 +350,8 @@ class StreamConnection:
         """The next plaintext bytes (maybe empty), or None at the end of the stream."""
         if self._tls is not None and self._tls.closed:
             return None
+        if self._deadline is not None:
+            _within(self._sock, self._deadline)
         data = self._sock.recv(_RECV_BYTES)
         if not data:
             return None
@@ -500,6 +519,7 @@ class StreamClientTransport:
     def _connect(self) -> StreamConnection:
         family, address = _address(self.target)
         sock = socket.socket(family, socket.SOCK_STREAM)
+        deadline = time.monotonic() + self._connect_timeout
         try:
             sock.settimeout(self._connect_timeout)
             sock.connect(address)
@@ -510,19 +530,25 @@ class StreamClientTransport:
                 if hostname is None and isinstance(address, tuple):
                     hostname = address[0]
                 tls = _TLS(self._tls_context, server_side=False, server_hostname=hostname)
-                early = tls.handshake(sock)
+                early = tls.handshake(sock, deadline)
             connection = StreamConnection(sock, tls, f"the enclave proxy at {self.target}")
+            connection._deadline = deadline
             hello = PREFACE + _LEN.pack(len(self._token)) + self._token
+            _within(sock, deadline)
             sock.sendall(tls.encrypt(hello) if tls is not None else hello)
-            answer = connection.read_message(early)
+            answer = connection.read_message(early, limit=_MAX_ANSWER_BYTES)
             if answer is None:  # hung up, or an answer too long to be one
                 raise ConnectionError("the proxy hung up before answering")
             if answer:
-                frames = pb.Batch.FromString(answer).frames
+                try:
+                    frames = pb.Batch.FromString(answer).frames
+                except DecodeError:
+                    raise ConnectionError("the proxy's answer is not a verdict") from None
                 error = frames[0].close.error if frames and frames[0].HasField("close") else None
                 if error is None:
                     raise ConnectionError("the proxy answered with something else than a verdict")
                 raise _RefusedError(StatusCode.coerce(error.code), error.message)
+            connection._deadline = None
             sock.settimeout(None)
             return connection
         except BaseException:
@@ -623,14 +649,16 @@ class StreamListener:
             self._vetting.release()
 
     def _vet(self, conn: socket.socket) -> None:
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT  # for all of it, not each recv
         conn.settimeout(HANDSHAKE_TIMEOUT)
         _tune(conn)
         tls = None
         head = b""
         if self._tls is not None:
             tls = _TLS(self._tls, server_side=True)
-            head = tls.handshake(conn)
+            head = tls.handshake(conn, deadline)
         connection = StreamConnection(conn, tls, "the client")
+        connection._deadline = deadline
         while len(head) < len(PREFACE):
             data = connection._recv()
             if not data:
@@ -638,9 +666,10 @@ class StreamListener:
             head += data
         if not head.startswith(PREFACE):
             raise ConnectionError("not a farside stream client")
-        token = connection.read_message(head[len(PREFACE) :], limit=1024)
+        token = connection.read_message(head[len(PREFACE) :], limit=_MAX_TOKEN_BYTES)
 
         def answer(data: bytes) -> None:
+            _within(conn, deadline)
             conn.sendall(tls.encrypt(data) if tls is not None else data)
 
         if token is None or not hmac.compare_digest(token, self._token):
@@ -654,6 +683,7 @@ class StreamListener:
             answer(_refusal(StatusCode.FAILED_PRECONDITION, used))
             conn.close()
             return
+        connection._deadline = None
         conn.settimeout(None)
         self._connection = connection
         sink = self._on_open(connection)
