@@ -22,7 +22,7 @@ from farside._errors import EnclaveUnavailableError
 from farside._tls import TLSConfig
 from farside.proxy.server import ephemeral_tls
 from farside.transport import stream
-from farside.transport.stream import _TLS, PREFACE
+from farside.transport.stream import _TLS, PREFACE, StreamConnection
 
 from .test_stream import TOKEN, WAIT, Client, Proxy, output
 
@@ -94,6 +94,36 @@ def proxy(tmp_path: Path) -> Iterator[Proxy]:
 
 
 # ------------------------------------------------------------------ the proxy's end
+
+
+def test_a_client_gone_before_the_answer_ends_the_session_instead_of_wedging_it(
+    tmp_path: Path,
+) -> None:
+    # The token was right, so the proxy took its one session and opened it; if the
+    # accepting answer cannot be written, the session is over and on_lost must say
+    # so (the proxy would otherwise wait for a session that never reads a frame).
+    release = threading.Event()
+    server = Proxy(f"unix:{tmp_path / 'proxy.sock'}")
+    opened = server._on_open
+
+    def slow_open(connection: StreamConnection) -> Any:
+        release.wait(WAIT)
+        return opened(connection)
+
+    server.listener._on_open = slow_open
+    try:
+        with socket.socket(socket.AF_UNIX) as peer:
+            peer.settimeout(WAIT)
+            peer.connect(server.address[len("unix:") :])
+            peer.sendall(hello())
+            time.sleep(0.2)  # the proxy is vetting it: the token is right
+        release.set()  # the client has gone: the answer meets a closed socket
+        assert wait_for(lambda: server.lost), "the proxy never learned the session was lost"
+        assert isinstance(server.lost[0], EnclaveUnavailableError)
+        assert "the client" in str(server.lost[0])
+    finally:
+        release.set()
+        server.listener.stop(grace=1.0)
 
 
 def test_a_slow_preface_is_dropped_at_the_handshake_deadline(

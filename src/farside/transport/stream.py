@@ -642,8 +642,11 @@ class StreamListener:
     def _admit(self, conn: socket.socket) -> None:
         try:
             self._vet(conn)
-        except (OSError, ssl.SSLError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             log.info("refused a connection: %s", exc)
+            conn.close()
+        except Exception:
+            log.exception("failed to vet a connection")
             conn.close()
         finally:
             self._vetting.release()
@@ -687,7 +690,9 @@ class StreamListener:
         conn.settimeout(None)
         self._connection = connection
         sink = self._on_open(connection)
-        answer(_LEN.pack(0))
+        # The session is taken: from here a failure (the client already gone) must
+        # reach on_lost. Queued, the answer goes first; a broken socket is the reader's.
+        connection._queue(_LEN.pack(0))
         connection.start(sink, self._on_lost)
 
     def finish(self) -> None:
