@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from farside._errors import EnclaveUnavailableError
+from farside._proto.v1 import session_pb2 as pb
 from farside._tls import TLSConfig
 from farside.proxy.server import ephemeral_tls
 from farside.transport import stream
@@ -233,3 +234,31 @@ def test_data_that_arrives_with_close_notify_is_not_dropped() -> None:
 
 
 # ------------------------------------------------------------------ ending
+
+
+def test_close_returns_within_its_timeout_while_the_reader_is_busy(proxy: Proxy) -> None:
+    # The reader is inside the sink (the endpoint is busy) and the proxy never hangs
+    # up: close(timeout) waits for both, but within one timeout, not one per thread.
+    busy = threading.Event()
+    release = threading.Event()
+
+    def sink(frames: list[pb.Frame]) -> None:
+        busy.set()
+        release.wait(WAIT)
+
+    transport = stream.StreamClientTransport(proxy.address, token=TOKEN)
+    transport.start(sink, lambda error: None)
+    try:
+        assert proxy.opened.wait(WAIT)
+        assert proxy.connection is not None
+        proxy.connection.send([output(b"keep the reader busy")])
+        assert busy.wait(WAIT)
+        started = time.monotonic()
+        transport.close(timeout=1.0)
+        assert time.monotonic() - started < 1.5
+    finally:
+        release.set()
+        transport.close(timeout=1.0)
+        connection = transport._connection
+        if connection is not None and connection._reader is not None:
+            connection._reader.join(WAIT)

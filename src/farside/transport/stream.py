@@ -452,15 +452,19 @@ class StreamConnection:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + timeout
+
+        def left() -> float:  # one timeout for all the waits together
+            return max(0.0, deadline - time.monotonic())
+
         current = threading.current_thread()
         if self._writer is not None and self._writer is not current:
-            self._writer.join(timeout)
+            self._writer.join(left())
         if self._reader is not None and self._reader is not current:
-            self._eof.wait(max(0.0, deadline - time.monotonic()))
+            self._eof.wait(left())
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         if self._reader is not None and self._reader is not current:
-            self._reader.join(timeout)
+            self._reader.join(left())
         self._sock.close()
 
 
