@@ -262,3 +262,28 @@ def test_close_returns_within_its_timeout_while_the_reader_is_busy(proxy: Proxy)
         connection = transport._connection
         if connection is not None and connection._reader is not None:
             connection._reader.join(WAIT)
+
+
+def test_a_tls_record_without_application_data_before_the_preface_is_not_a_hang_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over TLS, _recv returns b"" for a record that carries no application data (a
+    # post-handshake message, an empty record); only None is the end of the stream.
+    real = StreamConnection._recv
+    calls = {"n": 0}
+
+    def recv(self: StreamConnection) -> bytes | None:
+        if self.peer == "the client":  # the proxy's end
+            calls["n"] += 1
+            if calls["n"] == 1:
+                return b""
+        return real(self)
+
+    monkeypatch.setattr(StreamConnection, "_recv", recv)
+    server = Proxy(f"unix:{tmp_path / 'proxy.sock'}")
+    try:
+        client = Client(server.address)
+        assert server.opened.wait(WAIT), f"refused: {client.lost}"
+        client.transport.close(timeout=1.0)
+    finally:
+        server.listener.stop(grace=1.0)

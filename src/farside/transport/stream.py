@@ -668,7 +668,7 @@ class StreamListener:
         connection._deadline = deadline
         while len(head) < len(PREFACE):
             data = connection._recv()
-            if not data:
+            if data is None:  # b"" is a TLS record without application data
                 raise ConnectionError("the client hung up before its preface")
             head += data
         if not head.startswith(PREFACE):
