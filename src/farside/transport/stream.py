@@ -325,7 +325,8 @@ class StreamConnection:
                 self._break(exc)
                 return
             with outbox.lock:
-                outbox.consume(sent)
+                if self._broken is None:  # else _break (a failed encrypt) cleared the queue
+                    outbox.consume(sent)
 
     def _write_loop(self) -> None:
         outbox = self.outbox
