@@ -287,3 +287,25 @@ def test_a_tls_record_without_application_data_before_the_preface_is_not_a_hang_
         client.transport.close(timeout=1.0)
     finally:
         server.listener.stop(grace=1.0)
+
+
+def test_a_rejected_client_certificate_is_named_in_the_client_error() -> None:
+    # mTLS: in TLS 1.3 the client's handshake is over before the proxy checks its
+    # certificate, so only the proxy's alert can tell it why it was turned away.
+    client_ca = ephemeral_tls("127.0.0.1", None)
+    tls = ephemeral_tls("127.0.0.1", None)
+    server = Proxy(
+        "127.0.0.1:0", tls=TLSConfig(cert=tls.cert, key=tls.key, client_ca=client_ca.cert)
+    )
+    try:
+        anonymous = Client(server.address, tls=TLSConfig(ca=tls.cert).client_ssl_context())
+        assert anonymous.done.wait(WAIT)
+        assert "CERTIFICATE_REQUIRED" in str(anonymous.lost[0])
+        stranger = ephemeral_tls("127.0.0.1", None)
+        context = TLSConfig(ca=tls.cert, cert=stranger.cert, key=stranger.key).client_ssl_context()
+        unknown = Client(server.address, tls=context)
+        assert unknown.done.wait(WAIT)
+        assert "UNKNOWN_CA" in str(unknown.lost[0])
+        assert not server.opened.is_set()
+    finally:
+        server.listener.stop(grace=1.0)

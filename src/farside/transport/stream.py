@@ -134,6 +134,10 @@ class _TLS:
                     raise ConnectionError("the peer hung up during the TLS handshake") from None
                 self._incoming.write(data)
                 continue
+            except ssl.SSLError:
+                with contextlib.suppress(OSError):  # the alert that tells the peer why
+                    sock.sendall(self._outgoing.read())
+                raise
             _within(sock, deadline)
             sock.sendall(self._outgoing.read())
             return self.decrypt(b"") or b""
