@@ -153,9 +153,9 @@ class _TLS:
     def decrypt(self, data: bytes) -> bytes | None:
         """The plaintext in ``data`` (maybe empty), or None once the peer closed TLS.
 
-        What TLS itself sends back (a KeyUpdate's answer) stays in the outgoing BIO:
-        the next ``encrypt`` takes it ahead of its own record, so records leave in the
-        order they were made (TLS 1.3 asks for the answer before our next data)."""
+        Whatever TLS itself has to send back stays in the outgoing BIO: the next
+        ``encrypt`` takes it ahead of its own record, so records leave in the order they
+        were made (OpenSSL defers a KeyUpdate's answer to the next write anyway)."""
         chunks: list[bytes] = []
         with self._lock:
             self._incoming.write(data)
