@@ -38,6 +38,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from .._errors import (
     EnclaveError,
     EnclaveLoadError,
@@ -54,6 +56,8 @@ log = logging.getLogger("farside")
 PREFACE = b"farside-stream/1\n"
 HANDSHAKE_TIMEOUT = 10.0  # seconds for TCP, TLS and the preface, on either side
 MAX_PENDING_HANDSHAKES = 8  # connections the proxy vets at once; more are dropped
+_MAX_TOKEN_BYTES = 1024
+_MAX_ANSWER_BYTES = 1 << 16  # an empty message or one Close
 _LEN = struct.Struct(">I")
 _RECV_BYTES = 1 << 18
 _SENDMSG_PARTS = 64
@@ -76,6 +80,15 @@ def _tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, _USER_TIMEOUT_MS)
+
+
+def _within(sock: socket.socket, deadline: float) -> None:
+    """Give the socket's next blocking call what is left until ``deadline`` (a handshake
+    has one deadline in all, so a peer trickling bytes cannot stretch it)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out during the handshake")
+    sock.settimeout(left)
 
 
 def _address(target: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
@@ -102,9 +115,10 @@ class _TLS:
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
         self._lock = threading.Lock()
+        self.closed = False  # the peer sent close_notify
 
-    def handshake(self, sock: socket.socket) -> bytes:
-        """Run the handshake on a socket with a timeout set (blocking; nothing else runs yet).
+    def handshake(self, sock: socket.socket, deadline: float) -> bytes:
+        """Run the handshake on a socket by ``deadline`` (blocking; nothing else runs yet).
 
         Returns the plaintext that arrived with the handshake's last flight (a client
         sends its first message right behind its Finished)."""
@@ -112,15 +126,21 @@ class _TLS:
             try:
                 self._object.do_handshake()
             except ssl.SSLWantReadError:
+                _within(sock, deadline)
                 sock.sendall(self._outgoing.read())
+                _within(sock, deadline)
                 data = sock.recv(_RECV_BYTES)
                 if not data:
                     raise ConnectionError("the peer hung up during the TLS handshake") from None
                 self._incoming.write(data)
                 continue
+            except ssl.SSLError:
+                with contextlib.suppress(OSError):  # the alert that tells the peer why
+                    sock.sendall(self._outgoing.read())
+                raise
+            _within(sock, deadline)
             sock.sendall(self._outgoing.read())
-            plain, _ = self.decrypt(b"")
-            return plain or b""
+            return self.decrypt(b"") or b""
 
     def peer_certificate(self) -> bytes | None:
         return self._object.getpeercert(binary_form=True)
@@ -130,19 +150,27 @@ class _TLS:
             self._object.write(data)
             return self._outgoing.read()
 
-    def decrypt(self, data: bytes) -> tuple[bytes | None, bytes]:
-        """(plaintext, or None once the peer closed TLS; bytes TLS itself must send back)."""
+    def decrypt(self, data: bytes) -> bytes | None:
+        """The plaintext in ``data`` (maybe empty), or None once the peer closed TLS.
+
+        Whatever TLS itself has to send back stays in the outgoing BIO: the next
+        ``encrypt`` takes it ahead of its own record, so records leave in the order they
+        were made (OpenSSL defers a KeyUpdate's answer to the next write anyway)."""
         chunks: list[bytes] = []
         with self._lock:
             self._incoming.write(data)
             try:
-                while True:
-                    chunks.append(self._object.read(_RECV_BYTES))
+                while not self.closed:
+                    chunk = self._object.read(_RECV_BYTES)
+                    if not chunk:  # close_notify: read() returns b"" from now on
+                        self.closed = True
+                    chunks.append(chunk)
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
-                return None, self._outgoing.read()
-            return b"".join(chunks), self._outgoing.read()
+                self.closed = True
+        plain = b"".join(chunks)
+        return None if self.closed and not plain else plain
 
 
 class _RefusedError(Exception):
@@ -216,6 +244,7 @@ class StreamConnection:
         self._lost: LostCallback | None = None
         self._lost_called = False
         self._lost_lock = threading.Lock()
+        self._deadline: float | None = None  # the handshake's, while it runs
 
     # ----------------------------------------------------------------- sending
 
@@ -230,12 +259,16 @@ class StreamConnection:
             self._queue(_LEN.pack(len(body)))
             self._queue(body)
 
-    def _queue(self, data: bytes, *, encrypted: bool = False) -> None:
-        if self._tls is not None and not encrypted:
-            data = self._tls.encrypt(data)
+    def _queue(self, data: bytes) -> None:
         outbox = self.outbox
         if self._broken is not None or outbox.closing:
             return  # the connection is gone; the endpoint learns it from the reader
+        if self._tls is not None:
+            try:
+                data = self._tls.encrypt(data)
+            except ssl.SSLError as exc:  # TLS failed (the reader reports why): never raise
+                self._break(exc)
+                return
         # The fast path: nothing queued ahead of us and nobody writing, so write now.
         # (Callers send under their endpoint's lock, so frames keep their order.)
         if not outbox.parts and self._send_lock.acquire(blocking=False):
@@ -296,7 +329,8 @@ class StreamConnection:
                 self._break(exc)
                 return
             with outbox.lock:
-                outbox.consume(sent)
+                if self._broken is None:  # else _break (a failed encrypt) cleared the queue
+                    outbox.consume(sent)
 
     def _write_loop(self) -> None:
         outbox = self.outbox
@@ -319,15 +353,16 @@ class StreamConnection:
 
     def _recv(self) -> bytes | None:
         """The next plaintext bytes (maybe empty), or None at the end of the stream."""
+        if self._tls is not None and self._tls.closed:
+            return None
+        if self._deadline is not None:
+            _within(self._sock, self._deadline)
         data = self._sock.recv(_RECV_BYTES)
         if not data:
             return None
         if self._tls is None:
             return data
-        plain, reply = self._tls.decrypt(data)
-        if reply and plain is not None:  # TLS's own messages (a key update), in order with ours
-            self._queue(reply, encrypted=True)
-        return plain
+        return self._tls.decrypt(data)
 
     def read_message(self, already: bytes = b"", limit: int = MAX_MESSAGE_BYTES) -> bytes | None:
         """Read one length-prefixed message before the reader starts (the handshake).
@@ -422,15 +457,19 @@ class StreamConnection:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + timeout
+
+        def left() -> float:  # one timeout for all the waits together
+            return max(0.0, deadline - time.monotonic())
+
         current = threading.current_thread()
         if self._writer is not None and self._writer is not current:
-            self._writer.join(timeout)
+            self._writer.join(left())
         if self._reader is not None and self._reader is not current:
-            self._eof.wait(max(0.0, deadline - time.monotonic()))
+            self._eof.wait(left())
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         if self._reader is not None and self._reader is not current:
-            self._reader.join(timeout)
+            self._reader.join(left())
         self._sock.close()
 
 
@@ -489,6 +528,7 @@ class StreamClientTransport:
     def _connect(self) -> StreamConnection:
         family, address = _address(self.target)
         sock = socket.socket(family, socket.SOCK_STREAM)
+        deadline = time.monotonic() + self._connect_timeout
         try:
             sock.settimeout(self._connect_timeout)
             sock.connect(address)
@@ -499,19 +539,25 @@ class StreamClientTransport:
                 if hostname is None and isinstance(address, tuple):
                     hostname = address[0]
                 tls = _TLS(self._tls_context, server_side=False, server_hostname=hostname)
-                early = tls.handshake(sock)
+                early = tls.handshake(sock, deadline)
             connection = StreamConnection(sock, tls, f"the enclave proxy at {self.target}")
+            connection._deadline = deadline
             hello = PREFACE + _LEN.pack(len(self._token)) + self._token
+            _within(sock, deadline)
             sock.sendall(tls.encrypt(hello) if tls is not None else hello)
-            answer = connection.read_message(early)
+            answer = connection.read_message(early, limit=_MAX_ANSWER_BYTES)
             if answer is None:  # hung up, or an answer too long to be one
                 raise ConnectionError("the proxy hung up before answering")
             if answer:
-                frames = pb.Batch.FromString(answer).frames
+                try:
+                    frames = pb.Batch.FromString(answer).frames
+                except DecodeError:
+                    raise ConnectionError("the proxy's answer is not a verdict") from None
                 error = frames[0].close.error if frames and frames[0].HasField("close") else None
                 if error is None:
                     raise ConnectionError("the proxy answered with something else than a verdict")
                 raise _RefusedError(StatusCode.coerce(error.code), error.message)
+            connection._deadline = None
             sock.settimeout(None)
             return connection
         except BaseException:
@@ -605,31 +651,37 @@ class StreamListener:
     def _admit(self, conn: socket.socket) -> None:
         try:
             self._vet(conn)
-        except (OSError, ssl.SSLError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             log.info("refused a connection: %s", exc)
+            conn.close()
+        except Exception:
+            log.exception("failed to vet a connection")
             conn.close()
         finally:
             self._vetting.release()
 
     def _vet(self, conn: socket.socket) -> None:
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT  # for all of it, not each recv
         conn.settimeout(HANDSHAKE_TIMEOUT)
         _tune(conn)
         tls = None
         head = b""
         if self._tls is not None:
             tls = _TLS(self._tls, server_side=True)
-            head = tls.handshake(conn)
+            head = tls.handshake(conn, deadline)
         connection = StreamConnection(conn, tls, "the client")
+        connection._deadline = deadline
         while len(head) < len(PREFACE):
             data = connection._recv()
-            if not data:
+            if data is None:  # b"" is a TLS record without application data
                 raise ConnectionError("the client hung up before its preface")
             head += data
         if not head.startswith(PREFACE):
             raise ConnectionError("not a farside stream client")
-        token = connection.read_message(head[len(PREFACE) :], limit=1024)
+        token = connection.read_message(head[len(PREFACE) :], limit=_MAX_TOKEN_BYTES)
 
         def answer(data: bytes) -> None:
+            _within(conn, deadline)
             conn.sendall(tls.encrypt(data) if tls is not None else data)
 
         if token is None or not hmac.compare_digest(token, self._token):
@@ -643,10 +695,13 @@ class StreamListener:
             answer(_refusal(StatusCode.FAILED_PRECONDITION, used))
             conn.close()
             return
+        connection._deadline = None
         conn.settimeout(None)
         self._connection = connection
         sink = self._on_open(connection)
-        answer(_LEN.pack(0))
+        # The session is taken: from here a failure (the client already gone) must
+        # reach on_lost. Queued, the answer goes first; a broken socket is the reader's.
+        connection._queue(_LEN.pack(0))
         connection.start(sink, self._on_lost)
 
     def finish(self) -> None:
