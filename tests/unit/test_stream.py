@@ -218,9 +218,9 @@ def test_tcp_sessions_notice_a_dead_peer_within_ten_seconds_on_both_ends() -> No
             user_timeout = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
             assert (idle, interval, probes, user_timeout) == (4, 1, 3, 7_000)
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-        client.transport.close(timeout=1.0)
     finally:
-        server.listener.stop(grace=1.0)
+        server.listener.stop(grace=1.0)  # first: the client answers its end at once
+    client.transport.close(timeout=1.0)
 
 
 class _TimingOut:
