@@ -1,6 +1,7 @@
 """Reliability figures for docs/reliability.md: faults detected, load served, nothing leaked.
 
-    python -m benchmarks.reliability [--quick] [--no-netns]
+    python -m benchmarks.reliability [--quick] [--no-netns] [--transport grpc|stream]
+                                     [--only SCENARIO ...]
 
 Measures, on this machine, and prints as one Markdown table:
 
@@ -21,7 +22,10 @@ Measures, on this machine, and prints as one Markdown table:
   cycles and concurrent loads against one provision server (mTLS).
 
 ``--quick`` uses smaller sizes and fewer repetitions (under two minutes);
-``--no-netns`` skips the network cut even when running as root.
+``--no-netns`` skips the network cut even when running as root; ``--transport``
+picks the sessions' wire (default: ``$FARSIDE_TRANSPORT``, or gRPC), for every
+scenario; ``--only`` runs the named scenarios alone (``--only network-cut
+proxy-sigkill``; ``--help`` lists them).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import farside
 from farside._devcerts import make_dev_certs
 from farside._proto.v1 import session_pb2 as pb
 from farside.attestation.platform import init_platform
+from farside.provision._base import TRANSPORTS, choose_transport
 from farside.provision._spawn import read_line
 from farside.provision.server import ProvisionServer, ProvisionServerConfig
 
@@ -58,6 +63,7 @@ ENCLAVE_SOURCE = '''\
 """The reliability benchmark's enclave: identity, echo, a nested exit call, sleeping."""
 
 import os
+import sys
 import threading
 import time
 
@@ -86,29 +92,39 @@ class FaultEnclave(TrustedApplication):
         time.sleep(seconds)
         return seconds
 
+    @ecall
+    def chatter(self, seconds):
+        """Like sleep, but printing 2 KB to stderr every 10 ms: the wire is never idle."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            print("x" * 2000, file=sys.stderr, flush=True)
+            time.sleep(0.01)
+        return seconds
+
 
 def build_trusted_application():
     return FaultEnclave()
 '''
 
 # A client process: loads the enclave, says "ready PROXY-PID", then waits in a long call
-# and reports when (CLOCK_MONOTONIC is system-wide) and how that call ended.
+# (sleep, or chatter: output all along) and reports when (CLOCK_MONOTONIC is system-wide)
+# and how that call ended.
 CLIENT_SCRIPT = """\
 import sys, time
 import farside
 
-enclave, mode = sys.argv[1], sys.argv[2]
+enclave, transport, call, mode = sys.argv[1:5]
 if mode == "local":
-    client = farside.load(enclave)
+    client = farside.load(enclave, provision=farside.LocalProvision(transport=transport))
 else:
-    address, ca, cert, key, platform_pub = sys.argv[3:8]
+    address, ca, cert, key, platform_pub = sys.argv[5:10]
     tls = farside.TLSConfig(ca=ca, cert=cert, key=key)
     policy = farside.AttestationPolicy(platform_keys=(platform_pub,), allow_debug=True)
-    provision = farside.RemoteProvision(address, tls=tls)
+    provision = farside.RemoteProvision(address, tls=tls, transport=transport)
     client = farside.load(enclave, provision=provision, policy=policy)
 print("ready", client.call("pid"), flush=True)
 try:
-    client.call("sleep", 300)
+    client.call(call, 300)
     print("returned", time.monotonic(), flush=True)
 except Exception as exc:
     print("failed", time.monotonic(), type(exc).__name__, flush=True)
@@ -173,6 +189,15 @@ def proxies_of(parent: int) -> list[int]:
         if b"proxy" in args and any(b"farside" in a for a in args):
             found.append(int(entry))
     return found
+
+
+def proxy_transport(pid: int) -> str:
+    """The wire a running ``farside proxy`` serves (its ``--transport``; gRPC without)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "gone"
+    return args[args.index("--transport") + 1] if "--transport" in args else "grpc"
 
 
 def proxy_directory(pid: int) -> Path | None:
@@ -250,10 +275,14 @@ class Failed(RuntimeError):  # noqa: N818 (a scenario's outcome, not an error of
 
 
 class Reliability:
-    def __init__(self, root: Path, *, quick: bool, netns: bool) -> None:
+    def __init__(
+        self, root: Path, *, quick: bool, netns: bool, transport: str | None = None
+    ) -> None:
         self.root = root
         self.quick = quick
         self.netns = netns
+        self.transport = choose_transport(transport)  # every session's wire
+        self.local = farside.LocalProvision(transport=self.transport)
         self.rows: list[Row] = []
         self.enclave = root / "fault_enclave.py"
         self.enclave.write_text(ENCLAVE_SOURCE, encoding="utf-8")
@@ -271,7 +300,11 @@ class Reliability:
 
     def load(self, **kwargs: Any) -> farside.EnclaveClient:
         kwargs.setdefault("exit_handlers", {"echo": lambda value: value})
+        kwargs.setdefault("provision", self.local)
         return farside.load(self.enclave, **kwargs)
+
+    def remote(self, address: str) -> farside.RemoteProvision:
+        return farside.RemoteProvision(address, tls=self.client_tls(), transport=self.transport)
 
     def destroy(self, client: farside.EnclaveClient) -> None:
         with contextlib.suppress(farside.EnclaveError):
@@ -340,6 +373,8 @@ class Reliability:
             client = self.load()
             pid = client._lease.handle.process.pid
             try:
+                if (serves := proxy_transport(pid)) != self.transport:
+                    raise Failed(f"the proxy serves {serves}, not {self.transport}")
                 thread, outcome = self.waiting_call(client)
                 began = time.monotonic()
                 os.kill(pid, sig)
@@ -384,9 +419,9 @@ class Reliability:
         server_cm = self.server() if remote else contextlib.nullcontext()
         with server_cm as server:
             for _ in range(self.repeats):
-                args = [str(self.enclave), "local"]
+                args = [str(self.enclave), self.transport, "sleep", "local"]
                 if server is not None:
-                    args = [str(self.enclave), "remote", server.address]
+                    args = [str(self.enclave), self.transport, "sleep", "remote", server.address]
                     args += [str(self.certs / n) for n in ("ca.pem", "client.pem", "client.key")]
                     args.append(str(self.platform / "platform.pub"))
                 process = subprocess.Popen(
@@ -444,21 +479,27 @@ class Reliability:
         if os.geteuid() != 0 or shutil.which("ip") is None:
             self.row(scenario, "not measured", "skipped (needs root and `ip netns`)")
             return
-        client_times, proxy_times, reap_times, kinds = [], [], [], Counter[str]()
-        for attempt in range(1 if self.quick else 3):
-            client, proxy, reap, kind = self._cut_once(attempt)
-            client_times.append(client)
-            proxy_times.append(proxy)
-            reap_times.append(reap)
-            kinds[kind] += 1
-        names = ", ".join(sorted(kinds))
-        self.row(
-            scenario, f"cut -> the client's waiting call raises ({names})", spread(client_times)
-        )
-        self.row(scenario, "cut -> proxy exited", spread(proxy_times))
-        self.row(scenario, "cut -> the server reaped the proxy", spread(reap_times))
+        for busy in (False, True):
+            client_times, proxy_times, reap_times, kinds = [], [], [], Counter[str]()
+            for attempt in range(1 if self.quick else 3):
+                client, proxy, reap, kind = self._cut_once(attempt, busy=busy)
+                client_times.append(client)
+                proxy_times.append(proxy)
+                reap_times.append(reap)
+                kinds[kind] += 1
+            names = ", ".join(sorted(kinds))
+            where = scenario.replace("(", "(the enclave printing all along, " if busy else "(")
+            self.row(
+                where, f"cut -> the client's waiting call raises ({names})", spread(client_times)
+            )
+            self.row(where, "cut -> proxy exited", spread(proxy_times))
+            self.row(where, "cut -> the server reaped the proxy", spread(reap_times))
 
-    def _cut_once(self, attempt: int) -> tuple[float, float, float, str]:
+    def _cut_once(self, attempt: int, *, busy: bool = False) -> tuple[float, float, float, str]:
+        """One cut while a call waits; (cut -> client's error, -> proxy exited, -> reaped,
+        the error's type). ``busy``: the enclave prints all along (the proxy has data in
+        flight when the link goes down), else the session is idle."""
+
         def ip(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
                 ["ip", *args], capture_output=True, text=True, timeout=15, check=False
@@ -469,7 +510,7 @@ class Reliability:
         veth_server, veth_client = f"fr{tag}s"[:15], f"fr{tag}c"[:15]
         subnet = f"10.232.{(os.getpid() + attempt) % 254 + 1}"
         server_ip = f"{subnet}.1"
-        certs = self.root / f"netns-tls-{attempt}"
+        certs = self.root / f"netns-tls-{attempt}{'-busy' if busy else ''}"
         make_dev_certs(certs, [server_ip])
         workdir = Path(tempfile.mkdtemp(dir=self.root))
         created: list[str] = []
@@ -519,7 +560,8 @@ class Reliability:
             address = line.rsplit(" ", 1)[1]
             client = subprocess.Popen(
                 ["ip", "netns", "exec", client_ns, sys.executable, "-c", CLIENT_SCRIPT]
-                + [str(self.enclave), "remote", address]
+                + [str(self.enclave), self.transport, "chatter" if busy else "sleep"]
+                + ["remote", address]
                 + [str(certs / n) for n in ("ca.pem", "client.pem", "client.key")]
                 + [str(self.platform / "platform.pub")],
                 stdin=subprocess.DEVNULL,
@@ -532,7 +574,9 @@ class Reliability:
             if not line.startswith("ready "):
                 raise Failed(f"the client in {client_ns} did not load its enclave: {line!r}")
             proxy = int(line.split()[1])
-            time.sleep(1.0)  # the call waits in the enclave; the session is idle
+            if (serves := proxy_transport(proxy)) != self.transport:
+                raise Failed(f"the proxy serves {serves}, not {self.transport}")
+            time.sleep(1.0)  # the call waits in the enclave (idle, or printing all along)
             began = time.monotonic()
             done = ip("-n", client_ns, "link", "set", veth_client, "down")
             if done.returncode != 0:
@@ -583,7 +627,7 @@ class Reliability:
             if "listening on" not in line:
                 raise Failed(f"the provision server did not start: {line!r}")
             address = line.rsplit(" ", 1)[1]
-            provision = farside.RemoteProvision(address, tls=self.client_tls())
+            provision = self.remote(address)
             client = self.load(provision=provision, policy=self.policy())
             proxy = client.call("pid")
             calls = 200 if self.quick else 1000
@@ -636,7 +680,7 @@ class Reliability:
             script.chmod(0o700)
             before = children()
             began = time.monotonic()
-            provision = farside.LocalProvision(python=str(script))
+            provision = farside.LocalProvision(python=str(script), transport=self.transport)
             try:
                 self.load(provision=provision, load_timeout=timeout)
             except farside.EnclaveLoadError:
@@ -804,7 +848,7 @@ class Reliability:
     def churn(self) -> None:
         cycles, concurrent = (10, 10) if self.quick else (50, 10)
         with self.server(max_per_client=concurrent, max_enclaves=max(16, concurrent)) as server:
-            provision = farside.RemoteProvision(server.address, tls=self.client_tls())
+            provision = self.remote(server.address)
             policy = self.policy()
 
             def one(_: int = 0) -> farside.EnclaveClient:
@@ -862,26 +906,13 @@ class Reliability:
         ):
             self.row(scenario, measured, "pending")
 
-    def run(self) -> None:
-        steps: list[tuple[str, Callable[[], None]]] = [
-            ("proxy SIGKILL", lambda: self.proxy_signalled(signal.SIGKILL)),
-            ("proxy SIGTERM", lambda: self.proxy_signalled(signal.SIGTERM)),
-            ("client SIGKILL (local)", lambda: self.client_killed(remote=False)),
-            ("client SIGKILL (server)", lambda: self.client_killed(remote=True)),
-            ("network cut", self.network_cut),
-            ("provision server killed", self.server_killed),
-            ("proxy never starts", self.proxy_never_starts),
-            ("malformed frame", self.malformed_frame),
-            ("deadline", self.deadline),
-            ("load", self.load_scenario),
-            ("proxy memory", self.proxy_memory),
-            ("load/destroy churn", self.churn),
-            ("pending", self.pending),
-        ]
-        for name, step in steps:
-            log(f"-- {name}")
+    def run(self, only: list[str] | None = None) -> None:
+        for key, (name, step) in SCENARIOS.items():
+            if only and key not in only:
+                continue
+            log(f"-- {name} ({self.transport})")
             try:
-                step()
+                step(self)
             except Failed as exc:
                 self.row(name, "FAILED", str(exc))
             except Exception as exc:
@@ -893,21 +924,53 @@ class Reliability:
         return "\n".join(lines)
 
 
+# Every scenario, in the order they run: its ``--only`` name -> (heading, how to run it).
+SCENARIOS: dict[str, tuple[str, Callable[[Reliability], None]]] = {
+    "proxy-sigkill": ("proxy SIGKILL", lambda b: b.proxy_signalled(signal.SIGKILL)),
+    "proxy-sigterm": ("proxy SIGTERM", lambda b: b.proxy_signalled(signal.SIGTERM)),
+    "client-killed": ("client SIGKILL (local)", lambda b: b.client_killed(remote=False)),
+    "client-killed-remote": ("client SIGKILL (server)", lambda b: b.client_killed(remote=True)),
+    "network-cut": ("network cut", Reliability.network_cut),
+    "server-killed": ("provision server killed", Reliability.server_killed),
+    "proxy-never-starts": ("proxy never starts", Reliability.proxy_never_starts),
+    "malformed-frame": ("malformed frame", Reliability.malformed_frame),
+    "deadline": ("deadline", Reliability.deadline),
+    "load": ("load", Reliability.load_scenario),
+    "proxy-memory": ("proxy memory", Reliability.proxy_memory),
+    "churn": ("load/destroy churn", Reliability.churn),
+    "pending": ("pending", Reliability.pending),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (under 2 minutes)")
     parser.add_argument("--no-netns", action="store_true", help="skip the network cut")
+    parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        help="the sessions' wire (default: $FARSIDE_TRANSPORT, or grpc)",
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=SCENARIOS, metavar="SCENARIO", help=", ".join(SCENARIOS)
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="farside-reliability-") as tmp:
-        bench = Reliability(Path(tmp), quick=args.quick, netns=not args.no_netns)
-        bench.run()
+        bench = Reliability(
+            Path(tmp), quick=args.quick, netns=not args.no_netns, transport=args.transport
+        )
+        bench.run(args.only)
     elapsed = time.monotonic() - started
     command = "python -m benchmarks.reliability" + (" --quick" if args.quick else "")
+    if args.transport:
+        command += f" --transport {args.transport}"
+    if args.only:
+        command += " --only " + " ".join(args.only)
     print(
         f"`{command}` on {datetime.date.today().isoformat()}, {platform.system()} "
         f"{platform.release()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"farside {importlib.metadata.version('farside')}; "
+        f"farside {importlib.metadata.version('farside')}, transport {bench.transport}; "
         f"took {elapsed:.0f} s\n"
     )
     print(bench.table())

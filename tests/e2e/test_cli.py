@@ -1,4 +1,8 @@
-"""The ``farside`` command and the quickstart driver, run as the user runs them."""
+"""The ``farside`` command and the quickstart driver, run as the user runs them.
+
+Tests whose outcome depends on the session's wire (a demo session, output and
+results in order, errors crossing, a proxy's listener) run once per transport.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +45,8 @@ def farside(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 # ----------------------------------------------------------------------- the quickstart
 
 
-def test_demo(tmp_path: Path) -> None:
-    done = farside("demo", "--message", "Asylo Rocks", cwd=tmp_path)
+def test_demo(tmp_path: Path, transport: str) -> None:
+    done = farside("demo", "--message", "Asylo Rocks", "--transport", transport, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "Encrypted message:"
@@ -52,13 +56,6 @@ def test_demo(tmp_path: Path) -> None:
     assert lines[2] == "Decrypted inside the enclave: Asylo Rocks"
     assert len(lines) == 3
     assert "Traceback" not in done.stderr
-
-
-@pytest.mark.parametrize("transport", ["grpc", "stream"])
-def test_demo_on_each_transport(tmp_path: Path, transport: str) -> None:
-    done = farside("demo", "--message", "Asylo Rocks", "--transport", transport, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "Decrypted inside the enclave: Asylo Rocks"
 
 
 def test_demo_with_an_unknown_transport_is_a_usage_error(tmp_path: Path) -> None:
@@ -161,12 +158,15 @@ def test_run_enter_and_run(tmp_path: Path) -> None:
     assert json.loads(package.stdout) == 42
 
 
-def test_run_prints_bytes_as_hex_and_enclave_output_first(tmp_path: Path) -> None:
+def test_run_prints_bytes_as_hex_and_enclave_output_first(tmp_path: Path, transport: str) -> None:
     (tmp_path / "data.bin").write_bytes(b"\x00\x01\xfe\xff")
-    done = farside("run", "--call", "read_file", str(WORKER), "data.bin", "true", cwd=tmp_path)
+    wire = ("--transport", transport)
+    done = farside(
+        "run", *wire, "--call", "read_file", str(WORKER), "data.bin", "true", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == "0001feff"
-    said = farside("run", "--call", "say", str(WORKER), "from inside", cwd=tmp_path)
+    said = farside("run", *wire, "--call", "say", str(WORKER), "from inside", cwd=tmp_path)
     assert said.stdout.splitlines() == ["from inside", '"said"']
 
 
@@ -186,8 +186,11 @@ def test_run_unknown_entry_point_fails_cleanly(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr  # a non-debug enclave sends no traceback
 
 
-def test_run_enclave_error_fails_cleanly(tmp_path: Path) -> None:
-    done = farside("run", "--call", "fail", "--no-debug", str(WORKER), "it broke", cwd=tmp_path)
+def test_run_enclave_error_fails_cleanly(tmp_path: Path, transport: str) -> None:
+    wire = ("--transport", transport)
+    done = farside(
+        "run", *wire, "--call", "fail", "--no-debug", str(WORKER), "it broke", cwd=tmp_path
+    )
     assert done.returncode == 1
     assert "ValueError: it broke" in done.stderr
     assert done.stdout == ""
@@ -210,13 +213,17 @@ def test_measure(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
 
 
-def test_proxy_serves_nobody_and_exits_after_its_idle_timeout(tmp_path: Path) -> None:
+def test_proxy_serves_nobody_and_exits_after_its_idle_timeout(
+    tmp_path: Path, transport: str
+) -> None:
     socket = tmp_path / "p.sock"
     started = time.monotonic()
     done = run(
         "-m",
         "farside",
         "proxy",
+        "--transport",
+        transport,
         "--listen",
         f"unix:{socket}",
         "--token-stdin",

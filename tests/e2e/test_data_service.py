@@ -8,11 +8,16 @@
   in one process and the analyst, in another, opens and queries it. Sealed data
   does not open in a local proxy of another process, and the analyst refuses the
   same code signed by another key.
+
+Both run once per transport: the drivers read ``$FARSIDE_TRANSPORT``, which each
+test sets in the environment of the processes it starts. One provision server
+serves both (its proxies speak what each client asks for).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import re
 import shutil
@@ -23,12 +28,13 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from farside.examples.data_service import common
+
+from ._support import environment
 
 EXAMPLE = Path(common.__file__).resolve().parent
 SAMPLE = EXAMPLE / "sample.csv"
@@ -43,14 +49,16 @@ SERVER = (
 
 
 def python(
-    *args: str, cwd: Path | None = None, timeout: float = 30
+    *args: str, cwd: Path | None = None, timeout: float = 30, transport: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """``python ARGS``; its sessions use ``transport`` (default: this process's choice)."""
     return subprocess.run(
         [sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=cwd,
+        env=environment(transport) if transport is not None else None,
         check=False,
     )
 
@@ -121,8 +129,10 @@ def test_the_manifest_constants_are_enclave_toml() -> None:
     }
 
 
-def test_the_walkthrough(tmp_path: Path) -> None:
-    done = python("-m", "farside.examples.data_service.walkthrough", cwd=tmp_path)
+def test_the_walkthrough(tmp_path: Path, transport: str) -> None:
+    done = python(
+        "-m", "farside.examples.data_service.walkthrough", cwd=tmp_path, transport=transport
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     out = done.stdout
@@ -165,13 +175,15 @@ def test_the_walkthrough_with_a_dataset_too_small_to_query(tmp_path: Path) -> No
 # ----------------------------------------------------------------- two processes
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Machine:
-    """A trusted machine (a provision server with --platform-dir) and a signed build."""
+    """A trusted machine (a provision server with --platform-dir) and a signed build,
+    and the transport its clients' sessions use."""
 
     root: Path
     address: str
     signer: str
+    transport: str | None = None
 
     def remote_flags(self) -> list[str]:
         """The clients' flags for this machine (paths relative to ``root``)."""
@@ -183,13 +195,14 @@ class Machine:
     def owner(self, args: str) -> subprocess.CompletedProcess[str]:
         """The data owner's driver, remote: ``args`` are split on spaces."""
         module = "farside.examples.data_service.owner"
-        return python("-m", module, *args.split(), *self.remote_flags(), cwd=self.root)
+        flags = self.remote_flags()
+        return python("-m", module, *args.split(), *flags, cwd=self.root, transport=self.transport)
 
     def analyst(self, args: str, *, remote: bool = True) -> subprocess.CompletedProcess[str]:
         """The analyst's driver (remote unless told otherwise)."""
         flags = self.remote_flags() if remote else []
         module = "farside.examples.data_service.analyst"
-        return python("-m", module, *args.split(), *flags, cwd=self.root)
+        return python("-m", module, *args.split(), *flags, cwd=self.root, transport=self.transport)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -203,7 +216,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def machine() -> Iterator[Machine]:
+def trusted_machine() -> Iterator[Machine]:
     """The README's commands: keygen, build, sign, certs, platform init, provision-server."""
     root = Path(tempfile.mkdtemp(prefix="farside-test-data-service-"))
     server = None
@@ -239,19 +252,26 @@ def machine() -> Iterator[Machine]:
 
 
 @pytest.fixture(scope="module")
+def machine(trusted_machine: Machine, transport: str) -> Machine:
+    """The trusted machine, as clients on ``transport`` use it."""
+    return dataclasses.replace(trusted_machine, transport=transport)
+
+
+@pytest.fixture(scope="module")
 def sealed(machine: Machine) -> Path:
     """sample.csv, sealed by the owner's process on the trusted machine."""
+    name = f"dataset-{machine.transport}.sealed"
     done = machine.owner(
         f"--enclave ds.fsb --signer {machine.signer} --csv examples/data_service/sample.csv "
-        "--out dataset.sealed"
+        f"--out {name}"
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1].startswith("sealed 16 rows into dataset.sealed")
+    assert done.stdout.splitlines()[-1].startswith(f"sealed 16 rows into {name}")
     assert f"signer {machine.signer}" in done.stdout
-    blob = (machine.root / "dataset.sealed").read_bytes()
+    blob = (machine.root / name).read_bytes()
     assert blob.startswith(b"FSEAL\x01\x02")  # version 1, policy "signer"
     assert b"salary" not in blob
-    return machine.root / "dataset.sealed"
+    return machine.root / name
 
 
 def test_the_analyst_opens_in_another_process_what_the_owner_sealed(
@@ -285,11 +305,13 @@ def test_the_default_queries_show_no_row(machine: Machine, sealed: Path) -> None
 
 
 def test_the_analyst_refuses_another_signers_build(machine: Machine, sealed: Path) -> None:
-    root = machine.root
-    farside("keygen", "--out", "other.key", cwd=root)
-    farside("build", "examples/data_service/enclave", "--out", "other.fsb", cwd=root)
-    farside("sign", "other.fsb", "--key", "other.key", cwd=root)
-    done = machine.analyst(f"--enclave other.fsb --signer {machine.signer} --sealed {sealed.name}")
+    root, other = machine.root, f"other-{machine.transport}"
+    farside("keygen", "--out", f"{other}.key", cwd=root)
+    farside("build", "examples/data_service/enclave", "--out", f"{other}.fsb", cwd=root)
+    farside("sign", f"{other}.fsb", "--key", f"{other}.key", cwd=root)
+    done = machine.analyst(
+        f"--enclave {other}.fsb --signer {machine.signer} --sealed {sealed.name}"
+    )
     assert done.returncode == 1
     assert "attestation failed (signer)" in done.stderr
     assert "dataset columns" not in done.stdout  # the sealed file was never sent

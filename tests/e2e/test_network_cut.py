@@ -2,7 +2,10 @@
 
 The two hosts are network namespaces joined by a veth pair (root and ``ip netns``
 only; skipped otherwise). The scenario itself is ``benchmarks.reliability``'s, so
-the figure in docs/reliability.md and this test exercise the same code.
+the figure in docs/reliability.md and this test exercise the same code. It runs
+on each transport: gRPC notices through its keepalive pings, the stream transport
+through TCP keepalive and ``TCP_USER_TIMEOUT`` (the scenario checks that the
+proxy serves the transport asked for).
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ def _netns_available() -> str | None:
 
 
 @pytest.mark.timeout(120)
-def test_network_cut_is_detected_on_both_sides(tmp_path: Path) -> None:
+def test_network_cut_is_detected_on_both_sides(tmp_path: Path, transport: str) -> None:
     reason = _netns_available()
     if reason:
         pytest.skip(reason)
     from benchmarks.reliability import Reliability
 
-    bench = Reliability(tmp_path, quick=True, netns=True)
+    bench = Reliability(tmp_path, quick=True, netns=True, transport=transport)
     client_detect, proxy_exit, proxy_reaped, kind = bench._cut_once(0)
     assert kind == "EnclaveUnavailableError"
     assert client_detect < DETECTION_LIMIT, f"the client noticed after {client_detect:.1f} s"

@@ -2,8 +2,9 @@
 
 Two namespaces joined by a veth pair, each with its own address, stand for the
 trusted machine and the application's machine. The server runs with TLS and
-mTLS in the first; ``farside demo --remote`` runs in the second. Needs root and
-working ``ip netns`` (CI has both); skipped with the reason otherwise. The
+mTLS in the first; ``farside demo --remote`` runs in the second, once per
+transport (the proxy serves the wire the client asks the server for). Needs root
+and working ``ip netns`` (CI has both); skipped with the reason otherwise. The
 namespaces, the server and anything left in them are removed in a finalizer.
 ``ip netns exec`` keeps the host's filesystem, so the same interpreter and the
 editable install serve both sides.
@@ -30,6 +31,8 @@ from farside._devcerts import make_dev_certs
 from farside.attestation.platform import init_platform
 from farside.provision._spawn import read_line
 
+from ._support import proxy_transport
+
 SESSION_MARKER_VAR = "FARSIDE_TEST_SESSION"  # tests/conftest.py gives every child this marker
 HEX_LINE = re.compile(r"[0-9a-f]+")
 
@@ -40,14 +43,14 @@ from pathlib import Path
 import farside
 from farside.examples.quickstart import demo_driver
 
-address, certs, scratch = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+address, transport = sys.argv[1], sys.argv[4]
+certs, scratch = Path(sys.argv[2]), Path(sys.argv[3])
 tls = farside.TLSConfig(ca=certs / "ca.pem", cert=certs / "client.pem", key=certs / "client.key")
 policy = farside.AttestationPolicy(
     platform_keys=(scratch / "platform" / "platform.pub",), allow_debug=True
 )
-client = farside.load(
-    demo_driver.DEFAULT_ENCLAVE, provision=farside.RemoteProvision(address, tls=tls), policy=policy
-)
+provision = farside.RemoteProvision(address, tls=tls, transport=transport)
+client = farside.load(demo_driver.DEFAULT_ENCLAVE, provision=provision, policy=policy)
 assert client.call("decrypt", client.call("encrypt", "held")) == "held"
 print("loaded", flush=True)
 sys.stdin.read()
@@ -156,7 +159,7 @@ def farside_proxies(workdir: Path, since: float) -> list[str]:
     return found
 
 
-def test_two_hosts(two_hosts: Hosts, scratch: Path) -> None:
+def test_two_hosts(two_hosts: Hosts, scratch: Path, transport: str) -> None:
     began = boot_ticks() - os.sysconf("SC_CLK_TCK")  # a second of slack
     certs = scratch / "certs"
     make_dev_certs(certs, [two_hosts.server_ip])
@@ -187,7 +190,8 @@ def test_two_hosts(two_hosts: Hosts, scratch: Path) -> None:
 
         def client(*tls: str) -> subprocess.CompletedProcess[str]:
             command = ["ip", "netns", "exec", two_hosts.client_ns, sys.executable, "-m"]
-            command += ["farside", "demo", "--remote", address, "--tls-ca", str(certs / "ca.pem")]
+            command += ["farside", "demo", "--transport", transport]
+            command += ["--remote", address, "--tls-ca", str(certs / "ca.pem")]
             command += [*tls, "--platform-key", str(scratch / "platform" / "platform.pub")]
             command += ["--message", "Asylo Rocks"]
             return subprocess.run(
@@ -207,6 +211,7 @@ def test_two_hosts(two_hosts: Hosts, scratch: Path) -> None:
 
         # A client that dies while loaded: its proxy (the scan finds it) ends and is reaped.
         script = [sys.executable, "-c", HOLDING_CLIENT, address, str(certs), str(scratch)]
+        script.append(transport)
         holder = subprocess.Popen(
             ["ip", "netns", "exec", two_hosts.client_ns, *script],
             stdin=subprocess.PIPE,
@@ -220,6 +225,7 @@ def test_two_hosts(two_hosts: Hosts, scratch: Path) -> None:
             assert output[-1] == "loaded", (output, holder.communicate(timeout=10))
             running = farside_proxies(workdir, began)
             assert len(running) == 1, running
+            assert proxy_transport(running[0].partition(": ")[2]) == transport, running
             assert len(namespace_pids(two_hosts.server_ns)) == 2  # the server and its proxy
             holder.kill()
             holder.communicate(timeout=10)

@@ -6,6 +6,7 @@ Unix socket in the test's temporary directory; every wait is bounded.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import threading
@@ -199,3 +200,72 @@ def test_tls_pins_the_proxy_certificate() -> None:
         client.transport.close(timeout=1.0)
     finally:
         server.listener.stop(grace=1.0)
+
+
+def test_tcp_sessions_notice_a_dead_peer_within_ten_seconds_on_both_ends() -> None:
+    """Keepalive and TCP_USER_TIMEOUT on both sockets (the network-cut e2e test needs root)."""
+    server = Proxy("127.0.0.1:0")
+    try:
+        client = Client(server.address)
+        assert server.opened.wait(WAIT)
+        assert client.transport._connection is not None
+        assert server.connection is not None
+        for sock in (client.transport._connection._sock, server.connection._sock):
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+            probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+            user_timeout = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+            assert (idle, interval, probes, user_timeout) == (4, 1, 3, 7_000)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        server.listener.stop(grace=1.0)  # first: the client answers its end at once
+    client.transport.close(timeout=1.0)
+
+
+class _TimingOut:
+    """A socket whose peer went silent: the kernel gave up on it (ETIMEDOUT)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def recv(self, size: int) -> bytes:
+        raise TimeoutError(errno.ETIMEDOUT, "Connection timed out")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_a_connection_the_kernel_timed_out_is_reported_lost() -> None:
+    mine, theirs = socket.socketpair()
+    try:
+        connection = StreamConnection(_TimingOut(mine), None, "the peer")  # type: ignore[arg-type]
+        lost: list[EnclaveError] = []
+        reported = threading.Event()
+        connection.start(lambda frames: None, lambda error: (lost.append(error), reported.set()))
+        assert reported.wait(WAIT)
+        assert len(lost) == 1
+        assert isinstance(lost[0], EnclaveUnavailableError)
+        assert "lost the connection to the peer" in str(lost[0])
+        assert "timed out" in str(lost[0])
+        connection.close(timeout=1.0)
+    finally:
+        theirs.close()
+
+
+def test_the_client_answers_the_proxys_end_so_the_proxy_need_not_wait(proxy: Proxy) -> None:
+    """A proxy that ends the session itself (SIGTERM, a broken protocol) waits for the
+    client's end before it exits; the client, still open, used to leave it the whole
+    grace (a SIGTERMed stream proxy exited 1 s late)."""
+    client = Client(proxy.address)
+    assert proxy.opened.wait(WAIT)
+    proxy.listener.finish()
+    assert client.done.wait(WAIT)
+    assert isinstance(client.lost[0], EnclaveUnavailableError)
+    assert "ended the session" in str(client.lost[0])
+    began = time.monotonic()
+    proxy.listener.stop(grace=5.0)
+    assert time.monotonic() - began < 1.0
+    assert proxy.lost == []  # the proxy ended it: not a loss
+    client.transport.send([output(b"too late")])  # dropped, without an error
+    client.transport.close(timeout=1.0)

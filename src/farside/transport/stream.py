@@ -228,12 +228,21 @@ class StreamConnection:
 
     ``start(sink, lost)`` starts the reader; ``lost(error)`` is called once if the
     connection ends for any reason but ``close``/``finish`` on this side.
+
+    ``answer_end``: when the peer ends its side, end ours too (after what is queued)
+    instead of waiting for ``close``. The client does: once the proxy has ended the
+    session nothing the client sends matters, and a proxy that ends a session
+    (SIGTERM, a broken protocol) waits for the client's end before it exits. The
+    proxy does not: after the client's end it may still flush output the client reads.
     """
 
-    def __init__(self, sock: socket.socket, tls: _TLS | None, peer: str) -> None:
+    def __init__(
+        self, sock: socket.socket, tls: _TLS | None, peer: str, *, answer_end: bool = False
+    ) -> None:
         self._sock = sock
         self._tls = tls
         self.peer = peer
+        self._answer_end = answer_end
         self.outbox = StreamOutbox()
         self._send_lock = threading.Lock()  # whoever holds it writes to the socket
         self._reader: threading.Thread | None = None
@@ -422,6 +431,8 @@ class StreamConnection:
                     del buffer[:offset]
                 data = self._recv()
                 if data is None:
+                    if self._answer_end:
+                        self._end_writing()
                     break
                 buffer += data
         except (OSError, ssl.SSLError) as exc:
@@ -446,6 +457,10 @@ class StreamConnection:
     def finish(self) -> None:
         """End our side after what is queued (the peer reads to the end, then hangs up)."""
         self._ending = True
+        self._end_writing()
+
+    def _end_writing(self) -> None:
+        """The writer sends what is queued, then shuts our side; later sends are dropped."""
         with self.outbox.lock:
             self.outbox.closing = True
             self.outbox.wanted.notify()
@@ -540,7 +555,9 @@ class StreamClientTransport:
                     hostname = address[0]
                 tls = _TLS(self._tls_context, server_side=False, server_hostname=hostname)
                 early = tls.handshake(sock, deadline)
-            connection = StreamConnection(sock, tls, f"the enclave proxy at {self.target}")
+            connection = StreamConnection(
+                sock, tls, f"the enclave proxy at {self.target}", answer_end=True
+            )
             connection._deadline = deadline
             hello = PREFACE + _LEN.pack(len(self._token)) + self._token
             _within(sock, deadline)
