@@ -254,6 +254,7 @@ class StreamConnection:
         self._lost_called = False
         self._lost_lock = threading.Lock()
         self._deadline: float | None = None  # the handshake's, while it runs
+        self._leftover = b""  # read past the handshake: the reader starts with it
 
     # ----------------------------------------------------------------- sending
 
@@ -392,8 +393,6 @@ class StreamConnection:
             if data is None:
                 return None
             buffer += data
-
-    _leftover = b""
 
     def start(self, sink: FrameSink, lost: LostCallback) -> None:
         """Start the reader (and the writer, which sleeps until a write would block)."""
