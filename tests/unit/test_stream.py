@@ -22,6 +22,7 @@ from farside._proto.v1 import session_pb2 as pb
 from farside._tls import TLSConfig
 from farside.proxy.server import ephemeral_tls
 from farside.transport.stream import (
+    MAX_PENDING_PER_SOURCE,
     PREFACE,
     StreamClientTransport,
     StreamConnection,
@@ -269,3 +270,33 @@ def test_the_client_answers_the_proxys_end_so_the_proxy_need_not_wait(proxy: Pro
     assert proxy.lost == []  # the proxy ended it: not a loss
     client.transport.send([output(b"too late")])  # dropped, without an error
     client.transport.close(timeout=1.0)
+
+
+def test_one_source_cannot_take_every_vetting_slot() -> None:
+    server = Proxy("127.0.0.1:0")
+    host, port = server.address.rsplit(":", 1)
+    silent: list[socket.socket] = []
+    try:
+        for _ in range(MAX_PENDING_PER_SOURCE):  # hold this source's slots (no preface)
+            sock = socket.create_connection((host, int(port)), timeout=WAIT)
+            silent.append(sock)
+        time.sleep(0.2)  # let the proxy accept them
+        extra = socket.create_connection((host, int(port)), timeout=WAIT)
+        silent.append(extra)
+        started = time.monotonic()
+        assert extra.recv(1) == b"", "a third pending connection from one source was kept"
+        assert time.monotonic() - started < WAIT / 2, "it waited for the handshake deadline"
+
+        # Another source still gets in while this one's slots are taken.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+            other.settimeout(WAIT)
+            other.bind(("127.0.0.2", 0))
+            other.connect((host, int(port)))
+            token = TOKEN.encode()
+            other.sendall(PREFACE + struct.pack(">I", len(token)) + token)
+            assert other.recv(4) == struct.pack(">I", 0)  # accepted
+            assert server.opened.wait(WAIT)
+    finally:
+        for sock in silent:
+            sock.close()
+        server.listener.stop(grace=0.5)

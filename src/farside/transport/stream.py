@@ -56,6 +56,7 @@ log = logging.getLogger("farside")
 PREFACE = b"farside-stream/1\n"
 HANDSHAKE_TIMEOUT = 10.0  # seconds for TCP, TLS and the preface, on either side
 MAX_PENDING_HANDSHAKES = 8  # connections the proxy vets at once; more are dropped
+MAX_PENDING_PER_SOURCE = 2  # of which from one TCP source address
 _MAX_TOKEN_BYTES = 1024
 _MAX_ANSWER_BYTES = 1 << 16  # an empty message or one Close
 _LEN = struct.Struct(">I")
@@ -397,14 +398,18 @@ class StreamConnection:
     def start(self, sink: FrameSink, lost: LostCallback) -> None:
         """Start the reader (and the writer, which sleeps until a write would block)."""
         self._lost = lost
-        self._reader = threading.Thread(
+        reader = threading.Thread(
             target=self._read_loop, args=(sink,), name="farside-stream-reader", daemon=True
         )
-        self._writer = threading.Thread(
+        writer = threading.Thread(
             target=self._write_loop, name="farside-stream-writer", daemon=True
         )
-        self._writer.start()
-        self._reader.start()
+        # Published only once running: close() may race this (the proxy stopping as the
+        # session opens) and must never join a thread that has not started.
+        writer.start()
+        self._writer = writer
+        reader.start()
+        self._reader = reader
 
     def _read_loop(self, sink: FrameSink) -> None:
         buffer = bytearray(self._leftover)
@@ -621,6 +626,7 @@ class StreamListener:
         self._taken = False
         self._lock = threading.Lock()
         self._vetting = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        self._pending_from: dict[str, int] = {}  # TCP source address -> connections vetted
         self._connection: StreamConnection | None = None
         self._stopped = False
 
@@ -651,20 +657,44 @@ class StreamListener:
         assert self._sock is not None
         while not self._stopped:
             try:
-                conn, _ = self._sock.accept()
+                conn, peer = self._sock.accept()
             except OSError:
                 if self._stopped:
                     return
                 time.sleep(0.05)  # EMFILE and friends: do not spin
                 continue
+            # One source may not take every vetting slot: a flood from one address
+            # would otherwise keep the real client out. (A Unix socket's peers are the
+            # client's own user: its directory is private.)
+            source = peer[0] if isinstance(peer, tuple) else ""
+            with self._lock:
+                busy = source and self._pending_from.get(source, 0) >= MAX_PENDING_PER_SOURCE
+                if not busy and source:
+                    self._pending_from[source] = self._pending_from.get(source, 0) + 1
+            if busy:
+                conn.close()
+                continue
             if not self._vetting.acquire(blocking=False):
+                self._vetted(source)
                 conn.close()  # too many half-open connections at once
                 continue
             threading.Thread(
-                target=self._admit, args=(conn,), name="farside-stream-admit", daemon=True
+                target=self._admit,
+                args=(conn, source),
+                name="farside-stream-admit",
+                daemon=True,
             ).start()
 
-    def _admit(self, conn: socket.socket) -> None:
+    def _vetted(self, source: str) -> None:
+        if source:
+            with self._lock:
+                left = self._pending_from[source] - 1
+                if left:
+                    self._pending_from[source] = left
+                else:
+                    del self._pending_from[source]
+
+    def _admit(self, conn: socket.socket, source: str) -> None:
         try:
             self._vet(conn)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
@@ -675,6 +705,7 @@ class StreamListener:
             conn.close()
         finally:
             self._vetting.release()
+            self._vetted(source)
 
     def _vet(self, conn: socket.socket) -> None:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT  # for all of it, not each recv
