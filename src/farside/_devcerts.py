@@ -96,6 +96,27 @@ def _issue(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+def _prepare(
+    out: str | os.PathLike[str], hosts: list[str], files: tuple[str, ...], force: bool, no_host: str
+) -> Path:
+    """Check the host names, make ``out`` (0700), and refuse to overwrite ``files`` unless
+    ``force``; return the directory."""
+    if not hosts:
+        raise ValueError(no_host)
+    for host in hosts:
+        if not host or any(c.isspace() for c in host):
+            raise ValueError(f"invalid host name {host!r}")
+    root = Path(out)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not force:
+        existing = [name for name in files if (root / name).exists()]
+        if existing:
+            raise FileExistsError(
+                f"{', '.join(existing)} already exist in {str(root)!r}; pass --force to replace"
+            )
+    return root
+
+
 def make_dev_certs(
     out: str | os.PathLike[str],
     hosts: list[str],
@@ -105,19 +126,9 @@ def make_dev_certs(
     force: bool = False,
 ) -> list[Path]:
     """Write ca.pem, server.pem/.key (SANs: ``hosts``), client.pem/.key into ``out``."""
-    if not hosts:
-        raise ValueError("at least one --host is needed for the server certificate")
-    for host in hosts:
-        if not host or any(c.isspace() for c in host):
-            raise ValueError(f"invalid host name {host!r}")
-    root = Path(out)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not force:
-        existing = [name for name in FILES if (root / name).exists()]
-        if existing:
-            raise FileExistsError(
-                f"{', '.join(existing)} already exist in {str(root)!r}; pass --force to replace"
-            )
+    root = _prepare(
+        out, hosts, FILES, force, "at least one --host is needed for the server certificate"
+    )
     ca_key = ec.generate_private_key(ec.SECP256R1())
     # A unique name: clients may trust several development CAs in one bundle.
     ca_name = f"farside development CA {secrets.token_hex(4)}"
@@ -155,19 +166,9 @@ def make_fleet_certs(
     so the node certificate allows both uses; its SANs are ``hosts`` (every node's
     address). A CA of its own: Ray's cluster is not the clients' business.
     """
-    if not hosts:
-        raise ValueError("at least one --host (a node's address) is needed")
-    for host in hosts:
-        if not host or any(c.isspace() for c in host):
-            raise ValueError(f"invalid host name {host!r}")
-    root = Path(out)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not force:
-        existing = [name for name in FLEET_FILES if (root / name).exists()]
-        if existing:
-            raise FileExistsError(
-                f"{', '.join(existing)} already exist in {str(root)!r}; pass --force to replace"
-            )
+    root = _prepare(
+        out, hosts, FLEET_FILES, force, "at least one --host (a node's address) is needed"
+    )
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _issue(f"farside fleet CA {secrets.token_hex(4)}", ca_key, None, ca_key, days, ca=True)
     node_key = ec.generate_private_key(ec.SECP256R1())
