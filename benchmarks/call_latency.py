@@ -12,33 +12,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import farside
 
+from ._timing import Latency, timings
+
 ENCLAVE = Path(__file__).with_name("bench_enclave.py")
 PAYLOAD = b"x" * 64
 
 
-def _timings(fn: Callable[[], object], calls: int, warmup: int = 200) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
+def _timings(fn: Callable[[], object], calls: int) -> list[float]:
+    return timings(fn, calls, warmup=200)
 
 
 def _summary(name: str, samples: list[float]) -> str:
-    samples = sorted(samples)
-    median = statistics.median(samples) * 1e6
-    p99 = samples[int(len(samples) * 0.99) - 1] * 1e6
-    return f"{name:<40} median {median:8.1f} µs   p99 {p99:8.1f} µs   (n={len(samples)})"
+    latency = Latency.of(samples)
+    return (
+        f"{name:<40} median {latency.median_us:8.1f} µs   p99 {latency.p99_us:8.1f} µs"
+        f"   (n={latency.n})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import statistics
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,18 +36,13 @@ from farside.provision._base import TRANSPORTS
 from farside.transport.grpc import GrpcClientTransport, GrpcListener
 from farside.transport.stream import StreamClientTransport, StreamListener
 
+from ._timing import Latency, timings
+
 ENCLAVE = Path(__file__).with_name("bench_enclave.py")
 
 
-def median_us(fn: Callable[[], object], calls: int, warmup: int = 300) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e6
+def median_us(fn: Callable[[], object], calls: int) -> float:
+    return Latency.of(timings(fn, calls, warmup=300)).median_us
 
 
 def protocol_only(calls: int) -> float:

@@ -64,6 +64,8 @@ class OutputSink:
 
     def flush(self, thread: int | None = None) -> None:
         """Write the unfinished lines of ``thread`` (of every thread if None)."""
+        if not self._partial:  # the common case, after every call: no lock taken
+            return
         with self._lock:
             for key in [k for k in self._partial if thread is None or k[0] == thread]:
                 self._emit(key[1], self._partial.pop(key))
