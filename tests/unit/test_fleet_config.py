@@ -165,7 +165,20 @@ def test_the_server_refuses_an_unsafe_fleet(
 # ----------------------------------------------------------------- fleet join
 
 
-def test_join_builds_ray_start(tmp_path: Path) -> None:
+@pytest.fixture
+def ray_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A stand-in ``ray`` executable first on the search path: ``join_command`` only builds
+    the command line, so these tests need no Ray (the README's test command installs none)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ray = bin_dir / "ray"
+    ray.write_text("#!/bin/sh\nexit 0\n")
+    ray.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python3"))
+    return str(ray)
+
+
+def test_join_builds_ray_start(tmp_path: Path, ray_command: str) -> None:
     init_platform(tmp_path / "platform")
     command, env = join_command(
         ray_address="10.0.0.1:6379",
@@ -174,12 +187,23 @@ def test_join_builds_ray_start(tmp_path: Path) -> None:
         labels=["tee=sgx", "zone=a"],
         node_ip="10.0.0.7",
     )
+    assert command[0] == ray_command
     assert command[1:5] == ["start", "--address", "10.0.0.1:6379", "--resources"]
     assert command[5] == '{"enclave": 3}'
     assert command[command.index("--labels") + 1] == "tee=sgx,zone=a"
     assert command[command.index("--node-ip-address") + 1] == "10.0.0.7"
     assert env["FARSIDE_FLEET_PLATFORM_DIR"] == str((tmp_path / "platform").resolve())
     assert "platform.key" not in " ".join(command)  # the key's path is for the host alone
+
+
+def test_join_without_ray_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    init_platform(tmp_path / "platform")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python3"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FleetConfigError, match=r"pip install 'farside\[fleet\]'"):
+        join_command(ray_address="10.0.0.1:6379", slots=1, platform_dir=tmp_path / "platform")
 
 
 def test_join_checks_before_it_starts_ray(tmp_path: Path) -> None:
