@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from farside.provision._base import TRANSPORTS
+from farside.transport.factory import TRANSPORTS
 
 from . import report, scenarios
 

@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import farside
 from farside.attestation import load_bundle, measure_bundle
@@ -29,6 +27,7 @@ from farside.attestation.evidence import (
     channel_binding,
     make_evidence,
     public_key_bytes,
+    report_data,
     verify_evidence,
 )
 from farside.attestation.identity import EnclaveIdentity
@@ -38,17 +37,11 @@ DEMO = Path(farside.__file__).parent / "examples" / "quickstart" / "demo_enclave
 
 def _attestation_once(platform: Ed25519PrivateKey, policy: AttestationPolicy) -> None:
     bundle = load_bundle(DEMO)
-    nonce = os.urandom(32)
-    client_key = (
-        X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    )
+    nonce, client_nonce = os.urandom(32), os.urandom(32)
     # proxy side
     identity = EnclaveIdentity(measurement=measure_bundle(bundle))
-    proxy_key = (
-        X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    )
-    binding = channel_binding(client_key=client_key, proxy_key=proxy_key)
-    evidence = make_evidence(platform, identity, nonce=nonce, binding=binding)
+    binding = channel_binding(client_nonce=client_nonce, proxy_nonce=os.urandom(32))
+    evidence = make_evidence(platform, identity, report_data=report_data(nonce, binding))
     # client side
     verify_evidence(evidence, policy, nonce=nonce, binding=binding)
 

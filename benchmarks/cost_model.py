@@ -32,9 +32,9 @@ import farside
 from farside._proto.v1 import session_pb2 as pb
 from farside.attestation import Bundle, Manifest
 from farside.protocol import CallKind, Role, SessionCore
-from farside.provision._base import TRANSPORTS
-from farside.transport.grpc import GrpcClientTransport, GrpcListener
-from farside.transport.stream import StreamClientTransport, StreamListener
+from farside.transport import factory
+from farside.transport.base import Admission
+from farside.transport.factory import TRANSPORTS
 
 from ._timing import Latency, timings
 
@@ -89,14 +89,11 @@ def transport_pair(kind: str, hand_off: bool) -> Iterator[Callable[[], object]]:
         listen = f"unix:{Path(tmp) / 's.sock'}"
         listener: Any
         client: Any
-        if kind == "grpc":
-            listener = GrpcListener(listen, "t", on_open, lambda error: None)
-            address = listener.start()
-            client = GrpcClientTransport(address, token="t")
-        else:
-            listener = StreamListener(listen, "t", on_open, lambda error: None)
-            address = listener.start()
-            client = StreamClientTransport(address, token="t")
+        listener = factory.listen(
+            kind, listen, admission=Admission("t"), on_open=on_open, on_lost=lambda error: None
+        )
+        address = listener.start()
+        client = factory.connect(kind, address, token="t", tls=None)
         replies: queue.SimpleQueue[list[pb.Frame]] = queue.SimpleQueue()
         client.start(replies.put, lambda error: None)
 

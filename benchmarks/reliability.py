@@ -55,9 +55,9 @@ import farside
 from farside._devcerts import make_dev_certs
 from farside._proto.v1 import session_pb2 as pb
 from farside.attestation.platform import init_platform
-from farside.provision._base import TRANSPORTS, choose_transport
 from farside.provision._spawn import read_line
 from farside.provision.server import ProvisionServer, ProvisionServerConfig
+from farside.transport.factory import TRANSPORTS, choose_transport
 
 ENCLAVE_SOURCE = '''\
 """The reliability benchmark's enclave: identity, echo, a nested exit call, sleeping."""

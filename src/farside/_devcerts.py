@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .attestation.platform import write_private
+from ._files import write_private
 
 __all__ = ["make_dev_certs", "make_fleet_certs"]
 

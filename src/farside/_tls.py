@@ -5,6 +5,10 @@ needs ``ca`` (the bundle it trusts) and, for mTLS, ``cert`` and ``key``; a
 server needs ``cert`` and ``key``, and ``client_ca`` to require client
 certificates. Files are read when credentials are built, and a missing or
 unreadable file is a ``ValueError`` naming it.
+
+This module is part of the base layer: it knows ``ssl`` and nothing of gRPC. The
+gRPC transport builds its credentials from the same settings
+(``farside.transport.grpc.channel_credentials``).
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 __all__ = ["PEM", "TLSConfig"]
 
 PEM = bytes | str | os.PathLike[str]
+_SETTINGS = {
+    "ca": "CA bundle",
+    "cert": "certificate",
+    "key": "key",
+    "client_ca": "client CA bundle",
+}
 
 
 def _read_pem(value: PEM, what: str) -> bytes:
@@ -57,34 +65,24 @@ class TLSConfig:
         """True when the client presents a certificate (client side) or must (server side)."""
         return self.cert is not None if self.client_ca is None else True
 
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        """Credentials for a client channel."""
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read_pem(self.ca, "CA bundle") if self.ca is not None else None,
-            private_key=_read_pem(self.key, "key") if self.key is not None else None,
-            certificate_chain=_read_pem(self.cert, "certificate")
-            if self.cert is not None
-            else None,
-        )
+    def pem(self, name: str) -> bytes | None:
+        """The PEM bytes of ``ca``, ``cert``, ``key`` or ``client_ca`` (None when unset).
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """Credentials for a server port; requires client certificates if ``client_ca``."""
-        if self.cert is None or self.key is None:
-            raise ValueError("a TLS server needs cert and key")
-        pair = (_read_pem(self.key, "key"), _read_pem(self.cert, "certificate"))
-        client_ca = (
-            _read_pem(self.client_ca, "client CA bundle") if self.client_ca is not None else None
-        )
-        return grpc.ssl_server_credentials(
-            [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
-        )
+        ``ValueError`` naming the file if it cannot be read or is not PEM.
+        """
+        what = _SETTINGS.get(name)
+        if what is None:
+            raise ValueError(f"TLSConfig has no PEM setting {name!r}")
+        value = getattr(self, name)
+        return None if value is None else _read_pem(value, what)
 
     def client_ssl_context(self) -> ssl.SSLContext:
         """An ``ssl`` context for a client socket (the stream transport): TLS 1.3 only."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_3
-        if self.ca is not None:
-            context.load_verify_locations(cadata=_read_pem(self.ca, "CA bundle").decode())
+        ca = self.pem("ca")
+        if ca is not None:
+            context.load_verify_locations(cadata=ca.decode())
         else:
             context.load_default_certs()
         if self.cert is not None and self.key is not None:
@@ -100,10 +98,9 @@ class TLSConfig:
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         context.num_tickets = 0
         _load_chain(context, self.cert, self.key)
-        if self.client_ca is not None:
-            context.load_verify_locations(
-                cadata=_read_pem(self.client_ca, "client CA bundle").decode()
-            )
+        client_ca = self.pem("client_ca")
+        if client_ca is not None:
+            context.load_verify_locations(cadata=client_ca.decode())
             context.verify_mode = ssl.CERT_REQUIRED
         return context
 

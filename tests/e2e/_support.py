@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from farside.provision._base import TRANSPORT_VARIABLE
+from farside.transport.factory import TRANSPORT_VARIABLE
 
 
 def environment(transport: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from farside.provision._base import TRANSPORTS
+from farside.transport.factory import TRANSPORTS
 
 
 @pytest.fixture(scope="module", params=TRANSPORTS)

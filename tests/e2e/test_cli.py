@@ -282,7 +282,7 @@ def test_console_script() -> None:
 
 
 def test_doctor_prints_every_sandbox_layer(tmp_path: Path) -> None:
-    from farside.proxy._sandbox import LAYERS
+    from farside.proxy.sandbox import LAYERS
 
     done = farside("doctor", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from farside.attestation.evidence import make_evidence
+from farside.attestation.evidence import make_evidence, report_data
 from farside.attestation.identity import EnclaveIdentity
 from farside.trusted import TrustedApplication, ecall
 
@@ -57,7 +57,12 @@ class Thief(TrustedApplication):
             measurement=measurement, signer=signer, product_id=1, security_version=99, debug=False
         )
         return [
-            (make_evidence(key, claimed, nonce=nonce, binding=binding).SerializeToString(), where)
+            (
+                make_evidence(
+                    key, claimed, report_data=report_data(nonce, binding)
+                ).SerializeToString(),
+                where,
+            )
             for key, where in _keys_in_reach()
         ]
 

@@ -42,8 +42,7 @@ import msgpack
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, assume, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 import farside
 from farside import _values
@@ -54,8 +53,7 @@ from farside._errors import (
     ProtocolError,
     StatusCode,
 )
-from farside._proto.v1 import attestation_pb2 as att_pb
-from farside._proto.v1 import session_pb2 as pb
+from farside._proto.v1 import attestation_pb2 as att_pb, session_pb2 as pb
 from farside.attestation import Bundle, Manifest, load_bundle
 from farside.protocol import (
     BundleReceived,
@@ -507,7 +505,7 @@ opens = st.builds(
     files=st.lists(file_entries, max_size=4),
     max_depth=st.one_of(st.integers(0, 70), u32),
     nonce=st.binary(max_size=80),
-    client_key=st.binary(max_size=80),
+    client_nonce=st.binary(max_size=80),
     signature=st.none() | signatures,
     max_value_size=st.one_of(st.integers(0, 64), u64),
 )
@@ -517,7 +515,7 @@ loadeds = st.one_of(
         pb.Loaded,
         measurement=st.one_of(st.binary(min_size=32, max_size=32), blobs),
         evidence=st.none() | evidences,
-        proxy_key=blobs,
+        proxy_nonce=blobs,
     ),
     st.builds(pb.Loaded, error=errors),
     st.just(pb.Loaded()),
@@ -580,7 +578,7 @@ class ProxyDriver:
             if core.state not in (State.LOADING, State.READY):
                 return
             if isinstance(event, BundleReceived):
-                core.loaded(event.bundle.measurement(), proxy_key=b"k" * 32)
+                core.loaded(event.bundle.measurement(), proxy_nonce=b"k" * 32)
             elif isinstance(event, CallReceived) and not event.oneway:
                 core.write_output(event.thread, Stream.STDOUT, f"{event.name}\n".encode())
                 if event.name == "nest" and event.depth < 3:
@@ -608,7 +606,7 @@ class ClientDriver:
 
     def __init__(self) -> None:
         self.core = SessionCore(Role.CLIENT, limits=SMALL_CHUNKS)
-        self.core.open(BUNDLE, nonce=b"n" * 32, client_key=b"c" * 32)
+        self.core.open(BUNDLE, nonce=b"n" * 32, client_nonce=b"c" * 32)
         self.pending: dict[int, tuple[int, int]] = {}  # nested entry id -> (thread, exit id)
 
     def react(self, events: list[Event]) -> None:
@@ -1323,9 +1321,7 @@ class RawSession:
         self.received: list[pb.Frame] = []
         self.lost: list[EnclaveError] = []
         self._changed = threading.Condition()
-        self.transport = GrpcClientTransport(
-            lease.address, token=lease.token, credentials=lease.credentials
-        )
+        self.transport = GrpcClientTransport(lease.address, token=lease.token)
         self.transport.start(self._sink, self._on_lost)
 
     def _sink(self, frames: list[pb.Frame]) -> None:
@@ -1367,7 +1363,7 @@ def opening_frames() -> tuple[list[pb.Frame], bytes]:
     """What a client sends to load the quickstart bundle, and the bundle's measurement."""
     bundle = load_bundle(QUICKSTART)
     client = SessionCore(Role.CLIENT)
-    client.open(bundle, nonce=os.urandom(32), client_key=os.urandom(32))
+    client.open(bundle, nonce=os.urandom(32), client_nonce=os.urandom(32))
     return client.frames_to_send(), bundle.measurement()
 
 
@@ -1492,7 +1488,7 @@ def test_proxy_survives_echoing_deeply_nested_arguments(
     echo_args = b"\x92\x91" + deep + b"\x80"  # [[deep], {}]
     bundle = load_bundle(WORKER)
     client = SessionCore(Role.CLIENT)
-    client.open(bundle, nonce=os.urandom(32), client_key=os.urandom(32))
+    client.open(bundle, nonce=os.urandom(32), client_nonce=os.urandom(32))
     with proxy_of(provision) as lease:
         session = RawSession(lease)
         try:
@@ -1521,7 +1517,7 @@ def test_proxy_answers_arguments_nested_deep_around_0xff(
     echo_args = b"\x92\x91" + DEEP_HOLDING_FF[0] + b"\x80"  # [[deep], {}]
     bundle = load_bundle(WORKER)
     client = SessionCore(Role.CLIENT)
-    client.open(bundle, nonce=os.urandom(32), client_key=os.urandom(32))
+    client.open(bundle, nonce=os.urandom(32), client_nonce=os.urandom(32))
     with proxy_of(provision) as lease:
         session = RawSession(lease)
         try:

@@ -35,13 +35,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import farside
 from farside._devcerts import make_dev_certs
-from farside._proto.v1 import provision_pb2 as pb
-from farside._proto.v1 import provision_pb2_grpc as pb_grpc
+from farside._proto.v1 import provision_pb2 as pb, provision_pb2_grpc as pb_grpc
 from farside.attestation.platform import init_platform
 from farside.provision._spawn import read_line
 from farside.provision.server import ProvisionServer, ProvisionServerConfig
+from farside.transport import factory
+from farside.transport.grpc import channel_credentials
 from farside.untrusted._client import ClientTransport
-from farside.untrusted._manager import client_transport
 
 from ._support import QUICKSTART, wait_until
 
@@ -383,7 +383,7 @@ class ServerFactory:
         """A secure channel to ``server`` (main client certificate by default)."""
         address = server if isinstance(server, str) else server.address
         tls = tls if tls is not None else self.pki.main.client_tls()
-        channel = grpc.secure_channel(address, tls.channel_credentials())
+        channel = grpc.secure_channel(address, channel_credentials(tls))
         self._channels.append(channel)
         return channel
 
@@ -414,15 +414,7 @@ class ServerFactory:
             cert=self.pki.main.client_cert,
             key=self.pki.main.client_key,
         )
-        transport = client_transport(
-            farside.ProxyLease(
-                address=lease.address,
-                token=token,
-                credentials=tls.channel_credentials(),
-                tls=tls,
-                transport=lease_transport,
-            )
-        )
+        transport = factory.connect(lease_transport, lease.address, token=token, tls=tls)
         self._transports.append(transport)
         transport.start(lambda frames: None, on_lost)
         return transport, lost, done

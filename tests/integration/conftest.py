@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import farside
-from farside.provision._base import TRANSPORT_VARIABLE, TRANSPORTS
+from farside.transport.factory import TRANSPORT_VARIABLE, TRANSPORTS
 
 from ._support import WORKER
 

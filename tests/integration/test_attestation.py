@@ -34,8 +34,7 @@ from typing import Any
 import pytest
 
 import farside
-from farside._proto.v1 import attestation_pb2
-from farside._proto.v1 import session_pb2 as pb
+from farside._proto.v1 import attestation_pb2, session_pb2 as pb
 from farside.attestation import (
     build_bundle,
     generate_signer_key,
@@ -47,10 +46,8 @@ from farside.attestation.evidence import verify_evidence
 from farside.attestation.identity import UNSIGNED
 from farside.attestation.platform import init_platform
 from farside.protocol import LoadedReceived, Role, SessionCore
-from farside.transport import Endpoint
-from farside.transport.grpc import GrpcClientTransport
-from farside.transport.stream import StreamClientTransport
-from farside.untrusted import _manager
+from farside.transport import Endpoint, factory
+from farside.untrusted import _session
 from farside.untrusted._exits import ExitHandlers
 
 from ._provision import PKI, ServerFactory, pki, servers
@@ -109,25 +106,31 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
     """Record what every session ``farside.load`` opens sends and receives."""
     record = Wire()
 
-    def spying(base: type[Any]) -> type[Any]:
-        class SpyTransport(base):  # type: ignore[misc,valid-type]
-            def start(self, sink: Any, lost: Any) -> None:
-                def spy(frames: list[pb.Frame]) -> None:
-                    record.record("in", frames)
-                    sink(frames)
+    connect = factory.connect
 
-                super().start(spy, lost)
+    def spying_connect(*args: Any, **kwargs: Any) -> Any:
+        transport = connect(*args, **kwargs)  # whichever wire the session uses
+        start, send = transport.start, transport.send
 
-            def send(self, frames: list[pb.Frame]) -> None:
-                record.record("out", frames)
-                super().send(frames)
+        def spy_start(sink: Any, lost: Any) -> None:
+            def spy(frames: list[pb.Frame]) -> None:
+                record.record("in", frames)
+                sink(frames)
 
-        return SpyTransport
+            start(spy, lost)
 
-    # whichever wire the session uses ($FARSIDE_TRANSPORT)
-    monkeypatch.setattr(_manager, "GrpcClientTransport", spying(GrpcClientTransport))
-    monkeypatch.setattr(_manager, "StreamClientTransport", spying(StreamClientTransport))
+        def spy_send(frames: list[pb.Frame]) -> None:
+            record.record("out", frames)
+            send(frames)
+
+        transport.start, transport.send = spy_start, spy_send
+        return transport
+
+    monkeypatch.setattr(factory, "connect", spying_connect)
     return record
+
+
+CONNECT = factory.connect  # before any test replaces it
 
 
 class Witness:
@@ -497,32 +500,27 @@ def test_remote_proxy_without_a_platform_key(
 
 
 class HandSession:
-    """A client session opened by hand, as ``_open_session`` does, up to the proxy's Loaded."""
+    """A client session opened by hand, as ``open_session`` does, up to the proxy's Loaded."""
 
     def __init__(
-        self, lease: farside.ProxyLease, files_root: Path, nonce: bytes, client_key: bytes
+        self, lease: farside.ProxyLease, files_root: Path, nonce: bytes, client_nonce: bytes
     ) -> None:
         bundle = load_bundle(PROBE)
         self.lease = lease
         self.nonce = nonce
-        self.client_key = client_key
-        # not through _manager: the wire spy must not see this hand-made session
-        self.transport: GrpcClientTransport | StreamClientTransport
-        if lease.transport == "stream":
-            context = lease.tls.client_ssl_context() if lease.tls is not None else None
-            self.transport = StreamClientTransport(lease.address, token=lease.token, tls=context)
-        else:
-            self.transport = GrpcClientTransport(
-                lease.address, token=lease.token, credentials=lease.credentials
-            )
+        self.client_nonce = client_nonce
+        # the wire spy (which replaces factory.connect) must not see this hand-made session
+        self.transport = CONNECT(lease.transport, lease.address, token=lease.token, tls=lease.tls)
         self.endpoint = Endpoint(
             SessionCore(Role.CLIENT),
             self.transport,
             ExitHandlers(files_root, {}),
-            error_from_exception=_manager._client_error,
+            error_from_exception=_session._client_error,
         )
         self.transport.start(self.endpoint.feed, self.endpoint.fail)
-        self.endpoint.run_locked(lambda core: core.open(bundle, nonce=nonce, client_key=client_key))
+        self.endpoint.run_locked(
+            lambda core: core.open(bundle, nonce=nonce, client_nonce=client_nonce)
+        )
         self.loaded = self.endpoint.wait_loaded(LOAD_TIMEOUT)
         assert self.loaded.error is None, self.loaded.error
 
@@ -548,13 +546,13 @@ def attestation_check(
     loaded: LoadedReceived,
     session: HandSession,
     *,
-    client_key: bytes | None = None,
+    client_nonce: bytes | None = None,
 ) -> str:
     """Run the client's own verification of ``loaded`` in ``session``; return the failed check."""
     sent = load_bundle(PROBE).measurement()
-    key = session.client_key if client_key is None else client_key
+    key = session.client_nonce if client_nonce is None else client_nonce
     with pytest.raises(farside.AttestationError) as caught:
-        _manager._attest(config, sent, loaded, session.lease, session.nonce, key)
+        _session._attest(config, sent, loaded, session.lease, session.nonce, key)
     return caught.value.check
 
 
@@ -585,8 +583,8 @@ def test_replayed_and_relayed_evidence_at_the_session_level(
         # Each session's own evidence is good.
         sent = load_bundle(PROBE).measurement()
         for session in (a, b, c):
-            identity = _manager._attest(
-                config, sent, session.loaded, session.lease, session.nonce, session.client_key
+            identity = _session._attest(
+                config, sent, session.loaded, session.lease, session.nonce, session.client_nonce
             )
             assert identity.measurement == sent
 
@@ -595,9 +593,9 @@ def test_replayed_and_relayed_evidence_at_the_session_level(
         # (d) C's evidence, made for B's nonce and client key but C's TLS key, in session B.
         assert attestation_check(config, c.loaded, b) == "channel binding"
         # B's evidence with another session's X25519 key, or for another client key.
-        swapped = dataclasses.replace(b.loaded, proxy_key=a.loaded.proxy_key)
+        swapped = dataclasses.replace(b.loaded, proxy_nonce=a.loaded.proxy_nonce)
         assert attestation_check(config, swapped, b) == "channel binding"
-        assert attestation_check(config, b.loaded, b, client_key=k1) == "channel binding"
+        assert attestation_check(config, b.loaded, b, client_nonce=k1) == "channel binding"
     finally:
         for session in sessions:
             session.close()
@@ -623,10 +621,10 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> _Opens:
 
     class RecordingCore(SessionCore):
         def open(self, bundle: Any, **kwargs: Any) -> None:
-            record.seen.append((kwargs.get("nonce", b""), kwargs.get("client_key", b"")))
+            record.seen.append((kwargs.get("nonce", b""), kwargs.get("client_nonce", b"")))
             super().open(bundle, **kwargs)
 
-    monkeypatch.setattr(_manager, "SessionCore", RecordingCore)
+    monkeypatch.setattr(_session, "SessionCore", RecordingCore)
     return record
 
 
@@ -646,7 +644,7 @@ def test_replayed_evidence_end_to_end(
                 return loaded
             return recorded[0]
 
-    monkeypatch.setattr(_manager, "Endpoint", Replaying)
+    monkeypatch.setattr(_session, "Endpoint", Replaying)
     with rig.load(PROBE, probe, policy=rig.policy(allow_debug=True)):
         assert_initialized_after_attestation(probe, wire)
     assert recorded
@@ -677,15 +675,15 @@ def test_relayed_evidence_end_to_end(
     class Relaying(Endpoint):
         def wait_loaded(self, timeout: float) -> LoadedReceived:
             super().wait_loaded(timeout)  # the real answer is thrown away
-            nonce, client_key = opens.seen[-1]
+            nonce, client_nonce = opens.seen[-1]
             lease = provision.provision(name="relayed", timeout=timeout)
             relays.append(lease)
-            session = HandSession(lease, tmp_path, nonce, client_key)
+            session = HandSession(lease, tmp_path, nonce, client_nonce)
             session.close()  # the relay has what it wanted
             provision.release(lease)
             return session.loaded
 
-    monkeypatch.setattr(_manager, "Endpoint", Relaying)
+    monkeypatch.setattr(_session, "Endpoint", Relaying)
     refused_load(rig, probe, wire, PROBE, "channel binding", policy=rig.policy(allow_debug=True))
     assert len(relays) == 1
     assert wait_until(rig.idle, 10)

@@ -7,7 +7,6 @@ documented ``TypeError``/``ValueError`` of misuse), never as ``grpc.RpcError``,
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import threading
@@ -216,12 +215,12 @@ def raw_lease() -> Iterator[tuple[farside.LocalProvision, farside.ProxyLease]]:
 def test_refused_session_is_reported_as_a_load_error_not_an_rpc_error(
     raw_lease: tuple[farside.LocalProvision, farside.ProxyLease],
 ) -> None:
-    from farside.untrusted._manager import client_transport
+    from farside.transport import factory
 
     _, lease = raw_lease
     lost: list[BaseException] = []
     done = threading.Event()
-    transport = client_transport(dataclasses.replace(lease, token="wrong"))
+    transport = factory.connect(lease.transport, lease.address, token="wrong", tls=lease.tls)
     transport.start(lambda frames: None, lambda e: (lost.append(e), done.set()))
     assert done.wait(5)
     transport.close(timeout=1)

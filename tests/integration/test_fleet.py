@@ -31,8 +31,8 @@ import grpc
 import pytest
 
 import farside
-from farside._proto.v1 import provision_pb2 as pb
-from farside._proto.v1 import provision_pb2_grpc as pb_grpc
+from farside._proto.v1 import provision_pb2 as pb, provision_pb2_grpc as pb_grpc
+from farside.transport.grpc import channel_credentials
 
 if importlib.util.find_spec("ray") is None:  # found, not imported: Ray runs in the fleet only
     pytest.skip("Ray is not installed (pip install 'farside[fleet]')", allow_module_level=True)
@@ -179,7 +179,7 @@ def test_a_malformed_label_is_invalid_and_never_reaches_ray(fleet: SimulatedFlee
     with pytest.raises(ValueError, match="node label"):
         farside.RemoteProvision(fleet.address, tls=fleet.tls(), node_label="tee=sgx;rm -rf")
     tls = fleet.tls()
-    with grpc.secure_channel(fleet.address, tls.channel_credentials()) as channel:
+    with grpc.secure_channel(fleet.address, channel_credentials(tls)) as channel:
         stub = pb_grpc.ProvisionerStub(channel)
         for label in ("tee", "tee=", "=sgx", "tee=sgx,gpu=a100", "ray.io/node-id=x", "a=b c"):
             with pytest.raises(grpc.RpcError) as refused:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -16,8 +15,8 @@ from typing import Any
 import pytest
 
 import farside
+from farside.transport import factory
 from farside.untrusted._client import ClientTransport
-from farside.untrusted._manager import client_transport
 
 from ._support import WORKER, process_gone, proxy_pid, registered, wait_until
 
@@ -146,7 +145,7 @@ def connect_raw(lease: farside.ProxyLease, token: str) -> tuple[ClientTransport,
         lost.append(error)
         done.set()
 
-    transport = client_transport(dataclasses.replace(lease, token=token))
+    transport = factory.connect(lease.transport, lease.address, token=token, tls=lease.tls)
     transport.start(lambda frames: None, on_lost)
     done.wait(5)
     return transport, lost

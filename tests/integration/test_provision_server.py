@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import farside
 from farside._proto.v1 import provision_pb2 as pb
-from farside.provision import server as server_module
+from farside.provision import single_host
 from farside.provision.server import ProvisionServer, ProvisionServerConfig
 
 from ._provision import (
@@ -61,13 +61,13 @@ def rpc_error(call: Any, *args: Any, **kwargs: Any) -> grpc.RpcError:
 def spawns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record every proxy start the provision server attempts."""
     started: list[str] = []
-    real = server_module.start_proxy
+    real = single_host.start_proxy
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         started.append(kwargs.get("name", "?"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(server_module, "start_proxy", counting)
+    monkeypatch.setattr(single_host, "start_proxy", counting)
     return started
 
 
@@ -115,6 +115,7 @@ def test_list_enclaves_shows_the_running_enclave(servers: ServerFactory) -> None
     server = servers()
     stub = servers.stub(server)
     assert servers.listing(server, stub) == []
+    before_load = time.monotonic()
     client = servers.load(servers.remote(server))
     calls = 0
     for word in ("one", "two", "three"):
@@ -124,7 +125,7 @@ def test_list_enclaves_shows_the_running_enclave(servers: ServerFactory) -> None
     assert re.fullmatch(r"[0-9a-f]{16}", info.enclave_id)
     assert info.name == client.name
     assert info.client == "cert:farside-client"
-    assert info.uptime_seconds >= 0
+    assert 0 <= info.uptime_seconds <= time.monotonic() - before_load
     assert info.address == client._lease.address
     assert not reaped(info.pid)
 

@@ -25,8 +25,8 @@ import pytest
 from cryptography import x509
 
 import farside
-from farside._proto.v1 import provision_pb2 as pb
-from farside._proto.v1 import provision_pb2_grpc as pb_grpc
+from farside._proto.v1 import provision_pb2 as pb, provision_pb2_grpc as pb_grpc
+from farside.transport.grpc import channel_credentials
 
 from ._provision import (
     PROMPTLY,
@@ -239,7 +239,7 @@ def test_sigterm_with_a_running_enclave(
     server = start_server()
     tls = certs.client_tls()
     provision = farside.RemoteProvision(server.address, tls=tls)
-    channel = grpc.secure_channel(server.address, tls.channel_credentials())
+    channel = grpc.secure_channel(server.address, channel_credentials(tls))
     client = None
     try:
         policy = farside.AttestationPolicy(

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import farside
-from farside.proxy._sandbox import LAYERS, PRETEND_UNAVAILABLE_ENV, probe
+from farside.proxy.sandbox import LAYERS, PRETEND_UNAVAILABLE_ENV, probe
 
 from ._provision import ServerFactory, pki, servers
 from ._support import ENCLAVES, RecordingProvision, process_gone, proxy_pid, wait_until

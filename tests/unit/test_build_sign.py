@@ -24,13 +24,14 @@ from farside.attestation import (
     BundleSignature,
     Manifest,
     build_bundle,
+    bundle as bundle_module,
+    bundle_files,
     generate_signer_key,
     load_bundle,
     load_signer_key,
     sign_bundle,
     verify_bundle_signature,
 )
-from farside.attestation import bundle as bundle_module
 from farside.attestation.bundle import decode_archive, encode_archive
 from farside.attestation.identity import UNSIGNED
 
@@ -361,7 +362,7 @@ def test_archive_file_too_large_is_refused_unread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_zip(tmp_path / "big.fsb", valid_entries())
-    monkeypatch.setattr(bundle_module, "MAX_ARCHIVE_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(bundle_files, "MAX_ARCHIVE_BYTES", path.stat().st_size - 1)
     with pytest.raises(BundleError, match="larger than"):
         load_bundle(path)
 

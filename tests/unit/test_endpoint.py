@@ -1,7 +1,7 @@
 """The threaded driver (``farside.transport.Endpoint``), client and proxy over in-memory pipes.
 
 Two endpoints, a client core and a proxy core, are joined by two ``MemoryPipe``s (one per
-direction), wired the way ``untrusted._manager._open_session`` and ``proxy.server`` wire
+direction), wired the way ``untrusted._session.open_session`` and ``proxy.server`` wire
 the real ones. The handlers are small test doubles that record which OS thread ran what.
 Every wait has a short bound, so a deadlock fails a test instead of hanging it.
 """

@@ -50,10 +50,12 @@ IDENTITY = EnclaveIdentity(
     measurement=MEASUREMENT, signer=SIGNER, product_id=7, security_version=3, debug=False
 )
 NONCE = counting(0x60)
-CLIENT_KEY = counting(0xC0)
-PROXY_KEY = counting(0xE0)
+CLIENT_NONCE = counting(0xC0)
+PROXY_NONCE = counting(0xE0)
 TLS_KEY = b"DER SubjectPublicKeyInfo of the proxy's TLS key"
-BINDING = channel_binding(tls_public_key=TLS_KEY, client_key=CLIENT_KEY, proxy_key=PROXY_KEY)
+BINDING = channel_binding(
+    tls_public_key=TLS_KEY, client_nonce=CLIENT_NONCE, proxy_nonce=PROXY_NONCE
+)
 
 
 def strict_policy(**overrides: Any) -> AttestationPolicy:
@@ -77,7 +79,7 @@ def evidence(
     nonce: bytes = NONCE,
     binding: bytes = BINDING,
 ) -> pb.Evidence:
-    return make_evidence(key, identity, nonce=nonce, binding=binding)
+    return make_evidence(key, identity, report_data=report_data(nonce, binding))
 
 
 def refused(
@@ -133,7 +135,9 @@ def test_an_empty_policy_accepts_any_claims_on_a_trusted_platform() -> None:
 
 
 def test_make_evidence_fields() -> None:
-    made = make_evidence(PLATFORM, IDENTITY, nonce=NONCE, binding=BINDING, sandbox=("seccomp",))
+    made = make_evidence(
+        PLATFORM, IDENTITY, report_data=report_data(NONCE, BINDING), sandbox=("seccomp",)
+    )
     assert made.format == EVIDENCE_FORMAT == "farside-sim-v1"
     assert made.platform_key == PLATFORM_PUB
     PLATFORM.public_key().verify(made.signature, made.body)
@@ -308,9 +312,9 @@ def test_report_data_of_the_wrong_length(length: int) -> None:
     assert refused(resigned(body)).check == "nonce"
 
 
-@pytest.mark.parametrize("part", ["tls_public_key", "client_key", "proxy_key"])
+@pytest.mark.parametrize("part", ["tls_public_key", "client_nonce", "proxy_nonce"])
 def test_another_channel_binding(part: str) -> None:
-    parts = {"tls_public_key": TLS_KEY, "client_key": CLIENT_KEY, "proxy_key": PROXY_KEY}
+    parts = {"tls_public_key": TLS_KEY, "client_nonce": CLIENT_NONCE, "proxy_nonce": PROXY_NONCE}
     parts[part] = b"another session's " + part.encode()
     other = channel_binding(**parts)
     assert other != BINDING
@@ -579,10 +583,10 @@ def test_with_platform_keys_adds_and_keeps_the_rest() -> None:
 # ----------------------------------------------------------------------- report data
 
 
-def spec_binding(tls_public_key: bytes, client_key: bytes, proxy_key: bytes) -> bytes:
+def spec_binding(tls_public_key: bytes, client_nonce: bytes, proxy_nonce: bytes) -> bytes:
     """The channel binding as specified: a domain, then each part with a 4-byte length."""
     data = b"farside.channel-binding.v1\0"
-    for part in (tls_public_key, client_key, proxy_key):
+    for part in (tls_public_key, client_nonce, proxy_nonce):
         data += len(part).to_bytes(4, "big") + part
     return hashlib.sha256(data).digest()
 
@@ -607,20 +611,24 @@ def test_report_data_refuses_a_binding_that_is_not_32_bytes(length: int) -> None
 
 
 def test_channel_binding_matches_the_spec() -> None:
-    assert spec_binding(TLS_KEY, CLIENT_KEY, PROXY_KEY) == BINDING
-    local = channel_binding(client_key=CLIENT_KEY, proxy_key=PROXY_KEY)  # no TLS on a Unix socket
-    assert local == spec_binding(b"", CLIENT_KEY, PROXY_KEY)
+    assert spec_binding(TLS_KEY, CLIENT_NONCE, PROXY_NONCE) == BINDING
+    local = channel_binding(
+        client_nonce=CLIENT_NONCE, proxy_nonce=PROXY_NONCE
+    )  # no TLS on a Unix socket
+    assert local == spec_binding(b"", CLIENT_NONCE, PROXY_NONCE)
     assert len(local) == 32
     assert local != BINDING
 
 
 def test_channel_binding_parts_cannot_be_shifted() -> None:
     """Length prefixes: moving bytes from one part to the next changes the binding."""
-    one = channel_binding(tls_public_key=b"ab", client_key=b"c", proxy_key=b"d")
-    two = channel_binding(tls_public_key=b"a", client_key=b"bc", proxy_key=b"d")
-    three = channel_binding(tls_public_key=b"a", client_key=b"b", proxy_key=b"cd")
+    one = channel_binding(tls_public_key=b"ab", client_nonce=b"c", proxy_nonce=b"d")
+    two = channel_binding(tls_public_key=b"a", client_nonce=b"bc", proxy_nonce=b"d")
+    three = channel_binding(tls_public_key=b"a", client_nonce=b"b", proxy_nonce=b"cd")
     assert len({one, two, three}) == 3
-    swapped = channel_binding(tls_public_key=TLS_KEY, client_key=PROXY_KEY, proxy_key=CLIENT_KEY)
+    swapped = channel_binding(
+        tls_public_key=TLS_KEY, client_nonce=PROXY_NONCE, proxy_nonce=CLIENT_NONCE
+    )
     assert swapped != BINDING
 
 
@@ -655,8 +663,8 @@ def vector_inputs(v: dict[str, Any]) -> tuple[Ed25519PrivateKey, EnclaveIdentity
     )
     binding = channel_binding(
         tls_public_key=bytes.fromhex(v["tls_public_key"]),
-        client_key=bytes.fromhex(v["client_key"]),
-        proxy_key=bytes.fromhex(v["proxy_key"]),
+        client_nonce=bytes.fromhex(v["client_nonce"]),
+        proxy_nonce=bytes.fromhex(v["proxy_nonce"]),
     )
     return key, identity, bytes.fromhex(v["nonce"]), binding
 
@@ -696,7 +704,7 @@ def test_evidence_v1_vector_is_remade_byte_for_byte() -> None:
     assert public_key_bytes(key).hex() == v["platform_public_key"]
     assert binding.hex() == v["channel_binding"]
     assert report_data(nonce, binding).hex() == v["report_data"]
-    made = make_evidence(key, identity, nonce=nonce, binding=binding)
+    made = make_evidence(key, identity, report_data=report_data(nonce, binding))
     assert made.body.hex() == v["body"]
     assert made.signature.hex() == v["signature"]
     assert made.SerializeToString().hex() == v["evidence"]
@@ -705,7 +713,7 @@ def test_evidence_v1_vector_is_remade_byte_for_byte() -> None:
 def test_evidence_v1_vector_matches_an_independent_encoding() -> None:
     v = load_vector()
     tls = bytes.fromhex(v["tls_public_key"])
-    binding = spec_binding(tls, bytes.fromhex(v["client_key"]), bytes.fromhex(v["proxy_key"]))
+    binding = spec_binding(tls, bytes.fromhex(v["client_nonce"]), bytes.fromhex(v["proxy_nonce"]))
     report = spec_report_data(bytes.fromhex(v["nonce"]), binding)
     assert report.hex() == v["report_data"]
     body = spec_body(v, report)
@@ -756,7 +764,9 @@ def test_evidence_v1_vector_verifies() -> None:
 
 
 def sandboxed(*layers: str) -> pb.Evidence:
-    return make_evidence(PLATFORM, IDENTITY, nonce=NONCE, binding=BINDING, sandbox=layers)
+    return make_evidence(
+        PLATFORM, IDENTITY, report_data=report_data(NONCE, BINDING), sandbox=layers
+    )
 
 
 def test_required_sandbox_layers_that_were_applied_pass() -> None:

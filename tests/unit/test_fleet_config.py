@@ -14,21 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 import farside
+from farside._errors import StatusCode
 from farside.attestation.platform import init_platform
-from farside.provision._fleet_host import ProxySpec, Started
+from farside.provision.backend import ProxySpec, RefusedError, Started
+from farside.provision.base import parse_node_label
 from farside.provision.fleet import (
     FleetConfigError,
-    PlacementError,
     RayPlacer,
     check_ray_security,
     join_command,
-    parse_node_label,
 )
-from farside.provision.server import ProvisionServer, ProvisionServerConfig, RefusedError
+from farside.provision.server import ProvisionServer, ProvisionServerConfig
 
 SECURE = {
     "RAY_AUTH_MODE": "token",
@@ -91,7 +90,7 @@ def test_a_single_host_server_refuses_labels(tmp_path: Path) -> None:
     try:
         with pytest.raises(RefusedError, match="no node labels") as refused:
             server.provision("demo", "client", label="tee=sgx")
-        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.code == StatusCode.INVALID_ARGUMENT
         assert server.enclave_count() == 0
     finally:
         server.stop()
@@ -239,7 +238,7 @@ class _RayActorError(_RayError):
     pass
 
 
-SPEC = ProxySpec(name="demo", tls=False)
+SPEC = ProxySpec(enclave_id="0123456789abcdef", name="demo", tls=False)
 STARTED = Started(
     address="10.0.0.3:5000", token="t", certificate=b"", host="10.0.0.3", node_id="n3", pid=42
 )
@@ -328,28 +327,28 @@ def test_an_actor_that_died_before_it_ran_is_placed_again(head: str) -> None:
 
 def test_no_free_slot_in_time_is_resource_exhausted(head: str) -> None:
     fake = FakeRay([_GetTimeoutError()])
-    with pytest.raises(PlacementError, match="came free") as refused:
+    with pytest.raises(RefusedError, match="came free") as refused:
         placer(fake, head).place(SPEC, None, timeout=0.5)
-    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.code == StatusCode.RESOURCE_EXHAUSTED
     assert fake.killed == [0]  # the pending actor does not hold on to a slot later
 
 
 def test_a_host_that_cannot_start_the_proxy_is_internal_and_says_little(head: str) -> None:
     fake = FakeRay([_RayTaskError(RuntimeError("stderr of the host's proxy: secret path"))])
-    with pytest.raises(PlacementError) as failed:
+    with pytest.raises(RefusedError) as failed:
         placer(fake, head).place(SPEC, None, timeout=5)
-    assert failed.value.code == grpc.StatusCode.INTERNAL
+    assert failed.value.code == StatusCode.INTERNAL
     assert "secret" not in str(failed.value)
     assert fake.killed == [0]
 
 
 def test_no_host_with_the_label_is_refused_without_waiting(head: str) -> None:
     fake = FakeRay([])
-    with pytest.raises(PlacementError, match="labelled tee=tdx") as refused:
+    with pytest.raises(RefusedError, match="labelled tee=tdx") as refused:
         placer(fake, head).place(SPEC, ("tee", "tdx"), timeout=60)
-    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.code == StatusCode.RESOURCE_EXHAUSTED
     fake.node_list[0]["Alive"] = False
-    with pytest.raises(PlacementError, match="no live host"):
+    with pytest.raises(RefusedError, match="no live host"):
         placer(fake, head).place(SPEC, None, timeout=60)
 
 
@@ -360,15 +359,15 @@ def test_an_unreachable_cluster_is_unavailable(head: str) -> None:
         raise ConnectionError("GCS at 10.0.0.1:6379 is gone")
 
     fake.nodes = broken  # type: ignore[method-assign]
-    with pytest.raises(PlacementError, match="unreachable") as refused:
+    with pytest.raises(RefusedError, match="unreachable") as refused:
         placer(fake, head).place(SPEC, None, timeout=5)
-    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    assert refused.value.code == StatusCode.UNAVAILABLE
     # The head gone entirely: refused at once, not after Ray's own minutes of retrying.
     gone = placer(FakeRay([STARTED]), f"127.0.0.1:{_closed_port()}")
     started = time.monotonic()
-    with pytest.raises(PlacementError, match="unreachable") as refused:
+    with pytest.raises(RefusedError, match="unreachable") as refused:
         gone.place(SPEC, None, timeout=30)
-    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    assert refused.value.code == StatusCode.UNAVAILABLE
     assert time.monotonic() - started < 3.0
 
 

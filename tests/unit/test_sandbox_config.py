@@ -12,7 +12,7 @@ import farside
 from farside._proto.v1 import session_pb2 as pb
 from farside.attestation import Bundle, Manifest
 from farside.protocol import BundleReceived, Role, SessionCore
-from farside.proxy._sandbox import LAYERS, PRETEND_UNAVAILABLE_ENV, Sandbox, SandboxError, stricter
+from farside.proxy.sandbox import LAYERS, PRETEND_UNAVAILABLE_ENV, Sandbox, SandboxError, stricter
 
 BUNDLE = Bundle(manifest=Manifest(name="e", entry="e.py"), files={"e.py": b"x = 1\n"})
 
@@ -128,7 +128,7 @@ def test_landlock_handles_the_rights_each_abi_knows() -> None:
 def test_readable_paths_never_include_root_or_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from farside.proxy._sandbox import _read_paths
+    from farside.proxy.sandbox import _read_paths
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [*sys.path, "/", "", ".", str(tmp_path)])

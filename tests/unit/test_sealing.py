@@ -21,8 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import farside
 import farside.trusted
@@ -33,7 +32,7 @@ from farside.attestation.identity import (
     SealingKeys,
     sealing_root,
 )
-from farside.trusted import _runtime, _sealing
+from farside.trusted import _sealing, runtime as _runtime
 from farside.trusted._sealing import UNSEAL_FAILED, seal_with, unseal_with
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"

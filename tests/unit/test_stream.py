@@ -21,6 +21,7 @@ from farside._errors import EnclaveError, EnclaveLoadError, EnclaveUnavailableEr
 from farside._proto.v1 import session_pb2 as pb
 from farside._tls import TLSConfig
 from farside.proxy.server import ephemeral_tls
+from farside.transport.base import Admission
 from farside.transport.stream import (
     MAX_PENDING_PER_SOURCE,
     PREFACE,
@@ -44,9 +45,9 @@ class Proxy:
         self.connection: StreamConnection | None = None
         self.listener = StreamListener(
             listen,
-            TOKEN,
-            self._on_open,
-            self.lost.append,
+            admission=Admission(TOKEN),
+            on_open=self._on_open,
+            on_lost=self.lost.append,
             tls=tls.server_ssl_context() if tls is not None else None,
         )
         self.address = self.listener.start()
@@ -174,9 +175,7 @@ def test_sending_never_blocks_and_everything_arrives_in_order(proxy: Proxy) -> N
     while len(proxy.frames) < 32 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [f.output.data[0] for f in proxy.frames] == list(range(32))
-    outbox = client.transport.outbox
-    assert outbox is not None
-    assert outbox.backlog == 0
+    assert client.transport.backlog == 0
     client.transport.close(timeout=1.0)
 
 

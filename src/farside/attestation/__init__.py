@@ -1,38 +1,54 @@
-"""What an enclave is and how that is proven: bundles, manifests, measurements, signers.
+"""What an enclave is and how that is proven: bundles, measurements, signers, evidence.
 
-Sim-mode evidence and policies join this package with the attestation work; the
-measurement here is the one the client and the proxy both compute, and the signer
-identity (``verify_bundle_signature``) is Asylo's MRSIGNER.
+* ``bundle``: the bundle model and its measurement (no I/O; the session protocol
+  carries it); ``bundle_files``: reading bundles from disk, building archives.
+* ``signing``: signer keys and bundle signatures (Asylo's MRSIGNER).
+* ``identity``: an enclave's identity, and the sealing keys derived for it.
+* ``evidence``: the attestation policy, sim-mode evidence, and the recipes both ends
+  use (``Attester`` makes evidence, ``verify_session_evidence`` checks it).
+* ``platform``: a trusted machine's platform key pair.
+
+Names are loaded on first use: importing ``farside.attestation.bundle`` does not load
+the cryptography this package's other modules need.
 """
 
-from .bundle import (
-    Bundle,
-    BundleError,
-    BundleSignature,
-    Manifest,
-    build_bundle,
-    load_bundle,
-    measure_bundle,
-    validate_path,
-)
-from .signing import (
-    generate_signer_key,
-    load_signer_key,
-    sign_bundle,
-    verify_bundle_signature,
-)
+import typing as _typing
 
-__all__ = [
-    "Bundle",
-    "BundleError",
-    "Manifest",
-    "load_bundle",
-    "measure_bundle",
-    "validate_path",
-    "BundleSignature",
-    "build_bundle",
-    "generate_signer_key",
-    "load_signer_key",
-    "sign_bundle",
-    "verify_bundle_signature",
-]
+from .._lazy import exports as _exports
+
+if _typing.TYPE_CHECKING:
+    from .bundle import (
+        Bundle as Bundle,
+        BundleError as BundleError,
+        BundleSignature as BundleSignature,
+        Manifest as Manifest,
+        measure_bundle as measure_bundle,
+        validate_path as validate_path,
+    )
+    from .bundle_files import (
+        build_bundle as build_bundle,
+        load_bundle as load_bundle,
+    )
+    from .signing import (
+        generate_signer_key as generate_signer_key,
+        load_signer_key as load_signer_key,
+        sign_bundle as sign_bundle,
+        verify_bundle_signature as verify_bundle_signature,
+    )
+
+_EXPORTS = {
+    "Bundle": ".bundle",
+    "BundleError": ".bundle",
+    "BundleSignature": ".bundle",
+    "Manifest": ".bundle",
+    "measure_bundle": ".bundle",
+    "validate_path": ".bundle",
+    "build_bundle": ".bundle_files",
+    "load_bundle": ".bundle_files",
+    "generate_signer_key": ".signing",
+    "load_signer_key": ".signing",
+    "sign_bundle": ".signing",
+    "verify_bundle_signature": ".signing",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = _exports(__name__, _EXPORTS)

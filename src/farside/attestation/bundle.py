@@ -15,39 +15,33 @@ An archive is a zip written byte-for-byte deterministically (``encode_archive``)
 ``signature.json`` when signed. Reading one (``decode_archive``) trusts nothing in
 it: sizes, counts, paths and every manifest field are checked.
 
-This module reads and writes files only in ``load_bundle`` and ``build_bundle``;
-signing is ``farside.attestation.signing``'s.
+This module does no I/O: it is the model the session protocol carries (``Bundle``,
+``Manifest``), the measurement and the archive codec. Reading bundles from disk and
+writing archives is ``farside.attestation.bundle_files``'s; signing is
+``farside.attestation.signing``'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
-import os
 import posixpath
 import re
 import struct
-import tomllib
 import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-from .platform import write_private
 
 __all__ = [
     "Bundle",
     "BundleError",
     "BundleSignature",
     "Manifest",
-    "build_bundle",
     "decode_archive",
     "encode_archive",
-    "load_bundle",
     "measure_bundle",
     "validate_path",
 ]
@@ -61,13 +55,22 @@ MAX_ARCHIVE_ENTRIES = 10_000
 MAX_ARCHIVE_CONTENT = 64 * 1024 * 1024  # total uncompressed bytes of all entries
 MAX_ARCHIVE_BYTES = 2 * MAX_ARCHIVE_CONTENT  # the .fsb file itself, before it is parsed
 _MAX_METADATA_BYTES = 64 * 1024  # manifest.json, signature.json
-_SKIPPED_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache"})
 _MANIFEST_ENTRY = "manifest.json"
 _SIGNATURE_ENTRY = "signature.json"
 _FILES_PREFIX = "files/"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold
 _ZIP_FILE_MODE = 0o100644 << 16  # a regular file, rw-r--r--, in the Unix attribute bits
 _HEX = re.compile(r"[0-9a-f]*")
+
+
+# The manifest fields enclave.toml and an archive's manifest.json set, and their types.
+MANIFEST_FIELD_TYPES: dict[str, type] = {
+    "name": str,
+    "product_id": int,
+    "security_version": int,
+    "debug": bool,
+}
+TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean"}
 
 
 class BundleError(ValueError):
@@ -181,172 +184,7 @@ def measure_bundle(bundle: Bundle) -> bytes:
     return digest.digest()
 
 
-# ------------------------------------------------------------------ loading
-
-
-def load_bundle(path: str | os.PathLike[str], *, debug: bool | None = None) -> Bundle:
-    """Read an enclave bundle (a ``.py`` file, package directory or ``.fsb`` archive).
-
-    ``debug`` is the mode the caller will run the enclave in; ``None`` takes the
-    bundle's own. A ``.py`` file or a package without a ``debug`` in its
-    ``enclave.toml`` gets ``debug`` (``True`` when ``None``). Where the bundle fixes
-    the flag itself (an archive's manifest, or ``enclave.toml``), a ``debug`` that
-    differs is refused rather than silently overridden: a loader asking for a
-    production enclave must not get a debug one, nor the other way round.
-
-    An archive's signature is read but not verified; ``verify_bundle_signature`` does
-    that. Raises ``BundleError`` naming the path when it is missing or not a bundle.
-    """
-    root = Path(path)
-    try:
-        if root.is_file():
-            if root.suffix == ARCHIVE_SUFFIX:
-                return _load_archive(root, debug)
-            if root.suffix != ".py":
-                raise BundleError(
-                    f"enclave bundle {str(root)!r} is not a .py file, package or .fsb archive"
-                )
-            files = {root.name: root.read_bytes()}
-            manifest = Manifest(name=root.stem, entry=root.name, debug=_or_true(debug))
-            return Bundle(manifest=manifest, files=files)
-        if root.is_dir():
-            return _load_package(root, debug)
-    except OSError as exc:
-        raise BundleError(f"cannot read enclave bundle {str(root)!r}: {exc.strerror}") from exc
-    raise BundleError(f"enclave bundle {str(root)!r} does not exist")
-
-
-def _or_true(debug: bool | None) -> bool:
-    return True if debug is None else debug
-
-
-def _load_package(root: Path, debug: bool | None) -> Bundle:
-    if not (root / "__init__.py").is_file():
-        raise BundleError(f"enclave package {str(root)!r} has no __init__.py")
-    files = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
-        for filename in sorted(filenames):
-            if filename.endswith((".pyc", ".pyo")):
-                continue
-            full = Path(dirpath) / filename
-            files[full.relative_to(root).as_posix()] = full.read_bytes()
-    fields: dict[str, Any] = {"name": root.resolve().name}
-    if MANIFEST_SOURCE in files:
-        source = root / MANIFEST_SOURCE
-        fields.update(_parse_manifest_source(files.pop(MANIFEST_SOURCE), str(source)))
-        if "debug" in fields and debug is not None and fields["debug"] != debug:
-            raise BundleError(
-                f"{str(source)!r} sets debug = {str(fields['debug']).lower()}, which conflicts "
-                f"with debug={debug} asked by the loader; load it with debug="
-                f"{fields['debug']} (--no-debug for false) or change the file"
-            )
-    fields.setdefault("debug", _or_true(debug))
-    try:
-        manifest = Manifest(entry="__init__.py", **fields)
-    except BundleError as exc:  # only enclave.toml's values can be out of range here
-        raise BundleError(f"{str(root / MANIFEST_SOURCE)!r}: {exc}") from None
-    return Bundle(manifest=manifest, files=files)
-
-
-_SOURCE_TYPES: dict[str, type] = {
-    "name": str,
-    "product_id": int,
-    "security_version": int,
-    "debug": bool,
-}
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean"}
-
-
-def _parse_manifest_source(data: bytes, where: str) -> dict[str, Any]:
-    """The manifest fields an ``enclave.toml`` sets; ``BundleError`` naming file and key."""
-    try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BundleError(f"{where!r} is not UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BundleError(f"{where!r} is not valid TOML: {exc}") from None
-    for key in document:
-        if key != "enclave":
-            raise BundleError(f"{where!r}: unknown key {key!r} (only an [enclave] table)")
-    table = document.get("enclave", {})
-    if not isinstance(table, dict):
-        raise BundleError(f"{where!r}: 'enclave' must be a table")
-    for key, value in table.items():
-        expected = _SOURCE_TYPES.get(key)
-        if expected is None:
-            known = ", ".join(_SOURCE_TYPES)
-            raise BundleError(f"{where!r}: unknown key 'enclave.{key}' (known: {known})")
-        # bool is an int in Python, and `product_id = true` is a mistake, not a 1.
-        if type(value) is not expected:
-            raise BundleError(
-                f"{where!r}: 'enclave.{key}' must be {_TYPE_NAMES[expected]}, "
-                f"not {type(value).__name__}"
-            )
-    return dict(table)
-
-
-def _load_archive(root: Path, debug: bool | None) -> Bundle:
-    size = root.stat().st_size
-    if size > MAX_ARCHIVE_BYTES:
-        raise BundleError(f"enclave archive {str(root)!r} is larger than {MAX_ARCHIVE_BYTES} bytes")
-    bundle = decode_archive(root.read_bytes(), origin=str(root))
-    built = bundle.manifest.debug
-    if debug is not None and debug != built:
-        raise BundleError(
-            f"enclave archive {str(root)!r} was built with debug={built}, and a built "
-            f"archive cannot be loaded with debug={debug}: load it with debug={built}"
-            f"{' (without --no-debug)' if built else ' (--no-debug)'}, or rebuild it"
-        )
-    return bundle
-
-
 # ------------------------------------------------------------------ archives
-
-
-def build_bundle(
-    source: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    name: str | None = None,
-    product_id: int | None = None,
-    security_version: int | None = None,
-    debug: bool | None = None,
-) -> Bundle:
-    """Write ``source`` (a ``.py`` file or package directory) as an archive at ``out``.
-
-    Each manifest field is the keyword argument when given, else ``enclave.toml``'s,
-    else the default (the file or directory name, 0, 0, ``True``): flags override the
-    file. ``out`` must end in ``.fsb``; it is written atomically (replacing an older
-    build), so a failure leaves no partial archive. Returns the bundle as built
-    (unsigned; see ``sign_bundle``).
-    """
-    root, target = Path(source), Path(out)
-    if target.suffix != ARCHIVE_SUFFIX:
-        raise BundleError(f"the archive name {str(target)!r} must end in {ARCHIVE_SUFFIX}")
-    if root.is_file() and root.suffix == ARCHIVE_SUFFIX:
-        raise BundleError(f"{str(root)!r} is already a built archive; build from its source")
-    if root.is_dir() and target.resolve().is_relative_to(root.resolve()):
-        raise BundleError(
-            f"the archive {str(target)!r} is inside the package {str(root)!r}: "
-            "the next build would measure it; write it elsewhere"
-        )
-    bundle = load_bundle(root)  # debug=None: the package's own, before the overrides
-    m = bundle.manifest
-    manifest = Manifest(
-        name=m.name if name is None else name,
-        entry=m.entry,
-        product_id=m.product_id if product_id is None else product_id,
-        security_version=m.security_version if security_version is None else security_version,
-        debug=m.debug if debug is None else debug,
-    )
-    bundle = dataclasses.replace(bundle, manifest=manifest)
-    data = encode_archive(bundle)
-    try:
-        write_private(target, data, mode=0o644, force=True)
-    except OSError as exc:
-        raise BundleError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
-    return bundle
 
 
 def encode_archive(bundle: Bundle) -> bytes:
@@ -499,7 +337,7 @@ def _check_fields(value: dict[str, Any], expected: dict[str, type], what: str, o
         if key not in value:
             raise BundleError(f"{origin!r}: {what} has no {key!r}")
         if type(value[key]) is not kind:  # bool is an int; neither stands in for the other
-            raise BundleError(f"{origin!r}: {what} {key!r} must be {_TYPE_NAMES[kind]}")
+            raise BundleError(f"{origin!r}: {what} {key!r} must be {TYPE_NAMES[kind]}")
     if value["version"] != ARCHIVE_VERSION:
         raise BundleError(
             f"{origin!r}: {what} version {value['version']} is not supported "
@@ -509,7 +347,9 @@ def _check_fields(value: dict[str, Any], expected: dict[str, type], what: str, o
 
 def _decode_manifest(data: bytes, origin: str) -> Manifest:
     value = _decode_json(data, _MANIFEST_ENTRY, origin)
-    _check_fields(value, {"version": int, **_SOURCE_TYPES, "entry": str}, _MANIFEST_ENTRY, origin)
+    _check_fields(
+        value, {"version": int, **MANIFEST_FIELD_TYPES, "entry": str}, _MANIFEST_ENTRY, origin
+    )
     del value["version"]
     try:
         return Manifest(**value)

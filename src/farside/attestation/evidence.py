@@ -1,15 +1,15 @@
-"""Sim-mode evidence: made by the proxy, verified by the client against its policy.
+"""Evidence, and the client's side of attestation: what it requires and how it checks.
 
-The proxy signs, with its platform key, an ``EvidenceBody`` naming the enclave it
-loaded (measurement, signer, product id, security version, debug) and report
-data that binds the client's fresh nonce and the session's channel (the proxy's
-TLS key, and the X25519 keys both ends exchanged in Open/Loaded). The client
-verifies the signature against the platform keys it trusts, then every claim
-against its ``AttestationPolicy``, before it sends any configuration or input.
-
-Verification raises ``AttestationError`` naming the failed check; it never
+The proxy's attester (``farside.attestation.attester``) signs, with the platform
+key, an ``EvidenceBody`` naming the enclave it loaded (measurement, signer, product
+id, security version, debug, sandbox layers) and 64 bytes of report data that bind
+the client's fresh nonce and the session's channel (the proxy's TLS key, and a
+fresh nonce from each end). The client verifies the signature against the
+platform keys it trusts, then every claim against its ``AttestationPolicy``,
+before it sends any configuration or input: ``verify_session_evidence`` is that
+recipe. Verification raises ``AttestationError`` naming the failed check; it never
 returns a bool. A hardware backend supplies its own ``format`` and verifier
-behind the same ``verify_evidence`` entry point.
+behind the same entry point.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ __all__ = [
     "public_key_bytes",
     "report_data",
     "verify_evidence",
+    "verify_session_evidence",
 ]
 
 log = logging.getLogger("farside")
@@ -68,10 +69,17 @@ def public_key_bytes(
     return public_key_bytes(load_platform_public_key(key))
 
 
-def channel_binding(*, tls_public_key: bytes = b"", client_key: bytes, proxy_key: bytes) -> bytes:
-    """What ties evidence to one session: the TLS key's DER SPKI (if any) and both X25519 keys."""
+def channel_binding(
+    *, tls_public_key: bytes = b"", client_nonce: bytes, proxy_nonce: bytes
+) -> bytes:
+    """What ties evidence to one session: the TLS key's DER SPKI (if any) and both nonces.
+
+    The TLS key binds the evidence to the channel (a TLS session to another proxy
+    cannot carry it); the nonces, one fresh from each end, make every session's
+    binding unique even on a Unix socket, where there is no TLS key.
+    """
     digest = hashlib.sha256(b"farside.channel-binding.v1\0")
-    for part in (tls_public_key, client_key, proxy_key):
+    for part in (tls_public_key, client_nonce, proxy_nonce):
         digest.update(len(part).to_bytes(4, "big") + part)
     return digest.digest()
 
@@ -90,11 +98,12 @@ def make_evidence(
     platform_key: Ed25519PrivateKey,
     identity: EnclaveIdentity,
     *,
-    nonce: bytes,
-    binding: bytes,
+    report_data: bytes,
     sandbox: Iterable[str] = (),
 ) -> pb.Evidence:
-    """(proxy) Sign evidence for ``identity``, bound to ``nonce`` and ``binding``."""
+    """(attester) Sign sim-mode evidence for ``identity`` carrying ``report_data`` (64 bytes)."""
+    if len(report_data) != 64:
+        raise ValueError("report data is 64 bytes")
     body = pb.EvidenceBody(
         version=EVIDENCE_VERSION,
         measurement=identity.measurement,
@@ -102,7 +111,7 @@ def make_evidence(
         product_id=identity.product_id,
         security_version=identity.security_version,
         debug=identity.debug,
-        report_data=report_data(nonce, binding),
+        report_data=report_data,
         sandbox=list(sandbox),
     ).SerializeToString()
     return pb.Evidence(
@@ -205,7 +214,7 @@ def _check_claims(identity: EnclaveIdentity, policy: AttestationPolicy) -> None:
 
 
 def verify_evidence(
-    evidence: pb.Evidence,
+    evidence: pb.Evidence | None,
     policy: AttestationPolicy,
     *,
     nonce: bytes,
@@ -262,5 +271,31 @@ def verify_evidence(
             "sandbox",
             f"the enclave's process lacks sandbox layer(s) {', '.join(absent)} (applied: "
             f"{', '.join(body.sandbox) or 'none'})",
+        )
+    return identity
+
+
+def verify_session_evidence(
+    evidence: pb.Evidence | None,
+    policy: AttestationPolicy,
+    *,
+    nonce: bytes,
+    binding: bytes,
+    sent: bytes,
+    reported: bytes,
+) -> EnclaveIdentity:
+    """(client) The whole check of a session's evidence; return the enclave's identity.
+
+    ``verify_evidence`` against ``policy`` for this session's ``nonce`` and channel
+    ``binding``, and then that the enclave is the bundle the client ``sent`` (its
+    measurement), as the proxy also ``reported`` in its Loaded frame.
+    ``AttestationError`` naming the check otherwise.
+    """
+    identity = verify_evidence(evidence, policy, nonce=nonce, binding=binding)
+    if identity.measurement != sent or reported != sent:
+        raise _failure(
+            "measurement",
+            "the proxy loaded a different bundle than the one sent "
+            f"({identity.measurement.hex()} instead of {sent.hex()})",
         )
     return identity

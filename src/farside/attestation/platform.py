@@ -15,6 +15,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .._files import write_private
+
 __all__ = [
     "PLATFORM_KEY",
     "PLATFORM_PUB",
@@ -23,34 +25,10 @@ __all__ = [
     "load_platform_key_pem",
     "platform_key_pem",
     "load_platform_public_key",
-    "write_private",
 ]
 
 PLATFORM_KEY = "platform.key"
 PLATFORM_PUB = "platform.pub"
-
-
-def write_private(
-    path: Path, data: bytes, *, mode: int = 0o600, force: bool = False, durable: bool = True
-) -> None:
-    """Write ``data`` to ``path`` atomically with ``mode``; refuse to overwrite unless ``force``.
-
-    ``durable`` also syncs it to disk (not needed for files that live for one process).
-    """
-    if path.exists() and not force:
-        raise FileExistsError(f"{str(path)!r} exists; pass --force to replace it")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def init_platform(directory: str | os.PathLike[str], *, force: bool = False) -> Path:

@@ -21,16 +21,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .bundle import (
-    ARCHIVE_SUFFIX,
-    Bundle,
-    BundleError,
-    BundleSignature,
-    encode_archive,
-    load_bundle,
-)
+from .._files import write_private
+from .bundle import ARCHIVE_SUFFIX, Bundle, BundleError, BundleSignature, encode_archive
+from .bundle_files import load_bundle
 from .identity import SIGNATURE_DOMAIN, UNSIGNED, verify_signature
-from .platform import write_private
 
 __all__ = ["generate_signer_key", "load_signer_key", "sign_bundle", "verify_bundle_signature"]
 

@@ -31,7 +31,7 @@ from .. import _values
 from .._config import SANDBOX_MODES, SandboxConfig
 from .._errors import EnclaveError, EnclaveUnavailableError, ProtocolError, StatusCode
 from .._proto.v1 import session_pb2 as pb
-from ..attestation import Bundle, BundleError, Manifest
+from ..attestation.bundle import Bundle, BundleError, Manifest
 from ._events import (
     BundleReceived,
     CallKind,
@@ -174,7 +174,7 @@ class SessionCore:
         self._bundle = bytearray()
         self._bundle_size = 0
         self._open_nonce = b""
-        self._open_client_key = b""
+        self._open_client_nonce = b""
         self._open_signature: tuple[bytes, bytes] | None = None
         self._open_sandbox: SandboxConfig | None = None
 
@@ -214,7 +214,7 @@ class SessionCore:
         bundle: Bundle,
         *,
         nonce: bytes = b"",
-        client_key: bytes = b"",
+        client_nonce: bytes = b"",
         signature: tuple[bytes, bytes] | None = None,
         sandbox: SandboxConfig | None = None,
     ) -> None:
@@ -244,7 +244,7 @@ class SessionCore:
                     max_depth=self._max_depth,
                     max_value_size=self._max_value_size,
                     nonce=nonce,
-                    client_key=client_key,
+                    client_nonce=client_nonce,
                     signature=pb.BundleSignature(public_key=signature[0], signature=signature[1])
                     if signature is not None
                     else None,
@@ -264,7 +264,7 @@ class SessionCore:
         error: RemoteError | None = None,
         *,
         evidence: Any = None,
-        proxy_key: bytes = b"",
+        proxy_nonce: bytes = b"",
     ) -> None:
         """(proxy) Report the outcome of loading the bundle, with its evidence."""
         self._require_role(Role.PROXY, "loaded")
@@ -277,7 +277,9 @@ class SessionCore:
             return
         self._emit(
             pb.Frame(
-                loaded=pb.Loaded(measurement=measurement, evidence=evidence, proxy_key=proxy_key)
+                loaded=pb.Loaded(
+                    measurement=measurement, evidence=evidence, proxy_nonce=proxy_nonce
+                )
             )
         )
         self.state = State.READY
@@ -551,10 +553,10 @@ class SessionCore:
             )
         except BundleError as exc:
             raise ProtocolError(f"peer sent an invalid manifest: {exc}") from None
-        if len(frame.nonce) > 64 or len(frame.client_key) > 64:
-            raise ProtocolError("peer sent an oversized nonce or session key")
+        if len(frame.nonce) > 64 or len(frame.client_nonce) > 64:
+            raise ProtocolError("peer sent an oversized nonce")
         self._open_nonce = frame.nonce
-        self._open_client_key = frame.client_key
+        self._open_client_nonce = frame.client_nonce
         self._open_signature = (
             (frame.signature.public_key, frame.signature.signature)
             if frame.HasField("signature")
@@ -606,7 +608,7 @@ class SessionCore:
                 bundle=bundle,
                 max_depth=self._max_depth,
                 nonce=self._open_nonce,
-                client_key=self._open_client_key,
+                client_nonce=self._open_client_nonce,
                 signature=self._open_signature,
                 sandbox=self._open_sandbox,
             )
@@ -625,7 +627,7 @@ class SessionCore:
             LoadedReceived(
                 measurement=frame.measurement,
                 evidence=frame.evidence if frame.HasField("evidence") else None,
-                proxy_key=frame.proxy_key,
+                proxy_nonce=frame.proxy_nonce,
             )
         )
 

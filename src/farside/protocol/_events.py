@@ -15,7 +15,7 @@ from typing import Any
 
 from .._config import SandboxConfig
 from .._errors import EnclaveError, StatusCode
-from ..attestation import Bundle
+from ..attestation.bundle import Bundle
 
 __all__ = [
     "BundleReceived",
@@ -148,7 +148,7 @@ class BundleReceived:
     bundle: Bundle
     max_depth: int
     nonce: bytes = b""
-    client_key: bytes = b""
+    client_nonce: bytes = b""
     signature: tuple[bytes, bytes] | None = None  # (signer public key, signature)
     sandbox: SandboxConfig | None = None  # what the client asks of the proxy's sandbox
     thread: int = 0
@@ -161,7 +161,7 @@ class LoadedReceived:
     measurement: bytes = b""
     error: RemoteError | None = None
     evidence: Any = None  # farside.v1.Evidence, verified by farside.attestation.evidence
-    proxy_key: bytes = b""
+    proxy_nonce: bytes = b""
     thread: int = 0
 
 

@@ -26,13 +26,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._errors import EnclaveLoadError
 from ..attestation.platform import PLATFORM_KEY, load_platform_key, platform_key_pem
-from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
+from ._spawn import ProxyProcess, proxy_command, read_statuses, reap, start_proxy
+from .backend import ProxySpec, Started
 from .local import _spawner
 
 __all__ = [
@@ -40,9 +40,7 @@ __all__ = [
     "WORKDIR_VAR",
     "EnclaveSlot",
     "HostError",
-    "ProxySpec",
     "RayEnclaveSlot",
-    "Started",
     "proxy_environment",
     "remove_stale_directories",
 ]
@@ -56,38 +54,6 @@ STALE_AFTER = 60.0  # seconds: younger proxy directories may still be getting th
 
 class HostError(Exception):
     """The chosen host could not start the proxy (its message is the host's reason)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProxySpec:
-    """What the server tells a slot about the proxy to start: its own settings only.
-
-    Built by the server from its configuration and the *validated* enclave name;
-    nothing else of the client's request reaches the host.
-    """
-
-    name: str
-    tls: bool
-    client_ca_pem: bytes = b""
-    idle_timeout: float = 30.0
-    start_timeout: float = 30.0
-    transport: str = "grpc"  # validated by the server against TRANSPORTS
-    sandbox_args: tuple[str, ...] = ()  # the server's --sandbox and limit flags
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Started:
-    """What ``EnclaveSlot.start`` returns to the server (and, but for ``pid``, the client)."""
-
-    address: str
-    token: str
-    certificate: bytes
-    host: str
-    node_id: str
-    pid: int
-
-    def __repr__(self) -> str:  # never print the token
-        return f"Started(address={self.address!r}, host={self.host!r}, pid={self.pid})"
 
 
 def remove_stale_directories(workdir: Path, *, min_age: float = STALE_AFTER) -> list[Path]:
@@ -227,12 +193,14 @@ class EnclaveSlot:
         proxy = self._proxy
         assert proxy is not None
         assert proxy.process.stdout is not None
-        for raw in proxy.process.stdout:
-            parts = raw.decode("utf-8", "replace").split()
-            if len(parts) == 3 and parts[0] == "status" and parts[2].isdigit():
-                self._status = ("" if parts[1] == "-" else parts[1][:64], int(parts[2]))
-        self._code = reap(proxy, grace=STOP_GRACE)
-        self._ended.set()
+        try:
+            read_statuses(proxy.process.stdout, self._set_status)
+        finally:
+            self._code = reap(proxy, grace=STOP_GRACE)
+            self._ended.set()
+
+    def _set_status(self, measurement: str, calls: int) -> None:
+        self._status = (measurement, calls)
 
     def wait(self) -> int:
         """Block until the proxy has exited and was reaped; return its exit code."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import selectors
 import shutil
 import subprocess
@@ -27,12 +28,16 @@ __all__ = [
     "ProxyProcess",
     "proxy_command",
     "read_line",
+    "read_statuses",
     "reap",
     "start_proxy",
 ]
 
 READY_PREFIX = "farside-proxy ready "
 _STDERR_TAIL = 4000
+MAX_LINE = 4096
+"""The longest line read from a proxy's pipe; a longer one is dropped, never buffered."""
+_STATUS = re.compile(rb"status ([0-9a-f]{64}|-) ([0-9]{1,18})")
 
 
 @dataclass(slots=True)
@@ -99,13 +104,45 @@ def read_line(stream: IO[bytes], timeout: float) -> str | None:
         selector.register(stream, selectors.EVENT_READ)
         while not line.endswith(b"\n"):
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
+            if remaining <= 0 or len(line) > MAX_LINE or not selector.select(remaining):
                 return None
             chunk = os.read(stream.fileno(), 1)
             if not chunk:
                 return None
             line += chunk
     return line.decode("utf-8", "replace").strip()
+
+
+def read_statuses(stream: IO[bytes], report: Callable[[str, int], None]) -> None:
+    """Read a proxy's status lines until its pipe closes, reporting each well-formed one.
+
+    ``report(measurement hex or "", entry calls served)``. The proxy runs enclave code,
+    which may write anything here: a line is at most ``MAX_LINE`` bytes (a longer one
+    is dropped without being kept), only ASCII lines of the exact grammar
+    ``status <64 hex digits or -> <decimal>`` count, and nothing read can raise.
+    """
+    fd = stream.fileno()
+    pending = b""
+    dropping = False  # inside a line that was already too long
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        pending += chunk
+        while (newline := pending.find(b"\n")) >= 0:
+            line, pending = pending[:newline], pending[newline + 1 :]
+            if dropping:
+                dropping = False
+                continue
+            match = _STATUS.fullmatch(line)
+            if match is not None:
+                measurement = "" if match[1] == b"-" else match[1].decode("ascii")
+                report(measurement, int(match[2]))
+        if len(pending) > MAX_LINE:
+            pending, dropping = b"", True
 
 
 Launcher = Callable[[Callable[[], "subprocess.Popen[bytes]"]], "subprocess.Popen[bytes]"]

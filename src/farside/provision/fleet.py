@@ -8,11 +8,12 @@ server (a Ray driver) asks Ray for an ``EnclaveSlot`` actor needing one
 capacity, and the actor spawns the proxy there (``_fleet_host``). The reply to the
 client is the same as a single host's: the proxy's address, token and certificate.
 
-``RayPlacer`` is that placement interface: ``place`` (RESOURCE_EXHAUSTED when no
-slot frees up in time; an actor whose host died before it ran is placed again),
+``RayPlacer`` is the provision server's backend in fleet mode
+(``farside.provision.backend.ProvisionBackend``): ``place`` (RESOURCE_EXHAUSTED when
+no slot frees up in time; an actor whose host died before it ran is placed again),
 ``wait`` (until the proxy exited or its host died), ``release``, ``end`` (frees the
-slot), ``hosts`` and ``statuses`` for listings, ``close``. Ray is imported
-lazily: the core package never needs it.
+slot), ``hosts`` and ``statuses`` for listings, ``close``. Ray is imported lazily:
+the core package never needs it.
 
 Ray gives code execution to whoever reaches its ports, so ``check_ray_security``
 refuses a fleet without Ray's token authentication, and without TLS unless a
@@ -32,30 +33,26 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import grpc
-
+from .._errors import StatusCode
 from .._proto.v1 import provision_pb2 as pb
-from ._fleet_host import PLATFORM_DIR_VAR, WORKDIR_VAR, ProxySpec, RayEnclaveSlot, Started
+from ._fleet_host import PLATFORM_DIR_VAR, WORKDIR_VAR, RayEnclaveSlot
+from .backend import Placement, ProxySpec, RefusedError, Started
+from .base import parse_node_label
 
 __all__ = [
     "ENCLAVE_RESOURCE",
     "FleetConfigError",
-    "Placement",
-    "PlacementError",
-    "Placer",
     "RayPlacer",
     "check_ray_security",
     "join_command",
-    "parse_node_label",
 ]
 
 log = logging.getLogger("farside.provision.fleet")
 
 ENCLAVE_RESOURCE = "enclave"
 NAMESPACE = "farside"
-_LABEL_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 _RAY_ADDRESS = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}")
 _TLS_FILES = ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT")
 
@@ -64,30 +61,7 @@ class FleetConfigError(ValueError):
     """Fleet mode is not configured safely (or Ray is missing); the message says what to do."""
 
 
-class PlacementError(Exception):
-    """A ``Provision`` the fleet cannot serve, with the gRPC status code to answer it with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 # ----------------------------------------------------------------- validation
-
-
-def parse_node_label(text: str) -> tuple[str, str]:
-    """``"key=value"`` → (key, value); ``ValueError`` unless both parts are plain names.
-
-    Each part: 1-63 letters, digits, '.', '_' or '-', starting and ending with a
-    letter or digit (Kubernetes' label syntax, without prefixes).
-    """
-    key, sep, value = text.partition("=")
-    if not sep or not _LABEL_PART.fullmatch(key) or not _LABEL_PART.fullmatch(value):
-        raise ValueError(
-            f"a node label is key=value, each 1-63 letters, digits, '.', '_', '-' "
-            f"(starting and ending with a letter or digit), not {text[:80]!r}"
-        )
-    return key, value
 
 
 def _token_configured(environ: Mapping[str, str]) -> bool:
@@ -234,39 +208,19 @@ def join_command(
 
 
 @dataclass(slots=True)
-class Placement:
-    """An enclave placed in the fleet: its slot actor, what it started, its end."""
+class _Slot:
+    """A placement's handle: the slot actor, and the ObjectRef of its ``wait()``."""
 
     actor: Any
-    started: Started
-    done: Any  # the ObjectRef of the actor's wait()
-
-
-class Placer(Protocol):
-    """What the provision server needs of a fleet (``RayPlacer``; docs/fleet.md sketches
-    how a Kubernetes placer would provide the same)."""
-
-    def connect(self) -> None: ...
-
-    def place(
-        self, spec: ProxySpec, label: tuple[str, str] | None, timeout: float
-    ) -> Placement: ...
-
-    def wait(self, placement: Placement) -> str: ...
-
-    def release(self, placement: Placement) -> None: ...
-
-    def end(self, placement: Placement) -> None: ...
-
-    def statuses(self, placements: Sequence[Placement]) -> list[tuple[str, int]]: ...
-
-    def hosts(self, placements: Sequence[Placement]) -> list[pb.HostInfo]: ...
-
-    def close(self) -> None: ...
+    done: Any
 
 
 class RayPlacer:
-    """Place proxies on the fleet's hosts through the Ray cluster at ``address``."""
+    """Place proxies on the fleet's hosts through the Ray cluster at ``address``.
+
+    The provision server's backend in fleet mode; a Kubernetes placer would provide
+    the same interface (docs/fleet.md sketches it).
+    """
 
     def __init__(
         self,
@@ -332,8 +286,8 @@ class RayPlacer:
             self._probe(2.0)
             nodes: list[dict[str, Any]] = self._ray.nodes()
         except Exception as exc:
-            raise PlacementError(
-                grpc.StatusCode.UNAVAILABLE,
+            raise RefusedError(
+                StatusCode.UNAVAILABLE,
                 f"the fleet's Ray cluster at {self.address} is unreachable: {exc}",
             ) from exc
         return nodes
@@ -348,8 +302,8 @@ class RayPlacer:
             ):
                 return
         wanted = f" labelled {label[0]}={label[1]}" if label else ""
-        raise PlacementError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        raise RefusedError(
+            StatusCode.RESOURCE_EXHAUSTED,
             f"no live host in the fleet offers enclave slots{wanted}",
         )
 
@@ -382,8 +336,8 @@ class RayPlacer:
             except exceptions.RayTaskError as exc:
                 self._kill(actor)
                 log.error("a slot could not start the proxy for %s: %s", spec.name, exc.cause)
-                raise PlacementError(
-                    grpc.StatusCode.INTERNAL,
+                raise RefusedError(
+                    StatusCode.INTERNAL,
                     "the enclave proxy failed to start on the host Ray chose",
                 ) from None
             except exceptions.RayActorError as exc:
@@ -392,13 +346,13 @@ class RayPlacer:
                 continue
             except exceptions.RayError as exc:
                 self._kill(actor)
-                raise PlacementError(
-                    grpc.StatusCode.UNAVAILABLE,
+                raise RefusedError(
+                    StatusCode.UNAVAILABLE,
                     f"the fleet's Ray cluster at {self.address} failed: {exc}",
                 ) from None
-            return Placement(actor, started, actor.wait.remote())
-        raise PlacementError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            return Placement(started, _Slot(actor, actor.wait.remote()))
+        raise RefusedError(
+            StatusCode.RESOURCE_EXHAUSTED,
             f"no enclave slot{wanted} came free in the fleet within {timeout:.3g} s; "
             "try again later",
         )
@@ -406,7 +360,7 @@ class RayPlacer:
     def wait(self, placement: Placement) -> str:
         """Block until the enclave ended; say how. The slot is not free until ``end``."""
         try:
-            code = self._ray.get(placement.done)
+            code = self._ray.get(placement.handle.done)
         except Exception as exc:  # RayActorError: the host died; others: we left the cluster
             return f"its host or slot died ({type(exc).__name__})"
         return f"its proxy exited with code {code}"
@@ -414,13 +368,13 @@ class RayPlacer:
     def release(self, placement: Placement) -> None:
         """Ask the proxy to finalize and exit; ``wait`` returns once it did."""
         try:
-            placement.actor.stop.remote()
+            placement.handle.actor.stop.remote()
         except Exception as exc:  # the actor or the cluster is gone: nothing to stop
             log.info("releasing the enclave at %s: %s", placement.started.address, exc)
 
     def end(self, placement: Placement) -> None:
         """End the slot actor (its proxy dies with it): the slot is free again."""
-        self._kill(placement.actor)
+        self._kill(placement.handle.actor)
 
     def _kill(self, actor: Any) -> None:
         try:
@@ -430,7 +384,7 @@ class RayPlacer:
 
     def statuses(self, placements: Sequence[Placement]) -> list[tuple[str, int]]:
         """(measurement, calls served) of each placement, ``("", 0)`` if it does not answer."""
-        refs = [p.actor.status.remote() for p in placements]
+        refs = [p.handle.actor.status.remote() for p in placements]
         results: list[tuple[str, int]] = []
         for ref in refs:
             try:

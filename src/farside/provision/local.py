@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from .._config import SANDBOX_MODES, SandboxMode
 from ..attestation.evidence import public_key_bytes
 from ..attestation.platform import platform_key_pem
-from ._base import ProxyLease, choose_transport
+from ..transport.factory import choose_transport
 from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
+from .base import ProxyLease
 
 __all__ = ["LocalProvision"]
 

@@ -16,11 +16,12 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .._errors import EnclaveLoadError, StatusCode
-from .._proto.v1 import provision_pb2 as pb
-from .._proto.v1 import provision_pb2_grpc as pb_grpc
+from .._errors import EnclaveError, EnclaveLoadError, StatusCode
+from .._proto.v1 import provision_pb2 as pb, provision_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
-from ._base import ProxyLease, choose_transport
+from ..transport.factory import choose_transport
+from ..transport.grpc import channel_credentials
+from .base import ProxyLease, parse_node_label
 
 __all__ = ["RemoteProvision"]
 
@@ -73,8 +74,6 @@ class RemoteProvision:
         if not isinstance(address, str) or ":" not in address:
             raise ValueError(f"the provision server address must be host:port, not {address!r}")
         if node_label is not None:
-            from .fleet import parse_node_label
-
             parse_node_label(node_label)  # ValueError now, not a refusal later
         self.node_label = node_label or ""
         if tls is not None and not isinstance(tls, TLSConfig):
@@ -99,7 +98,7 @@ class RemoteProvision:
         if self.tls is None:
             return None
         try:
-            return self.tls.channel_credentials()
+            return channel_credentials(self.tls)
         except ValueError as exc:
             raise EnclaveLoadError(str(exc), code=StatusCode.INVALID_ARGUMENT) from exc
 
@@ -117,6 +116,16 @@ class RemoteProvision:
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self._token}"),) if self._token else ()
 
+    def _failure(self, exc: grpc.RpcError) -> tuple[StatusCode, str]:
+        """The status code of a failed request, and what to tell the user about it."""
+        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
+        reason = _REASONS.get(code, f"failed ({code.name})")
+        return (
+            StatusCode.coerce(code.value[0]),
+            f"the provision server at {self.address} {reason}: {details}",
+        )
+
     def provision(self, *, name: str, timeout: float) -> ProxyLease:
         """Ask the server for a proxy; ``EnclaveLoadError`` with the reason if it fails."""
         try:
@@ -128,22 +137,12 @@ class RemoteProvision:
                 metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-            details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
-            reason = _REASONS.get(code, f"failed ({code.name})")
-            raise EnclaveLoadError(
-                f"the provision server at {self.address} {reason}: {details}",
-                code=StatusCode.coerce(code.value[0]),
-            ) from None
+            code, message = self._failure(exc)
+            raise EnclaveLoadError(message, code=code) from None
         pinned, tls_public_key = self._pinned(response.proxy_certificate)
-        try:
-            credentials = pinned.channel_credentials() if pinned is not None else None
-        except ValueError as exc:
-            raise EnclaveLoadError(str(exc), code=StatusCode.INVALID_ARGUMENT) from exc
         return ProxyLease(
             address=response.address,
             token=response.session_token,
-            credentials=credentials,
             tls=pinned,
             transport=self.transport,
             tls_public_key=tls_public_key,
@@ -178,6 +177,22 @@ class RemoteProvision:
             log.info(
                 "farside: releasing enclave %s at %s failed: %s", lease.handle, self.address, exc
             )
+
+    def server_status(self, *, timeout: float = 10.0) -> pb.ListEnclavesResponse:
+        """The server's hosts and the enclaves it shows this caller (``farside status``).
+
+        ``EnclaveError`` with the server's status code and the reason if it fails.
+        """
+        try:
+            reply: pb.ListEnclavesResponse = self._stub().ListEnclaves(
+                pb.ListEnclavesRequest(), timeout=timeout, metadata=self._metadata()
+            )
+        except grpc.RpcError as exc:
+            code, message = self._failure(exc)
+            raise EnclaveError(message, code=code) from None
+        except EnclaveLoadError as exc:  # the TLS settings cannot be read
+            raise EnclaveError(exc.message, code=exc.code) from None
+        return reply
 
     def close(self) -> None:
         """Close the channel to the server (it reopens on the next use)."""

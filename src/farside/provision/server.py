@@ -1,21 +1,18 @@
-"""The provision server: a trusted machine's daemon that spawns one proxy per enclave.
+"""The provision server: a trusted machine's daemon that starts one proxy per enclave.
 
-``ProvisionServer`` serves the ``Provisioner`` gRPC service (and the standard
-health service). Each ``Provision`` authenticates the caller (mTLS client
-certificate and/or bearer token), checks the limits, and starts a
-``farside proxy`` listening with TLS on the advertised address; only the caller
-learns the proxy's one-time session token. A monitor thread per proxy reads its
-status lines and reaps it when it exits, whatever the reason (session ended,
-released, no client in time, client gone, crashed): the server keeps serving.
+``ProvisionServer`` serves the ``Provisioner`` gRPC service (and the standard health
+service). Each ``Provision`` authenticates the caller (mTLS client certificate and/or
+bearer token), checks the limits (per client and in total), and has its backend
+(``farside.provision.backend``) start a ``farside proxy``: on this machine
+(``SingleHostBackend``) or, in fleet mode, on a host of a Ray cluster (``RayPlacer``).
+Only the caller learns the proxy's one-time session token. A watcher thread per
+proxy waits until it exited, whatever the reason (session ended, released, no client
+in time, client gone, crashed), and frees its slot: the server keeps serving.
 
-Proxies run in their own sessions and do not die with the server: a crash or
-restart of the server leaves running enclaves serving. A clean shutdown
-(``stop``) asks every proxy to finalize, waits a grace period, then kills and
-reaps them all.
-
-In fleet mode (``ray_address``) the server spawns nothing itself: its
-``FleetEnclaves`` (``provision._fleet_server``) has a ``RayPlacer``
-(``provision.fleet``) place each proxy on one of the fleet's trusted hosts.
+The server owns the table of enclaves; backends own their processes or slots. Proxies
+do not die with the server: a crash or restart of it leaves running enclaves serving.
+A clean shutdown (``stop``) asks every proxy to finalize, waits a grace period, then
+ends them all.
 """
 
 from __future__ import annotations
@@ -23,35 +20,30 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .._config import SandboxConfig, SandboxMode
-from .._errors import EnclaveLoadError
-from .._proto.v1 import provision_pb2 as pb
-from .._proto.v1 import provision_pb2_grpc as pb_grpc
+from .._errors import StatusCode
+from .._proto.v1 import provision_pb2 as pb, provision_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
 from ..attestation.platform import PLATFORM_KEY, load_platform_key, platform_key_pem
-from ._base import TRANSPORTS
-from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
-
-if TYPE_CHECKING:
-    from ._fleet_server import FleetEnclaves
-    from .fleet import Placement
+from ..transport.factory import TRANSPORTS
+from ..transport.grpc import server_credentials
+from .backend import Placement, ProvisionBackend, ProxySpec, RefusedError, Started
+from .base import parse_node_label
 
 __all__ = ["ProvisionServer", "ProvisionServerConfig"]
 
@@ -59,6 +51,8 @@ log = logging.getLogger("farside.provision")
 
 SERVICE_NAME = "farside.v1.Provisioner"
 MAX_REQUEST_BYTES = 64 * 2**10
+RELEASE_WAIT = 3.0
+"""The longest ``Release`` waits for the enclave's slot to be free."""
 _NAME = re.compile(r"[A-Za-z0-9._\-]{1,128}")
 
 
@@ -128,40 +122,32 @@ class _Enclave:
     enclave_id: str
     name: str
     client: str
-    proxy: ProxyProcess | None = None  # None while it starts
+    placement: Placement | None = None  # None while it starts
     started: float = field(default_factory=time.monotonic)
-    measurement: str = ""
-    calls: int = 0
-    released: bool = False
-    placement: Placement | None = None  # fleet mode, once placed
+    gone: threading.Event = field(default_factory=threading.Event)  # its slot is free
 
 
 class ProvisionServer:
-    """Serve ``Provisioner`` on ``config.host:config.port`` until ``stop``."""
+    """Serve ``Provisioner`` on ``config.host:config.port`` until ``stop``.
 
-    def __init__(self, config: ProvisionServerConfig) -> None:
+    ``backend`` is where proxies run; by default the one ``config`` implies
+    (``RayPlacer`` with ``ray_address``, else ``SingleHostBackend``).
+    """
+
+    def __init__(
+        self, config: ProvisionServerConfig, *, backend: ProvisionBackend | None = None
+    ) -> None:
         self.config = config
         self._lock = threading.Lock()
         self._enclaves: dict[str, _Enclave] = {}
         self._stopping = False
-        self._platform_pem = b""
-        if config.platform_dir is not None:  # fail now, not at the first Provision
-            self._platform_pem = platform_key_pem(
-                load_platform_key(config.platform_dir / PLATFORM_KEY)
-            )
-        self._fleet: FleetEnclaves | None = None
-        if config.ray_address is not None:  # fail now (FleetConfigError), not at the first request
-            from ._fleet_server import FleetEnclaves
-            from .fleet import RayPlacer
-
-            placer = RayPlacer(
-                config.ray_address,
-                node_ip=config.ray_node_ip,
-                allow_plaintext=config.ray_allow_plaintext,
-            )
-            self._fleet = FleetEnclaves(self, placer)
         self._workdir = Path(tempfile.mkdtemp(prefix="farside-server-", dir=config.workdir))  # 0700
-        self._proxy_tls = self._materialize_tls()
+        try:
+            self.backend = backend if backend is not None else self._default_backend()
+            self._client_ca_pem = self._read_client_ca()
+        except BaseException:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            raise
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=8, thread_name_prefix="provision"),
             options=[
@@ -174,35 +160,70 @@ class ProvisionServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self.address = ""
 
-    def _materialize_tls(self) -> list[str]:
-        """The proxy's TLS flags: a key and certificate of its own, and our client CA.
+    def _default_backend(self) -> ProvisionBackend:
+        """The backend the configuration names; fails now (key, Ray), not at a request."""
+        config = self.config
+        if config.ray_address is not None:
+            from .fleet import RayPlacer
 
-        Proxies never get the server's key: enclave code runs in them.
-        """
+            return RayPlacer(
+                config.ray_address,
+                node_ip=config.ray_node_ip,
+                allow_plaintext=config.ray_allow_plaintext,
+            )
+        from .single_host import SingleHostBackend
+
+        platform_pem = b""
+        if config.platform_dir is not None:
+            platform_pem = platform_key_pem(load_platform_key(config.platform_dir / PLATFORM_KEY))
+        return SingleHostBackend(
+            host=config.advertise or config.host,
+            workdir=self._workdir,
+            slots=config.max_enclaves,
+            ports=config.proxy_ports,
+            python=config.python,
+            platform_pem=platform_pem,
+            grace=config.grace,
+        )
+
+    def _read_client_ca(self) -> bytes:
+        """The CA proxies require client certificates from (public; handed to each proxy)."""
         tls = self.config.tls
         if tls is None:
-            return []
-        flags = ["--tls-ephemeral", self.config.advertise or self.config.host]
-        if tls.client_ca is not None:
-            value = tls.client_ca
-            path = self._workdir / "client-ca.pem" if isinstance(value, bytes) else Path(value)
-            if isinstance(value, bytes):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(value)
-            flags += ["--client-ca", str(path.resolve())]
-        return flags
+            return b""
+        return tls.pem("client_ca") or b""
+
+    def _spec(self, enclave_id: str, name: str, transport: str) -> ProxySpec:
+        """What a backend is told about the proxy to start: the server's settings only."""
+        config = self.config
+        args = ["--sandbox", config.proxy_sandbox]
+        for flag, value in (
+            ("--memory-limit", config.proxy_limits.memory),
+            ("--open-files-limit", config.proxy_limits.open_files),
+            ("--cpu-limit", config.proxy_limits.cpu_seconds),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        return ProxySpec(
+            enclave_id=enclave_id,
+            name=name,
+            tls=config.tls is not None,
+            client_ca_pem=self._client_ca_pem,
+            idle_timeout=config.proxy_idle_timeout,
+            start_timeout=config.proxy_start_timeout,
+            transport=transport,
+            sandbox_args=tuple(args),
+        )
 
     # ----------------------------------------------------------- lifecycle
 
     def start(self) -> str:
         """Bind and serve; return ``host:port`` (the real port when ``port`` was 0)."""
         target = f"{self.config.host}:{self.config.port}"
-        if self._fleet is not None:
-            self._fleet.placer.connect()  # OSError naming the cluster if it cannot
+        self.backend.connect()  # OSError naming the cluster if it cannot
         try:
             if self.config.tls is not None:
-                port = self._server.add_secure_port(target, self.config.tls.server_credentials())
+                port = self._server.add_secure_port(target, server_credentials(self.config.tls))
             else:
                 port = self._server.add_insecure_port(target)
         except (RuntimeError, ValueError) as exc:  # ValueError: unreadable TLS files
@@ -216,29 +237,27 @@ class ProvisionServer:
         return self.address
 
     def stop(self) -> None:
-        """Refuse new work, ask every proxy to finalize, then kill and reap what is left."""
+        """Refuse new work, ask every proxy to finalize, then end what is left."""
         with self._lock:
             self._stopping = True
-            enclaves = list(self._enclaves.values())
+            placements = [e.placement for e in self._enclaves.values() if e.placement]
         self._health.enter_graceful_shutdown()
         stopped = self._server.stop(grace=1.0)
-        if self._fleet is not None:
-            self._fleet.stop(enclaves)
-        proxies = [e.proxy for e in enclaves if e.proxy is not None]
-        for proxy in proxies:
-            if proxy.process.poll() is None:
-                proxy.process.terminate()  # the proxy finalizes on SIGTERM
+        for placement in placements:
+            self.backend.release(placement)  # the proxy finalizes; its watcher frees the slot
         deadline = time.monotonic() + self.config.grace
-        for proxy in proxies:
-            reap(proxy, grace=max(0.0, deadline - time.monotonic()))
-        with self._lock:  # the monitors would forget them a moment later; do it now
-            for enclave in enclaves:
-                self._enclaves.pop(enclave.enclave_id, None)
+        while time.monotonic() < deadline and self.enclave_count():
+            time.sleep(0.05)
+        for placement in placements:
+            self.backend.end(placement)
+        with self._lock:
+            self._enclaves.clear()
+        self.backend.close()
         stopped.wait(5.0)
         shutil.rmtree(self._workdir, ignore_errors=True)
 
     def enclave_count(self) -> int:
-        """How many proxies are running."""
+        """How many enclaves are starting or running."""
         with self._lock:
             return len(self._enclaves)
 
@@ -281,238 +300,128 @@ class ProvisionServer:
         label: str = "",
         timeout: float | None = None,
         transport: str = "grpc",
-    ) -> tuple[str, str, str, bytes]:
-        """Start a proxy for ``client``; return (enclave id, address, token, proxy cert PEM).
+    ) -> tuple[str, Started]:
+        """Start a proxy for ``client``; return its enclave id and what the client is told.
 
-        ``label`` (fleet mode only) asks for a host with that node label; ``timeout``
-        bounds the wait for a free slot in the fleet; ``transport`` is the wire the
-        proxy serves ("grpc" or "stream").
+        ``label`` (fleet mode) asks for a host with that node label; ``timeout`` bounds
+        the wait (for a free slot in the fleet); ``transport`` is the wire the proxy serves.
+        ``RefusedError`` says why not.
         """
-        parsed = self._parse_label(label)
+        try:
+            parsed = parse_node_label(label) if label else None
+        except ValueError as exc:
+            raise RefusedError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
         with self._lock:
             if self._stopping:
-                raise RefusedError(
-                    grpc.StatusCode.UNAVAILABLE, "the provision server is shutting down"
-                )
+                raise RefusedError(StatusCode.UNAVAILABLE, "the provision server is shutting down")
             if len(self._enclaves) >= self.config.max_enclaves:
                 raise RefusedError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    StatusCode.RESOURCE_EXHAUSTED,
                     f"this server runs its maximum of {self.config.max_enclaves} enclaves; "
                     "try again later or another server",
                 )
             mine = sum(1 for e in self._enclaves.values() if e.client == client)
             if mine >= self.config.max_per_client:
                 raise RefusedError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    StatusCode.RESOURCE_EXHAUSTED,
                     f"you already run {mine} enclaves here, the maximum per client; "
                     "destroy one first",
                 )
-            enclave_id = secrets.token_hex(8)
-            enclave = _Enclave(enclave_id, name, client)
-            self._enclaves[enclave_id] = enclave  # holds the slot while the proxy starts
-        if self._fleet is not None:
-            return self._fleet.place(enclave, parsed, timeout, transport)
+            enclave = _Enclave(secrets.token_hex(8), name, client)
+            self._enclaves[enclave.enclave_id] = enclave  # holds the slot while it starts
+        limit = self.config.placement_timeout
         try:
-            proxy, token = self._start_proxy(enclave_id, name, transport)
+            placement = self.backend.place(
+                self._spec(enclave.enclave_id, name, transport),
+                parsed,
+                limit if timeout is None else max(0.1, min(timeout, limit)),
+            )
         except BaseException:
-            with self._lock:
-                del self._enclaves[enclave_id]
+            self._forget(enclave)
             raise
-        certificate = b""
-        if self.config.tls is not None:  # read it before the monitor may reap the directory
-            try:
-                certificate = (proxy.directory / "tls-cert.pem").read_bytes()
-            except OSError:
-                certificate = b""
-            if not certificate:
-                reap(proxy, grace=0.0)
-                with self._lock:
-                    del self._enclaves[enclave_id]
-                raise RefusedError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "the enclave proxy ended before it could be handed over",
-                )
         with self._lock:
-            enclave.proxy = proxy
+            enclave.placement = placement
             enclave.started = time.monotonic()
+            stopping = self._stopping
+        if stopping:  # stop() ran while it started: it must not outlive the server
+            self.backend.end(placement)
+            self._forget(enclave)
+            raise RefusedError(StatusCode.UNAVAILABLE, "the provision server is shutting down")
         threading.Thread(
-            target=self._monitor,
-            args=(enclave, proxy),
+            target=self._watch,
+            args=(enclave, placement),
             daemon=True,
-            name=f"farside-proxy-{enclave_id}",
+            name=f"farside-proxy-{enclave.enclave_id}",
         ).start()
-        log.info("provisioned %s (%s) for %s at %s", enclave_id, name, client, proxy.address)
-        return enclave_id, proxy.address, token, certificate
+        log.info(
+            "provisioned %s (%s) for %s on %s at %s",
+            enclave.enclave_id,
+            name,
+            client,
+            placement.started.host,
+            placement.started.address,
+        )
+        return enclave.enclave_id, placement.started
 
-    def _parse_label(self, label: str) -> tuple[str, str] | None:
-        if not label:
-            return None
-        if self._fleet is None:
-            raise RefusedError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "this server runs enclaves on one host and has no node labels; "
-                "node_label is for a server in fleet mode",
-            )
-        from .fleet import parse_node_label
-
-        try:
-            return parse_node_label(label)
-        except ValueError as exc:
-            raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-
-    # ----------------------------------------------------------- single host
-
-    def _start_proxy(
-        self, enclave_id: str, name: str, transport: str = "grpc"
-    ) -> tuple[ProxyProcess, str]:
-        token = secrets.token_urlsafe(32)
-        host = self.config.advertise or self.config.host
-        extra = [*self._proxy_tls, "--report-status", *self._proxy_sandbox_args()]
-        if self.config.platform_dir is not None:
-            extra += ["--platform-key", "-"]  # on stdin: proxies never see the key's file
-        error: EnclaveLoadError | None = None
-        for port in self._candidate_ports():
-            directory = self._workdir / enclave_id
-            directory.mkdir(mode=0o700, exist_ok=True)
-            command = proxy_command(
-                f"{host}:{port}",
-                python=self.config.python,
-                idle_timeout=self.config.proxy_idle_timeout,
-                transport=transport,
-                extra=extra,
-            )
-            try:
-                proxy = start_proxy(
-                    command,
-                    token=token,
-                    directory=directory,
-                    timeout=self.config.proxy_start_timeout,
-                    name=name,
-                    secret_input=self._platform_pem,
-                )
-            except EnclaveLoadError as exc:
-                error = exc
-                if "cannot listen" in str(exc):
-                    continue  # that port is taken by someone else: try the next one
-                break
-            return proxy, token
-        log.error("proxy for %s failed to start: %s", enclave_id, error)
-        if (
-            self.config.proxy_ports is not None
-            and error is not None
-            and ("cannot listen" in str(error))
-        ):
-            raise RefusedError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "no free port is left in this server's proxy port range",
-            )
-        raise RefusedError(grpc.StatusCode.INTERNAL, "the enclave proxy failed to start")
-
-    def _proxy_sandbox_args(self) -> list[str]:
-        args = ["--sandbox", self.config.proxy_sandbox]
-        limits = self.config.proxy_limits
-        for flag, value in (
-            ("--memory-limit", limits.memory),
-            ("--open-files-limit", limits.open_files),
-            ("--cpu-limit", limits.cpu_seconds),
-        ):
-            if value is not None:
-                args += [flag, str(value)]
-        return args
-
-    def _candidate_ports(self) -> list[int]:
-        """Ports to try for a new proxy: any (0), or the free ones of --proxy-ports."""
-        if self.config.proxy_ports is None:
-            return [0]
-        low, high = self.config.proxy_ports
-        with self._lock:
-            used = {
-                int(e.proxy.address.rsplit(":", 1)[1])
-                for e in self._enclaves.values()
-                if e.proxy is not None
-            }
-        return [p for p in range(low, high + 1) if p not in used][:8]
-
-    def _monitor(self, enclave: _Enclave, proxy: ProxyProcess) -> None:
-        """Read the proxy's status lines until it exits, then reap it."""
-        process = proxy.process
-        assert process.stdout is not None
-        for raw in process.stdout:
-            parts = raw.decode("utf-8", "replace").split()
-            if len(parts) == 3 and parts[0] == "status":
-                enclave.measurement = "" if parts[1] == "-" else parts[1][:64]
-                enclave.calls = int(parts[2]) if parts[2].isdigit() else enclave.calls
-        code = reap(proxy, grace=self.config.grace)
+    def _forget(self, enclave: _Enclave) -> None:
         with self._lock:
             self._enclaves.pop(enclave.enclave_id, None)
-        if code == 0:
-            log.info("enclave %s ended; its proxy was reaped", enclave.enclave_id)
-        else:
-            log.warning(
-                "the proxy of enclave %s exited with code %s; reaped", enclave.enclave_id, code
-            )
+        enclave.gone.set()
+
+    def _watch(self, enclave: _Enclave, placement: Placement) -> None:
+        """Wait until the proxy ended, then free its slot; nothing it does can stop this."""
+        how = "its watcher failed"
+        try:
+            how = self.backend.wait(placement)
+        except Exception:
+            log.exception("watching enclave %s failed; freeing its slot", enclave.enclave_id)
+        finally:
+            try:
+                self.backend.end(placement)
+            finally:
+                self._forget(enclave)
+        log.info("enclave %s on %s ended: %s", enclave.enclave_id, placement.started.host, how)
 
     def release(self, enclave_id: str, client: str) -> None:
-        """Stop the caller's proxy ``enclave_id`` (finalize on SIGTERM); unknown ids are fine."""
+        """Stop the caller's proxy ``enclave_id`` (it finalizes); unknown ids are fine.
+
+        Returns once its slot is free (at most ``RELEASE_WAIT`` s), so a client that
+        destroys an enclave and loads another finds the slot again.
+        """
         with self._lock:
             enclave = self._enclaves.get(enclave_id)
-            if enclave is None or enclave.client != client:
+            if enclave is None or enclave.client != client or enclave.placement is None:
                 return
-            if enclave.placement is not None:
-                enclave.released = True
-                placement = enclave.placement
-            elif enclave.proxy is None:
-                return
-            else:
-                placement = None
-                enclave.released = True
-                process = enclave.proxy.process
-        if placement is not None:
-            assert self._fleet is not None
-            self._fleet.release(placement)  # the proxy finalizes; the monitor frees the slot
-            return
-        try:  # after a clean session end the proxy is already on its way out
-            process.wait(1.0)
-        except subprocess.TimeoutExpired:
-            process.terminate()  # it finalizes on SIGTERM; the monitor reaps it
+            placement = enclave.placement
+        self.backend.release(placement)
+        enclave.gone.wait(RELEASE_WAIT)
 
     def list_enclaves(self) -> list[pb.EnclaveInfo]:
-        """The running enclaves, for ``ListEnclaves``."""
-        if self._fleet is not None:
-            return self._fleet.list_enclaves()
-        now = time.monotonic()
-        host = self.config.advertise or self.config.host
+        """The running enclaves, with what their proxies last reported."""
         with self._lock:
-            return [
-                pb.EnclaveInfo(
-                    enclave_id=e.enclave_id,
-                    name=e.name,
-                    client=e.client,
-                    measurement=e.measurement,
-                    uptime_seconds=now - e.started,
-                    calls_served=e.calls,
-                    address=e.proxy.address,
-                    pid=e.proxy.process.pid,
-                    host=host,
-                )
-                for e in self._enclaves.values()
-                if e.proxy is not None
-            ]
+            placed = [(e, e.placement) for e in self._enclaves.values() if e.placement]
+        statuses = self.backend.statuses([p for _, p in placed])
+        now = time.monotonic()
+        return [
+            pb.EnclaveInfo(
+                enclave_id=e.enclave_id,
+                name=e.name,
+                client=e.client,
+                measurement=measurement,
+                uptime_seconds=now - e.started,
+                calls_served=calls,
+                address=p.started.address,
+                pid=p.started.pid,
+                host=p.started.host,
+            )
+            for (e, p), (measurement, calls) in zip(placed, statuses, strict=True)
+        ]
 
     def list_hosts(self) -> list[pb.HostInfo]:
-        """The trusted hosts and their slots: the fleet's, or this one host."""
-        if self._fleet is not None:
-            return self._fleet.hosts()
+        """The trusted hosts and their slots; ``RefusedError`` if they cannot be listed."""
         with self._lock:
-            running = len(self._enclaves)
-        return [
-            pb.HostInfo(
-                address=self.config.advertise or self.config.host,
-                alive=True,
-                slots_total=self.config.max_enclaves,
-                slots_free=max(0, self.config.max_enclaves - running),
-            )
-        ]
+            placed = [e.placement for e in self._enclaves.values() if e.placement]
+        return self.backend.hosts(placed)
 
 
 class _Malformed:
@@ -555,12 +464,9 @@ def _check_parsed(request: Any, context: Any) -> None:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid message")
 
 
-class RefusedError(Exception):
-    """A request the server turns down, with the status code to answer it with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+def _abort(context: Any, error: RefusedError) -> NoReturn:
+    context.abort(grpc.StatusCode[error.code.name], str(error))
+    raise AssertionError("context.abort raises")  # pragma: no cover
 
 
 class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
@@ -582,7 +488,7 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
             )
         remaining = context.time_remaining()
         try:
-            enclave_id, address, token, certificate = self._server.provision(
+            enclave_id, started = self._server.provision(
                 request.name,
                 client,
                 label=request.node_label,
@@ -591,12 +497,12 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
                 transport=request.transport or "grpc",
             )
         except RefusedError as exc:
-            context.abort(exc.code, str(exc))
+            _abort(context, exc)
         return pb.ProvisionResponse(
             enclave_id=enclave_id,
-            address=address,
-            session_token=token,
-            proxy_certificate=certificate,
+            address=started.address,
+            session_token=started.token,
+            proxy_certificate=started.certificate,
         )
 
     def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:  # noqa: N802
@@ -615,5 +521,5 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
         try:
             hosts = self._server.list_hosts()
         except RefusedError as exc:
-            context.abort(exc.code, str(exc))
+            _abort(context, exc)
         return pb.ListEnclavesResponse(enclaves=self._server.list_enclaves(), hosts=hosts)

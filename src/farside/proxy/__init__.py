@@ -1,5 +1,19 @@
-"""The proxy process (Asylo's RemoteEnclaveProxyServer): one enclave, one session."""
+"""The proxy process (Asylo's RemoteEnclaveProxyServer): one enclave, one session.
 
-from .server import RemoteEnclaveProxyServer, run_proxy
+``server`` runs it (``farside proxy``); ``sandbox`` confines it before enclave code
+runs (``farside doctor`` reports what this machine offers). Names load on first use.
+"""
 
-__all__ = ["RemoteEnclaveProxyServer", "run_proxy"]
+import typing as _typing
+
+from .._lazy import exports as _exports
+
+if _typing.TYPE_CHECKING:
+    from .server import (
+        RemoteEnclaveProxyServer as RemoteEnclaveProxyServer,
+        run_proxy as run_proxy,
+    )
+
+_EXPORTS = {"RemoteEnclaveProxyServer": ".server", "run_proxy": ".server"}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = _exports(__name__, _EXPORTS)

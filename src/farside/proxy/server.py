@@ -31,15 +31,14 @@ from cryptography.x509.oid import NameOID
 from .._config import SandboxConfig, SandboxMode
 from .._errors import EnclaveError, HostCallError
 from .._tls import TLSConfig
+from ..attestation.attester import KeyAttester
 from ..attestation.platform import load_platform_key, load_platform_key_pem
 from ..protocol import Role, SessionCore
-from ..transport import Endpoint
-from ..transport._framing import FrameSink
-from ..transport.endpoint import Sender
-from ..transport.grpc import GrpcListener
-from ..transport.stream import StreamListener
-from ..trusted._runtime import EnclaveRuntime
-from ._sandbox import Sandbox, enter_network_namespace
+from ..transport import factory
+from ..transport.base import Admission, FrameSender, FrameSink
+from ..transport.endpoint import Endpoint
+from ..trusted.runtime import EnclaveRuntime
+from .sandbox import Sandbox, enter_network_namespace
 
 __all__ = ["RemoteEnclaveProxyServer"]
 
@@ -116,8 +115,6 @@ class RemoteEnclaveProxyServer:
         transport: str = "grpc",
         sandbox: Sandbox | None = None,
     ) -> None:
-        if not token:
-            raise ValueError("the proxy needs a session token")
         self.sandbox = sandbox  # None: no sandbox at all (in-process tests)
         self._listen = listen
         self._tls = tls
@@ -132,18 +129,14 @@ class RemoteEnclaveProxyServer:
         self._runtime: EnclaveRuntime | None = None
         self._endpoint: Endpoint | None = None
         self.transport = transport
-        if transport == "stream":
-            self._listener: GrpcListener | StreamListener = StreamListener(
-                listen,
-                token,
-                self._on_open,
-                self._on_lost,
-                tls=tls.server_ssl_context() if tls is not None else None,
-            )
-        elif transport == "grpc":
-            self._listener = GrpcListener(listen, token, self._on_open, self._on_lost, tls=tls)
-        else:
-            raise ValueError(f"unknown transport {transport!r} (grpc or stream)")
+        self._listener = factory.listen(
+            transport,
+            listen,
+            admission=Admission(token),
+            on_open=self._on_open,
+            on_lost=self._on_lost,
+            tls=tls,
+        )
         self.address = ""
 
     def start(self) -> str:
@@ -169,11 +162,11 @@ class RemoteEnclaveProxyServer:
 
     # ----------------------------------------------------------- session
 
-    def _on_open(self, sender: Sender) -> FrameSink:
+    def _on_open(self, sender: FrameSender) -> FrameSink:
         # Hand the key over: after it signs this session's evidence nothing may hold it.
         key, self.platform_key = self.platform_key, None
         runtime = EnclaveRuntime(
-            platform_key=key,
+            attester=KeyAttester(key) if key is not None else None,
             tls_public_key=self.tls_public_key,
             max_workers=self._max_workers,
             worker_idle_timeout=self._worker_idle_timeout,

@@ -1,9 +1,49 @@
-"""Moving session frames: the threaded endpoint and the gRPC stream adapters.
+"""Moving session frames: the endpoint that drives a session core, and the transports.
 
-The adapters are thin: they only carry ``Batch`` messages of frames between the
-two ``SessionCore``s; everything a frame means lives in ``farside.protocol``.
+* ``Endpoint`` drives a ``farside.protocol.SessionCore`` from many threads (both ends).
+* ``base`` is the seam every transport implements: ``ClientTransport``, ``Listener``,
+  ``FrameSender`` (with backpressure), ``Admission`` and ``refusal_error``.
+* ``connect``/``listen`` choose a transport by name (``factory``): ``"grpc"`` or
+  ``"stream"``; each lives in its own module and is imported only when used.
+
+Names are loaded on first use: the stream transport never loads gRPC.
 """
 
-from .endpoint import Endpoint, Handler, Sender
+import typing as _typing
 
-__all__ = ["Endpoint", "Handler", "Sender"]
+from .._lazy import exports as _exports
+
+if _typing.TYPE_CHECKING:
+    from .base import (
+        Admission as Admission,
+        ClientTransport as ClientTransport,
+        FrameSender as FrameSender,
+        Listener as Listener,
+        Refusal as Refusal,
+    )
+    from .endpoint import (
+        Endpoint as Endpoint,
+        Handler as Handler,
+    )
+    from .factory import (
+        TRANSPORTS as TRANSPORTS,
+        choose_transport as choose_transport,
+        connect as connect,
+        listen as listen,
+    )
+
+_EXPORTS = {
+    "Endpoint": ".endpoint",
+    "Handler": ".endpoint",
+    "Admission": ".base",
+    "ClientTransport": ".base",
+    "FrameSender": ".base",
+    "Listener": ".base",
+    "Refusal": ".base",
+    "TRANSPORTS": ".factory",
+    "choose_transport": ".factory",
+    "connect": ".factory",
+    "listen": ".factory",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = _exports(__name__, _EXPORTS)

@@ -9,8 +9,8 @@ when a nested call arrives there instead, it runs that call right where it is
 
 What runs an incoming call, and what happens to output and to the session's
 end, is up to the ``Handler`` the owner supplies: the client serves exit calls,
-the proxy serves entry calls. This module knows no gRPC: a transport is any
-object with ``send(frames)``.
+the proxy serves entry calls. This module knows no transport: it sends through any
+``FrameSender`` (``farside.transport.base``).
 """
 
 from __future__ import annotations
@@ -43,18 +43,13 @@ from ..protocol import (
     State,
     Stream,
 )
+from .base import FrameSender
 
-__all__ = ["Endpoint", "Handler", "Sender"]
+__all__ = ["Endpoint", "Handler"]
 
 
 OUTPUT_BACKLOG = 8 * 2**20
 """Output waiting to leave beyond this many bytes blocks the thread that writes more."""
-
-
-class Sender(Protocol):
-    """The part of a transport an endpoint uses: queue frames for the peer, never block."""
-
-    def send(self, frames: list[pb.Frame]) -> None: ...
 
 
 class Handler(Protocol):
@@ -93,7 +88,7 @@ class Endpoint:
     def __init__(
         self,
         core: SessionCore,
-        sender: Sender,
+        sender: FrameSender,
         handler: Handler,
         *,
         error_type: type[EnclaveCallError] = EnclaveCallError,
@@ -185,10 +180,9 @@ class Endpoint:
                 self._flusher.start()
         if not self._flush_wanted.is_set():  # a plain read; set() takes a lock
             self._flush_wanted.set()
-        outbox = getattr(self._sender, "outbox", None)
-        if outbox is not None and outbox.backlog > OUTPUT_BACKLOG:
+        if self._sender.backlog > OUTPUT_BACKLOG:
             # Backpressure: a flood of output waits for the client instead of piling up.
-            while self._failure is None and not outbox.wait_below(OUTPUT_BACKLOG, 0.5):
+            while self._failure is None and not self._sender.wait_below(OUTPUT_BACKLOG, 0.5):
                 pass
 
     def flush_output(self) -> None:

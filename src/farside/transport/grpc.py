@@ -1,40 +1,59 @@
 """The gRPC transport: one bidirectional ``Session`` stream, opened by the client.
 
-These adapters only move frames. The client side opens the stream and feeds what
-arrives to its endpoint from one reader thread; the proxy side accepts exactly one
-authenticated stream and does the same. ``grpc.RpcError`` never leaves this
-module unmapped: it becomes ``EnclaveUnavailableError`` (or ``EnclaveLoadError``
-for a refused session) through ``error_from_rpc``.
+The choice behind HTTP/2 infrastructure (proxies, load balancers, meshes that speak
+gRPC). These adapters only move frames. The client side opens the stream and feeds
+what arrives to its endpoint from one reader thread; the proxy side admits exactly
+one stream (``farside.transport.base.Admission``) and does the same.
+``grpc.RpcError`` never leaves this module unmapped: it becomes
+``EnclaveUnavailableError``, or ``EnclaveLoadError`` for a refused session, through
+``error_from_rpc``. gRPC's credentials are built here from a ``TLSConfig``.
 """
 
 from __future__ import annotations
 
-import hmac
+import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
 from .._errors import EnclaveError, EnclaveLoadError, EnclaveUnavailableError, StatusCode
-from .._proto.v1 import session_pb2 as pb
-from .._proto.v1 import session_pb2_grpc as pb_grpc
+from .._proto.v1 import session_pb2 as pb, session_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
-from ._framing import MAX_MESSAGE_BYTES, FrameSink, LostCallback, Outbox
+from .base import (
+    MAX_MESSAGE_BYTES,
+    Admission,
+    FrameSink,
+    LostCallback,
+    OnOpen,
+    Refusal,
+    batches,
+    refusal_error,
+)
 
 __all__ = [
     "TOKEN_METADATA_KEY",
     "GrpcClientTransport",
     "GrpcListener",
     "SessionServicer",
-    "MAX_MESSAGE_BYTES",
+    "channel_credentials",
     "channel_options",
+    "connect",
     "error_from_rpc",
+    "listen",
+    "server_credentials",
 ]
 
 TOKEN_METADATA_KEY = "farside-session-token"  # noqa: S105 (a header name)
 KEEPALIVE_MS = 4_000
 KEEPALIVE_TIMEOUT_MS = 3_000
+_REFUSALS = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
 
 
 def channel_options() -> list[tuple[str, Any]]:
@@ -54,20 +73,72 @@ def channel_options() -> list[tuple[str, Any]]:
     ]
 
 
+def channel_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
+    """gRPC credentials for a client channel with ``tls``'s CA, and its cert/key for mTLS.
+
+    ``ValueError`` naming the file if one cannot be read.
+    """
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.pem("ca"),
+        private_key=tls.pem("key"),
+        certificate_chain=tls.pem("cert"),
+    )
+
+
+def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
+    """gRPC credentials for a server port; client certificates are required if ``client_ca``."""
+    key, cert = tls.pem("key"), tls.pem("cert")
+    if key is None or cert is None:
+        raise ValueError("a TLS server needs cert and key")
+    client_ca = tls.pem("client_ca")
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 def error_from_rpc(exc: grpc.RpcError, target: str) -> EnclaveError:
     """Map a failed stream to farside's error for it, naming the proxy's address."""
     code = exc.code() if isinstance(exc, grpc.Call) else None
     details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
-    if code in (
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    ):
-        return EnclaveLoadError(
-            f"the enclave proxy at {target} refused the session: {details}",
-            code=StatusCode.coerce(code.value[0]),
-        )
+    if code is not None and code in _REFUSALS:
+        return refusal_error(target, Refusal(StatusCode.coerce(code.value[0]), details))
     return EnclaveUnavailableError(f"lost the enclave proxy at {target}: {details}")
+
+
+class _Outbox:
+    """The batches a gRPC stream has yet to take, with their size in bytes.
+
+    Producers never block in ``put``; gRPC takes batches as HTTP/2 flow control lets
+    it, so the backlog is what the peer has not read yet.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[pb.Batch, int] | None] = queue.SimpleQueue()
+        self.backlog = 0
+        self._drained = threading.Condition()
+
+    def put(self, frames: list[pb.Frame]) -> None:
+        for batch in batches(frames):
+            size = batch.ByteSize()
+            with self._drained:
+                self.backlog += size
+            self._queue.put((batch, size))
+
+    def close(self) -> None:
+        """End the stream after what is queued."""
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[pb.Batch]:
+        while (item := self._queue.get()) is not None:
+            batch, size = item
+            with self._drained:
+                self.backlog -= size
+                self._drained.notify_all()
+            yield batch
+
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        with self._drained:
+            return self._drained.wait_for(lambda: self.backlog <= limit, timeout)
 
 
 class GrpcClientTransport:
@@ -82,13 +153,19 @@ class GrpcClientTransport:
             self._channel = grpc.insecure_channel(target, options=channel_options())
         else:
             self._channel = grpc.secure_channel(target, credentials, options=channel_options())
-        self._outgoing = Outbox()
+        self._outgoing = _Outbox()
         self._reader: threading.Thread | None = None
         self._call: Any = None
         self._closing = False
 
-    def _requests(self) -> Iterator[pb.Batch]:
-        yield from self._outgoing
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for the proxy and not yet taken by gRPC."""
+        return self._outgoing.backlog
+
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the backlog to fall to ``limit``; True if it did."""
+        return self._outgoing.wait_below(limit, timeout)
 
     def start(self, sink: FrameSink, lost: LostCallback) -> None:
         """Open the stream and feed every batch that arrives to ``sink`` on a reader thread.
@@ -96,7 +173,9 @@ class GrpcClientTransport:
         ``lost`` is called once if the stream ends for any reason but ``close()``.
         """
         stub = pb_grpc.EnclaveSessionStub(self._channel)
-        self._call = stub.Session(self._requests(), metadata=((TOKEN_METADATA_KEY, self._token),))
+        self._call = stub.Session(
+            iter(self._outgoing), metadata=((TOKEN_METADATA_KEY, self._token),)
+        )
         self._reader = threading.Thread(
             target=self._read, args=(sink, lost), name="farside-session-reader", daemon=True
         )
@@ -134,22 +213,18 @@ class GrpcClientTransport:
 
 
 class SessionServicer(pb_grpc.EnclaveSessionServicer):  # type: ignore[misc]
-    """The proxy's end: accepts one stream carrying the right token, then only frames.
+    """The proxy's end: the one stream ``admission`` admits, then only frames.
 
-    ``on_open(send)`` is called when the session is accepted and returns the sink
+    ``on_open(self)`` is called when the session is admitted and returns the sink
     for incoming frames; ``on_lost(error)`` when the stream breaks. Frames to the
     client go through ``send``; ``finish()`` ends the response stream.
     """
 
-    def __init__(
-        self, token: str, on_open: Callable[[SessionServicer], FrameSink], on_lost: LostCallback
-    ) -> None:
-        self._token = token.encode()
+    def __init__(self, admission: Admission, on_open: OnOpen, on_lost: LostCallback) -> None:
+        self._admission = admission
         self._on_open = on_open
         self._on_lost = on_lost
-        self._lock = threading.Lock()
-        self._taken = False
-        self._outgoing = Outbox()
+        self._outgoing = _Outbox()
         self._finished = False
 
     def send(self, frames: list[pb.Frame]) -> None:
@@ -157,9 +232,13 @@ class SessionServicer(pb_grpc.EnclaveSessionServicer):  # type: ignore[misc]
         self._outgoing.put(frames)
 
     @property
-    def outbox(self) -> Outbox:
-        """What is queued for the client (the endpoint waits on it for backpressure)."""
-        return self._outgoing
+    def backlog(self) -> int:
+        """Bytes queued for the client and not yet taken by gRPC."""
+        return self._outgoing.backlog
+
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the backlog to fall to ``limit``; True if it did."""
+        return self._outgoing.wait_below(limit, timeout)
 
     def finish(self) -> None:
         """End the response stream after the frames already queued."""
@@ -172,16 +251,9 @@ class SessionServicer(pb_grpc.EnclaveSessionServicer):  # type: ignore[misc]
         context: grpc.ServicerContext,
     ) -> Iterator[pb.Batch]:
         presented = dict(context.invocation_metadata()).get(TOKEN_METADATA_KEY, "")
-        if not isinstance(presented, str) or not hmac.compare_digest(
-            presented.encode(), self._token
-        ):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid session token")
-        with self._lock:
-            if self._taken:
-                context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION, "this proxy already served its one session"
-                )
-            self._taken = True
+        refusal = self._admission.admit(presented if isinstance(presented, str | bytes) else b"")
+        if refusal is not None:
+            context.abort(grpc.StatusCode[refusal.code.name], refusal.message)
         sink = self._on_open(self)
         reader = threading.Thread(
             target=self._read,
@@ -205,22 +277,21 @@ class SessionServicer(pb_grpc.EnclaveSessionServicer):  # type: ignore[misc]
 
 
 class GrpcListener:
-    """The proxy's gRPC server for its one session, shaped like ``StreamListener``."""
+    """The proxy's gRPC server for its one session."""
 
     def __init__(
         self,
-        listen: str,
-        token: str,
-        on_open: Callable[[SessionServicer], FrameSink],
-        on_lost: LostCallback,
+        address: str,
         *,
+        admission: Admission,
+        on_open: OnOpen,
+        on_lost: LostCallback,
         tls: TLSConfig | None = None,
     ) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._listen = listen
+        self._listen = address
         self._tls = tls
-        self._servicer = SessionServicer(token, on_open, on_lost)
+        self._admission = admission
+        self._servicer = SessionServicer(admission, on_open, on_lost)
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc"),
             options=channel_options(),
@@ -231,7 +302,7 @@ class GrpcListener:
     def start(self) -> str:
         """Bind and start serving; return the address clients dial."""
         if self._tls is not None:
-            port = self._server.add_secure_port(self._listen, self._tls.server_credentials())
+            port = self._server.add_secure_port(self._listen, server_credentials(self._tls))
         else:
             port = self._server.add_insecure_port(self._listen)
         if port == 0:
@@ -247,4 +318,26 @@ class GrpcListener:
 
     def stop(self, grace: float) -> None:
         """Stop serving, giving the stream ``grace`` seconds to drain."""
+        self._admission.close()
         self._server.stop(grace=grace).wait(grace + 1.0)
+
+
+def connect(address: str, *, token: str, tls: TLSConfig | None) -> GrpcClientTransport:
+    """The client's end of a gRPC session with the proxy at ``address``."""
+    try:
+        credentials = channel_credentials(tls) if tls is not None else None
+    except ValueError as exc:
+        raise EnclaveLoadError(str(exc), code=StatusCode.INVALID_ARGUMENT) from exc
+    return GrpcClientTransport(address, token=token, credentials=credentials)
+
+
+def listen(
+    address: str,
+    *,
+    admission: Admission,
+    on_open: OnOpen,
+    on_lost: LostCallback,
+    tls: TLSConfig | None = None,
+) -> GrpcListener:
+    """The proxy's gRPC end on ``address``."""
+    return GrpcListener(address, admission=admission, on_open=on_open, on_lost=on_lost, tls=tls)

@@ -27,6 +27,12 @@ class MemoryPipe:
         self._thread: threading.Thread | None = None
         self._closed = False
 
+    backlog = 0  # the queue takes everything at once: no backpressure to wait for
+
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        """Always True: nothing is ever held back."""
+        return True
+
     def send(self, frames: list[pb.Frame]) -> None:
         """Queue frames (serialized now, parsed on the other side)."""
         if not self._closed:

@@ -26,7 +26,6 @@ sender encrypts, with the socket I/O itself outside the lock.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import itertools
 import logging
 import socket
@@ -35,21 +34,32 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from .._errors import (
-    EnclaveError,
-    EnclaveLoadError,
-    EnclaveUnavailableError,
-    StatusCode,
-)
+from .._errors import EnclaveError, EnclaveLoadError, EnclaveUnavailableError, StatusCode
 from .._proto.v1 import session_pb2 as pb
-from ._framing import MAX_MESSAGE_BYTES, FrameSink, LostCallback, batches
+from .._tls import TLSConfig
+from .base import (
+    MAX_MESSAGE_BYTES,
+    Admission,
+    FrameSink,
+    LostCallback,
+    OnOpen,
+    Refusal,
+    batches,
+    refusal_error,
+)
 
-__all__ = ["PREFACE", "StreamClientTransport", "StreamConnection", "StreamListener"]
+__all__ = [
+    "PREFACE",
+    "StreamClientTransport",
+    "StreamConnection",
+    "StreamListener",
+    "connect",
+    "listen",
+]
 
 log = logging.getLogger("farside")
 
@@ -175,11 +185,11 @@ class _TLS:
 
 
 class _RefusedError(Exception):
-    """The peer's preface or answer said no; carries the status code and message."""
+    """The proxy's answer to our preface said no."""
 
-    def __init__(self, code: StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
 
 
 class StreamOutbox:
@@ -258,6 +268,15 @@ class StreamConnection:
         self._leftover = b""  # read past the handshake: the reader starts with it
 
     # ----------------------------------------------------------------- sending
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for the peer that the socket has not taken yet."""
+        return self.outbox.backlog
+
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the backlog to fall to ``limit``; True if it did."""
+        return self.outbox.wait_below(limit, timeout)
 
     def send(self, frames: list[pb.Frame]) -> None:
         """Queue frames for the peer and write what the socket takes now (never blocks)."""
@@ -492,8 +511,8 @@ class StreamConnection:
         self._sock.close()
 
 
-def _refusal(code: StatusCode, message: str) -> bytes:
-    error = pb.Error(code=int(code), type="Refused", message=message)
+def _refusal(refusal: Refusal) -> bytes:
+    error = pb.Error(code=int(refusal.code), type="Refused", message=refusal.message)
     close = pb.Frame(close=pb.Close(error=error))
     body = pb.Batch(frames=[close]).SerializeToString()
     return _LEN.pack(len(body)) + body
@@ -524,20 +543,20 @@ class StreamClientTransport:
         self._closed = False
 
     @property
-    def outbox(self) -> StreamOutbox | None:
-        return self._connection.outbox if self._connection is not None else None
+    def backlog(self) -> int:
+        """Bytes queued for the proxy that the socket has not taken yet."""
+        return self._connection.backlog if self._connection is not None else 0
+
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the backlog to fall to ``limit``; True if it did."""
+        return self._connection is None or self._connection.wait_below(limit, timeout)
 
     def start(self, sink: FrameSink, lost: LostCallback) -> None:
         """Connect, authenticate and start the reader; a failure is ``lost(error)``."""
         try:
             self._connection = self._connect()
         except _RefusedError as exc:
-            lost(
-                EnclaveLoadError(
-                    f"the enclave proxy at {self.target} refused the session: {exc}",
-                    code=exc.code,
-                )
-            )
+            lost(refusal_error(self.target, exc.refusal))
             return
         except (OSError, ssl.SSLError, ValueError) as exc:
             lost(EnclaveUnavailableError(f"cannot reach the enclave proxy at {self.target}: {exc}"))
@@ -577,7 +596,7 @@ class StreamClientTransport:
                 error = frames[0].close.error if frames and frames[0].HasField("close") else None
                 if error is None:
                     raise ConnectionError("the proxy answered with something else than a verdict")
-                raise _RefusedError(StatusCode.coerce(error.code), error.message)
+                raise _RefusedError(Refusal(StatusCode.coerce(error.code), error.message))
             connection._deadline = None
             sock.settimeout(None)
             return connection
@@ -600,30 +619,28 @@ class StreamClientTransport:
 
 
 class StreamListener:
-    """The proxy's end: accept one authenticated connection as the session.
+    """The proxy's end: accept the one connection ``admission`` admits as the session.
 
-    Mirrors ``SessionServicer``: ``on_open(connection)`` returns the sink for the
-    session's frames and ``on_lost(error)`` is called if it breaks. Connections
-    with a wrong token are refused (UNAUTHENTICATED), and so is any connection after
-    the session's (FAILED_PRECONDITION); neither disturbs the session.
+    ``on_open(connection)`` returns the sink for the session's frames and
+    ``on_lost(error)`` is called if it breaks. A refused connection (a wrong token, or
+    any after the session's) is told why and closed; it never disturbs the session.
     """
 
     def __init__(
         self,
         listen: str,
-        token: str,
-        on_open: Callable[[StreamConnection], FrameSink],
-        on_lost: LostCallback,
         *,
+        admission: Admission,
+        on_open: OnOpen,
+        on_lost: LostCallback,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self._listen = listen
-        self._token = token.encode()
+        self._admission = admission
         self._on_open = on_open
         self._on_lost = on_lost
         self._tls = tls
         self._sock: socket.socket | None = None
-        self._taken = False
         self._lock = threading.Lock()
         self._vetting = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
         self._pending_from: dict[str, int] = {}  # TCP source address -> connections vetted
@@ -731,15 +748,9 @@ class StreamListener:
             _within(conn, deadline)
             conn.sendall(tls.encrypt(data) if tls is not None else data)
 
-        if token is None or not hmac.compare_digest(token, self._token):
-            answer(_refusal(StatusCode.UNAUTHENTICATED, "invalid session token"))
-            conn.close()
-            return
-        with self._lock:
-            taken, self._taken = self._taken, True
-        if taken or self._stopped:
-            used = "this proxy already served its one session"
-            answer(_refusal(StatusCode.FAILED_PRECONDITION, used))
+        refusal = self._admission.admit(token if token is not None else b"")
+        if refusal is not None:
+            answer(_refusal(refusal))
             conn.close()
             return
         connection._deadline = None
@@ -759,6 +770,7 @@ class StreamListener:
     def stop(self, grace: float) -> None:
         """Stop accepting, and drop the session after ``grace`` seconds at most."""
         self._stopped = True
+        self._admission.close()
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -768,3 +780,30 @@ class StreamListener:
                     Path(self._listen[len("unix:") :]).unlink()
         if self._connection is not None:
             self._connection.close(grace)
+
+
+def connect(address: str, *, token: str, tls: TLSConfig | None) -> StreamClientTransport:
+    """The client's end of a stream session with the proxy at ``address``."""
+    try:
+        context = tls.client_ssl_context() if tls is not None else None
+    except ValueError as exc:
+        raise EnclaveLoadError(str(exc), code=StatusCode.INVALID_ARGUMENT) from exc
+    return StreamClientTransport(address, token=token, tls=context)
+
+
+def listen(
+    address: str,
+    *,
+    admission: Admission,
+    on_open: OnOpen,
+    on_lost: LostCallback,
+    tls: TLSConfig | None = None,
+) -> StreamListener:
+    """The proxy's stream end on ``address`` (TLS 1.3 when ``tls`` is given)."""
+    return StreamListener(
+        address,
+        admission=admission,
+        on_open=on_open,
+        on_lost=on_lost,
+        tls=tls.server_ssl_context() if tls is not None else None,
+    )

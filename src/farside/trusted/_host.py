@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._runtime import current_runtime
+from .runtime import current_runtime
 
 __all__ = ["cancelled", "host"]
 

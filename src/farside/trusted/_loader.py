@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-from ..attestation import Bundle
+from ..attestation.bundle import Bundle
 
 __all__ = ["PACKAGE", "load_package"]
 

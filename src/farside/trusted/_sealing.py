@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._errors import UnsealError
 from ..attestation.identity import SIGNER_CHAIN_LENGTH, EnclaveIdentity, SealingKeys
-from ._runtime import current_runtime
+from .runtime import current_runtime
 
 __all__ = ["UNSEAL_FAILED", "seal", "seal_with", "unseal", "unseal_with"]
 

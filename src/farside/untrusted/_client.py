@@ -18,15 +18,12 @@ from .._errors import (
 )
 from ..attestation.identity import EnclaveIdentity
 from ..protocol import CallKind
-from ..provision import Provisioner, ProxyLease
-from ..transport import Endpoint
-from ..transport.grpc import GrpcClientTransport
-from ..transport.stream import StreamClientTransport
+from ..provision.base import Provisioner, ProxyLease
+from ..transport.base import ClientTransport
+from ..transport.endpoint import Endpoint
 from ._exits import ExitHandlers
 
-__all__ = ["ClientTransport", "EnclaveClient"]
-
-ClientTransport = GrpcClientTransport | StreamClientTransport
+__all__ = ["EnclaveClient"]
 
 log = logging.getLogger("farside")
 
@@ -197,10 +194,8 @@ class EnclaveClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        from ._manager import EnclaveManager
-
         try:
-            EnclaveManager.instance().destroy_enclave(self)
+            self._destroy(None, False)
         except Exception:
             if exc_type is None:
                 raise

@@ -10,7 +10,8 @@ from typing import Any
 
 from .._config import EnclaveConfig, SandboxConfig
 from ..attestation.evidence import AttestationPolicy
-from ..provision import LocalProvision, Provisioner
+from ..provision.base import Provisioner
+from ..provision.local import LocalProvision
 
 __all__ = [
     "EnclaveLoadConfig",

@@ -98,13 +98,13 @@ class BundleSignature(_message.Message):
     def __init__(self, public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Open(_message.Message):
-    __slots__ = ("protocol_version", "manifest", "files", "max_depth", "nonce", "client_key", "signature", "max_value_size", "sandbox")
+    __slots__ = ("protocol_version", "manifest", "files", "max_depth", "nonce", "client_nonce", "signature", "max_value_size", "sandbox")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
-    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NONCE_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     MAX_VALUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
@@ -113,11 +113,11 @@ class Open(_message.Message):
     files: _containers.RepeatedCompositeFieldContainer[FileEntry]
     max_depth: int
     nonce: bytes
-    client_key: bytes
+    client_nonce: bytes
     signature: BundleSignature
     max_value_size: int
     sandbox: SandboxRequest
-    def __init__(self, protocol_version: _Optional[int] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., max_depth: _Optional[int] = ..., nonce: _Optional[bytes] = ..., client_key: _Optional[bytes] = ..., signature: _Optional[_Union[BundleSignature, _Mapping]] = ..., max_value_size: _Optional[int] = ..., sandbox: _Optional[_Union[SandboxRequest, _Mapping]] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., max_depth: _Optional[int] = ..., nonce: _Optional[bytes] = ..., client_nonce: _Optional[bytes] = ..., signature: _Optional[_Union[BundleSignature, _Mapping]] = ..., max_value_size: _Optional[int] = ..., sandbox: _Optional[_Union[SandboxRequest, _Mapping]] = ...) -> None: ...
 
 class SandboxRequest(_message.Message):
     __slots__ = ("mode", "memory_bytes", "open_files", "cpu_seconds")
@@ -138,16 +138,16 @@ class BundleChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class Loaded(_message.Message):
-    __slots__ = ("measurement", "error", "evidence", "proxy_key")
+    __slots__ = ("measurement", "error", "evidence", "proxy_nonce")
     MEASUREMENT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
-    PROXY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROXY_NONCE_FIELD_NUMBER: _ClassVar[int]
     measurement: bytes
     error: Error
     evidence: _attestation_pb2.Evidence
-    proxy_key: bytes
-    def __init__(self, measurement: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., evidence: _Optional[_Union[_attestation_pb2.Evidence, _Mapping]] = ..., proxy_key: _Optional[bytes] = ...) -> None: ...
+    proxy_nonce: bytes
+    def __init__(self, measurement: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., evidence: _Optional[_Union[_attestation_pb2.Evidence, _Mapping]] = ..., proxy_nonce: _Optional[bytes] = ...) -> None: ...
 
 class Call(_message.Message):
     __slots__ = ("call_id", "thread", "kind", "name", "args", "oneway")

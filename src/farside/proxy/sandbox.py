@@ -44,6 +44,7 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "enter_network_namespace",
+    "landlock_abi",
     "probe",
     "stricter",
 ]
@@ -116,6 +117,11 @@ def _pretend_unavailable() -> frozenset[str]:
     if "landlock" in names:
         names |= {"landlock-fs", "landlock-net", "landlock-scope"}
     return frozenset(names & set(LAYERS))
+
+
+def landlock_abi() -> int:
+    """The Landlock ABI this kernel offers (0: none), as ``farside doctor`` reports it."""
+    return _landlock_abi()[0]
 
 
 def _landlock_abi() -> tuple[int, str]:
@@ -196,15 +202,13 @@ def enter_network_namespace() -> str:
 
 def _read_paths(exclude: Iterable[str]) -> list[str]:
     """Where the interpreter's code and libraries live: the only readable places."""
-    import farside
-
     excluded = {os.path.realpath(p) for p in exclude}
     candidates = [
         sys.prefix,
         sys.base_prefix,
         sys.exec_prefix,
         sys.base_exec_prefix,
-        str(Path(farside.__file__).resolve().parent.parent),
+        str(Path(__file__).resolve().parent.parent.parent),  # where farside is installed
         *sys.path,
         "/usr/lib",
         "/usr/lib64",

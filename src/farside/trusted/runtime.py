@@ -5,6 +5,9 @@ client's entry calls on one worker thread per client thread, and gives enclave
 code its ways out (``host``, ``print``, ``open``), all as exit calls over the
 session. It owns the process-wide redirection of ``sys.stdout``/``sys.stderr``,
 which is why a proxy hosts exactly one enclave.
+
+This module is the proxy's (``farside.proxy`` builds an ``EnclaveRuntime`` per
+session); enclave code uses ``farside.trusted``'s names, not this module.
 """
 
 from __future__ import annotations
@@ -19,21 +22,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from .._config import EnclaveConfig, SandboxConfig
 from .._errors import EnclaveError, HostCallError, StatusCode
-from ..attestation import Bundle, measure_bundle
-from ..attestation.evidence import channel_binding, make_evidence
-from ..attestation.identity import (
-    UNSIGNED,
-    EnclaveIdentity,
-    SealingKeys,
-    sealing_root,
-    verify_signature,
-)
+from ..attestation.attester import Attester, KeyAttester
+from ..attestation.bundle import Bundle, measure_bundle
+from ..attestation.evidence import channel_binding, report_data
+from ..attestation.identity import UNSIGNED, EnclaveIdentity, SealingKeys, verify_signature
 from ..protocol import (
     BundleReceived,
     CallKind,
@@ -44,7 +38,7 @@ from ..protocol import (
     RemoteError,
     Stream,
 )
-from ..transport import Endpoint
+from ..transport.endpoint import Endpoint
 from ._app import TrustedApplication, is_ecall
 from ._files import open_on_host
 from ._loader import load_package
@@ -99,7 +93,7 @@ class EnclaveRuntime:
     def __init__(
         self,
         *,
-        platform_key: Ed25519PrivateKey | None = None,
+        attester: Attester | None = None,
         tls_public_key: bytes = b"",
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
@@ -112,7 +106,8 @@ class EnclaveRuntime:
         self.max_workers = max_workers  # enclave worker threads at once (one per client thread)
         self.worker_idle_timeout = worker_idle_timeout  # an idle worker exits after this
         self.workers = 0
-        self.platform_key = platform_key  # signs this session's evidence, then is dropped
+        # Makes this session's evidence and sealing keys; None: a throwaway key (tests).
+        self._attester: Attester = attester if attester is not None else KeyAttester(None)
         self.tls_public_key = tls_public_key  # DER SubjectPublicKeyInfo of our TLS key, if any
         self._sealing_keys: SealingKeys | None = None
         self.identity: EnclaveIdentity | None = None  # set once the bundle is loaded
@@ -154,9 +149,10 @@ class EnclaveRuntime:
         return self.endpoint
 
     def _attest(self, event: BundleReceived, sandbox: tuple[str, ...]) -> tuple[Any, bytes]:
-        """Measure the bundle, check its signature, and sign evidence for this session.
+        """Measure the bundle, check its signature, register the identity, make evidence.
 
-        Runs before any enclave code, which is why the platform key is dropped here.
+        Runs before any enclave code: the identity the attester vouches for is the one
+        measured here, and enclave code cannot register another.
         """
         bundle = event.bundle
         self.measurement = measure_bundle(bundle)
@@ -171,22 +167,16 @@ class EnclaveRuntime:
             security_version=manifest.security_version,
             debug=manifest.debug,
         )
-        session_key = X25519PrivateKey.generate().public_key()
-        proxy_key = session_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self._attester.register(self.identity, sandbox)
+        proxy_nonce = os.urandom(32)
         binding = channel_binding(
-            tls_public_key=self.tls_public_key, client_key=event.client_key, proxy_key=proxy_key
+            tls_public_key=self.tls_public_key,
+            client_nonce=event.client_nonce,
+            proxy_nonce=proxy_nonce,
         )
-        key = self.platform_key or Ed25519PrivateKey.generate()
-        evidence = make_evidence(
-            key, self.identity, nonce=event.nonce, binding=binding, sandbox=sandbox
-        )
-        self._sealing_keys = (
-            SealingKeys.derive(sealing_root(key), self.identity)
-            if self.platform_key is not None
-            else None
-        )
-        self.platform_key = None  # enclave code must not be able to sign evidence
-        return evidence, proxy_key
+        evidence = self._attester.evidence(report_data(event.nonce, binding))
+        self._sealing_keys = self._attester.sealing_keys()
+        return evidence, proxy_nonce
 
     def _start_enclave_home(self, event: BundleReceived) -> None:
         """Load the bundle on the thread every thread that runs enclave code descends from.
@@ -246,7 +236,7 @@ class EnclaveRuntime:
                 )
             )
         try:
-            evidence, proxy_key = self._attest(event, layers)
+            evidence, proxy_nonce = self._attest(event, layers)
         except ValueError as exc:  # a bad bundle signature
             return self._refuse_load(
                 RemoteError(code=StatusCode.PERMISSION_DENIED, type="BundleError", message=str(exc))
@@ -280,7 +270,7 @@ class EnclaveRuntime:
             return False
         self.app = app
         self._endpoint().run_locked(
-            lambda core: core.loaded(self.measurement, evidence=evidence, proxy_key=proxy_key)
+            lambda core: core.loaded(self.measurement, evidence=evidence, proxy_nonce=proxy_nonce)
         )
         return True
 

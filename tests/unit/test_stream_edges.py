@@ -1,4 +1,4 @@
-"""Regression tests from a review of the stream transport: ends, deadlines, TLS failures.
+"""The stream transport at its edges: session ends, handshake deadlines, TLS failures.
 
 Like ``test_stream.py``, each test runs a ``StreamListener`` (or a stand-in proxy on a
 raw socket) in this process; every wait is bounded and every socket is closed.

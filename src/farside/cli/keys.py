@@ -1,0 +1,231 @@
+"""Keys and bundles: ``measure``, ``build``, ``keygen``, ``sign``, ``platform``, ``certs``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import _common as common
+
+if TYPE_CHECKING:
+    from farside.attestation import Bundle
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    """Add the key and bundle commands to the ``farside`` parser's subcommands."""
+    _add_measure(sub)
+    _add_bundle_parsers(sub)
+    _add_key_parsers(sub)
+
+
+def _add_measure(sub: Any) -> None:
+    measure = sub.add_parser(
+        "measure",
+        help="print an enclave bundle's measurement",
+        description="Print the bundle's manifest, its signer ('signer: HEX' after checking the "
+        "signature, or 'signer: unsigned') and its SHA-256 measurement (64 hex digits, on the "
+        "last line), the one the proxy reports on load.",
+    )
+    measure.add_argument("path", type=Path, help="a .py file, package directory or .fsb archive")
+    measure.add_argument("--no-debug", action="store_true", help="measure as non-debug")
+    measure.set_defaults(func=_cmd_measure)
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from farside.attestation import BundleError, load_bundle, verify_bundle_signature
+    from farside.attestation.identity import UNSIGNED
+
+    try:
+        # Without --no-debug, the bundle's own flag (enclave.toml's, an archive's, else debug).
+        bundle = load_bundle(args.path, debug=False if args.no_debug else None)
+        signer = verify_bundle_signature(bundle)
+    except BundleError as exc:
+        return common.fail("measure", exc)
+    print(_describe(bundle))
+    print(f"signer: {'unsigned' if signer == UNSIGNED else signer.hex()}")
+    print(bundle.measurement().hex())
+    return 0
+
+
+def _describe(bundle: Bundle) -> str:
+    m = bundle.manifest
+    return (
+        f"bundle: {m.name} (entry {m.entry}, {len(bundle.files)} files, {bundle.size} bytes, "
+        f"product_id={m.product_id}, security_version={m.security_version}, debug={m.debug})"
+    )
+
+
+def _add_bundle_parsers(sub: Any) -> None:
+    build = sub.add_parser(
+        "build",
+        help="build an enclave bundle archive (.fsb)",
+        description="Write PATH (a .py file or package directory) as a deterministic .fsb "
+        "archive with its manifest. Manifest fields come from the flags, else the package's "
+        "enclave.toml ([enclave] name, product_id, security_version, debug), else the "
+        "defaults (the file or directory name, 0, 0, debug). Prints the measurement on the "
+        "last line.",
+    )
+    build.add_argument("path", type=Path, help="a .py file or package directory")
+    build.add_argument(
+        "--out", type=Path, required=True, metavar="FILE.fsb", help="the archive to write (.fsb)"
+    )
+    build.add_argument(
+        "--name", metavar="N", help="the enclave's name (default: the file or directory name)"
+    )
+    build.add_argument("--product-id", type=int, metavar="N", help="the product id (default 0)")
+    build.add_argument(
+        "--security-version", type=int, metavar="N", help="the security version (default 0)"
+    )
+    build.add_argument("--no-debug", action="store_true", help="build a non-debug enclave")
+    build.set_defaults(func=_cmd_build)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="make a signer key for bundles (Ed25519)",
+        description="Write a signer key (PKCS#8 PEM, mode 0600) to --out and its public key "
+        "next to it (.pub). Prints the signer identity (SHA-256 of the public key) on the "
+        "last line.",
+    )
+    keygen.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="the key to write (signer.key)"
+    )
+    keygen.add_argument("--force", action="store_true", help="replace an existing key")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    sign = sub.add_parser(
+        "sign",
+        help="sign a built bundle archive",
+        description="Sign the archive's measurement with the signer key, adding (or replacing) "
+        "its signature in place. Prints the signer identity on the last line.",
+    )
+    sign.add_argument(
+        "archive", type=Path, metavar="FILE.fsb", help="a .fsb archive (farside build)"
+    )
+    sign.add_argument(
+        "--key", type=Path, required=True, metavar="FILE", help="the signer key (farside keygen)"
+    )
+    sign.set_defaults(func=_cmd_sign)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from farside.attestation import BundleError, build_bundle
+
+    try:
+        bundle = build_bundle(
+            args.path,
+            args.out,
+            name=args.name,
+            product_id=args.product_id,
+            security_version=args.security_version,
+            debug=False if args.no_debug else None,
+        )
+    except (BundleError, OSError) as exc:
+        return common.fail("build", exc)
+    print(f"wrote {args.out}")
+    print(_describe(bundle))
+    print(bundle.measurement().hex())
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from farside.attestation import generate_signer_key
+
+    try:
+        public = generate_signer_key(args.out, force=args.force)
+    except (OSError, ValueError) as exc:
+        return common.fail("keygen", exc)
+    print(f"wrote {args.out} (0600) and {public}; the signer identity:")
+    print(_signer_of_key(args.out).hex())
+    return 0
+
+
+def _signer_of_key(path: Path) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    from farside.attestation import load_signer_key
+    from farside.attestation.identity import signer_of
+
+    public = load_signer_key(path).public_key()
+    return signer_of(
+        public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from farside.attestation import sign_bundle, verify_bundle_signature
+
+    try:
+        bundle = sign_bundle(args.archive, args.key)
+        signer = verify_bundle_signature(bundle)
+    except ValueError as exc:  # BundleError for the archive, ValueError for the key
+        return common.fail("sign", exc)
+    print(f"signed {args.archive}")
+    print(_describe(bundle))
+    print(f"measurement: {bundle.measurement().hex()}")
+    print(signer.hex())
+    return 0
+
+
+def _add_key_parsers(sub: Any) -> None:
+    platform = sub.add_parser("platform", help="this trusted machine's platform identity")
+    platform_sub = platform.add_subparsers(dest="platform_command", required=True, metavar="ACTION")
+    init = platform_sub.add_parser(
+        "init",
+        help="write platform.key (0600) and platform.pub",
+        description="Make this trusted machine's platform key pair (Ed25519): platform.key "
+        "(mode 0600), which its proxies sign evidence with, and platform.pub, which clients "
+        "trust.",
+    )
+    init.add_argument("--dir", required=True, help="directory for the key pair")
+    init.add_argument("--force", action="store_true", help="replace an existing key pair")
+    init.set_defaults(func=_cmd_platform_init)
+
+    certs = sub.add_parser(
+        "certs",
+        help="make a development CA and server/client certificates",
+        description="Write ca.pem, server.pem, server.key (SANs: every --host), client.pem "
+        "and client.key into --out, for tests and first deployments.",
+    )
+    certs.add_argument("--out", required=True, help="output directory")
+    certs.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="a DNS name or IP address the server is reached by (repeatable)",
+    )
+    certs.add_argument(
+        "--client-name",
+        default="farside-client",
+        help="the client certificate's common name (its identity)",
+    )
+    certs.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    certs.add_argument("--force", action="store_true", help="replace existing files")
+    certs.set_defaults(func=_cmd_certs)
+
+
+def _cmd_platform_init(args: argparse.Namespace) -> int:
+    from farside.attestation.platform import init_platform
+
+    try:
+        public = init_platform(args.dir, force=args.force)
+    except (OSError, ValueError) as exc:
+        return common.fail("platform init", exc)
+    print(f"wrote {public.with_name('platform.key')} (0600) and {public}")
+    return 0
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from farside._devcerts import make_dev_certs
+
+    try:
+        paths = make_dev_certs(
+            args.out, args.host, client_name=args.client_name, days=args.days, force=args.force
+        )
+    except (OSError, ValueError) as exc:
+        return common.fail("certs", exc)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0

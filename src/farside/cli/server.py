@@ -1,0 +1,428 @@
+"""Trusted-machine commands: ``proxy``, ``provision-server``, ``fleet`` and ``doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import _common as common
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    """Add the trusted machine's commands to the ``farside`` parser's subcommands."""
+    _add_proxy_parser(sub)
+    _add_doctor_parser(sub)
+    _add_server_parser(sub)
+    _add_fleet_parsers(sub)
+
+
+def _add_proxy_parser(sub: Any) -> None:
+    proxy = sub.add_parser(
+        "proxy",
+        help="serve one enclave session (started by provisioners)",
+        description="The RemoteEnclaveProxyServer: listen on --listen, accept the one session "
+        "presenting the token, host its enclave, and exit when the session ends. Prints "
+        "'farside-proxy ready ADDRESS' once it listens.",
+    )
+    proxy.add_argument(
+        "--listen", required=True, help="unix:/path/to.sock or host:port (port 0 picks one)"
+    )
+    token = proxy.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-stdin",
+        action="store_true",
+        help="read the session token from the first line of stdin",
+    )
+    token.add_argument("--token-file", help="read the session token from this file")
+    proxy.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        help="exit if no client connects within this many seconds (default 30)",
+    )
+    proxy.add_argument(
+        "--parent-pid",
+        type=int,
+        help="exit when this process (the provisioner) is no longer the parent",
+    )
+    proxy.add_argument("--tls-cert", help="serve TLS with this certificate")
+    proxy.add_argument("--tls-key", help="the certificate's key")
+    proxy.add_argument(
+        "--private-dir",
+        metavar="DIR",
+        help="a directory made for this proxy alone, removed when it exits after serving",
+    )
+    proxy.add_argument(
+        "--max-workers",
+        type=int,
+        default=256,
+        help="enclave worker threads at once, one per client thread (default 256)",
+    )
+    proxy.add_argument(
+        "--worker-idle-timeout",
+        type=float,
+        default=30.0,
+        help="an idle worker (its client thread may have ended) exits after this (s)",
+    )
+    proxy.add_argument(
+        "--transport",
+        choices=("grpc", "stream"),
+        default="grpc",
+        help="the session's wire: a gRPC stream (default), or length-prefixed frames "
+        "on a plain socket (TLS 1.3 on TCP), which is several times faster",
+    )
+    proxy.add_argument(
+        "--tls-ephemeral",
+        metavar="HOST",
+        help="serve TLS with a fresh self-signed certificate for HOST (written to tls-cert.pem)",
+    )
+    proxy.add_argument("--client-ca", help="require client certificates signed by this CA")
+    proxy.add_argument("--platform-key", help="the platform key that signs attestation evidence")
+    proxy.add_argument(
+        "--report-status",
+        action="store_true",
+        help="write status lines (measurement, calls served) to stdout",
+    )
+    _add_proxy_sandbox_arguments(proxy)
+    proxy.set_defaults(func=_cmd_proxy)
+
+
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    from farside import TLSConfig
+    from farside._config import SandboxConfig
+    from farside.proxy import run_proxy
+
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key) or args.tls_ephemeral:
+            return common.fail("proxy", "give --tls-cert with --tls-key, or --tls-ephemeral")
+        tls = TLSConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
+    elif args.client_ca and not args.tls_ephemeral:
+        return common.fail(
+            "proxy", "--client-ca needs TLS (--tls-cert/--tls-key or --tls-ephemeral)"
+        )
+    return run_proxy(
+        args.listen,
+        token_file=args.token_file,
+        token_stdin=args.token_stdin,
+        idle_timeout=args.idle_timeout,
+        parent_pid=args.parent_pid,
+        tls=tls,
+        platform_key=args.platform_key,
+        report_status=args.report_status,
+        tls_ephemeral=args.tls_ephemeral,
+        client_ca=args.client_ca,
+        max_workers=args.max_workers,
+        worker_idle_timeout=args.worker_idle_timeout,
+        private_dir=args.private_dir,
+        transport=args.transport,
+        sandbox=args.sandbox,
+        limits=SandboxConfig(
+            memory=args.memory_limit, open_files=args.open_files_limit, cpu_seconds=args.cpu_limit
+        ),
+    )
+
+
+def _add_proxy_sandbox_arguments(proxy: Any) -> None:
+    from farside._config import SANDBOX_MODES
+
+    proxy.add_argument(
+        "--sandbox",
+        choices=SANDBOX_MODES,
+        default="best-effort",
+        help="confine the proxy process before enclave code runs (Landlock, seccomp, rlimits, "
+        "network namespace): best-effort (default) applies what this machine offers and "
+        "logs the rest; strict refuses to run the enclave unless every layer applies; off "
+        "does nothing. A client may ask for a stricter mode, never a weaker one. See "
+        "`farside doctor` and docs/security.md",
+    )
+    proxy.add_argument(
+        "--memory-limit",
+        type=common.positive_int,
+        metavar="BYTES",
+        help="cap the address space (RLIMIT_AS); a client may ask for less",
+    )
+    proxy.add_argument(
+        "--open-files-limit",
+        type=common.positive_int,
+        metavar="N",
+        help="cap open descriptors (RLIMIT_NOFILE); a client may ask for less",
+    )
+    proxy.add_argument(
+        "--cpu-limit",
+        type=common.positive_int,
+        metavar="SECONDS",
+        help="cap CPU time (RLIMIT_CPU: the proxy dies beyond it); a client may ask for less",
+    )
+
+
+def _add_doctor_parser(sub: Any) -> None:
+    doctor = sub.add_parser(
+        "doctor",
+        help="print which sandbox layers this machine supports",
+        description="Probe this machine for what `farside proxy --sandbox` uses: Landlock "
+        "(filesystem, TCP, scopes, by ABI), seccomp (libseccomp through pyseccomp), resource "
+        "limits and user/network namespaces. A MISSING layer is skipped by best-effort "
+        "proxies and makes strict ones refuse to run enclaves.",
+    )
+    doctor.set_defaults(func=_cmd_doctor)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from farside.proxy.sandbox import landlock_abi, probe
+
+    print("farside doctor: what this machine offers to sandbox an enclave's proxy")
+    print(f"  Landlock ABI {landlock_abi()} (6 or more has every Landlock layer)")
+    missing = 0
+    for layer, why in probe().items():
+        print(f"  {layer:15} {'available' if not why else 'MISSING: ' + why}")
+        missing += bool(why)
+    print(
+        "--sandbox strict will refuse to run enclaves here (netns is needed only by "
+        "proxies on a Unix socket)"
+        if missing
+        else "every layer is available: --sandbox strict works here"
+    )
+    return 0
+
+
+def _add_server_parser(sub: Any) -> None:
+    server = sub.add_parser(
+        "provision-server",
+        help="the trusted machine's daemon: spawn a proxy per enclave",
+        description="Serve the Provisioner service: authenticate clients (mTLS and/or a "
+        "bearer token), spawn one proxy per enclave on --advertise (TLS like this server), "
+        "and reap each when its session ends. Prints one line once it listens; SIGTERM or "
+        "SIGINT finalizes running enclaves within a grace period, then stops. See "
+        "docs/deploy.md.",
+    )
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--port", type=int, default=4321, help="port (0 picks a free one)")
+    server.add_argument(
+        "--advertise",
+        metavar="HOST",
+        help="the host clients dial for proxies, when it differs from --host",
+    )
+    server.add_argument("--tls-cert", help="server certificate (its SANs name --advertise)")
+    server.add_argument("--tls-key", help="the certificate's key")
+    server.add_argument("--client-ca", help="require client certificates from this CA (mTLS)")
+    server.add_argument("--token-file", help="require this bearer token (alternative to mTLS)")
+    server.add_argument("--platform-dir", help="this host's platform identity (platform init)")
+    server.add_argument("--max-enclaves", type=int, default=16, help="total (default 16)")
+    server.add_argument("--max-per-client", type=int, default=4, help="per client (default 4)")
+    server.add_argument("--workdir", help="where private proxy directories go (default: tmp)")
+    server.add_argument(
+        "--proxy-idle-timeout",
+        type=float,
+        default=30.0,
+        help="a proxy exits if its client does not connect in time (s)",
+    )
+    server.add_argument(
+        "--proxy-ports",
+        metavar="LOW-HIGH",
+        help="ports proxies listen on (default: any free port); keeps firewall rules small",
+    )
+    server.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext or unauthenticated clients off loopback",
+    )
+    _add_proxy_sandbox_arguments(server)
+    fleet = server.add_argument_group("fleet mode (see docs/fleet.md)")
+    fleet.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="place enclaves on the trusted hosts of this Ray cluster (its head's address); "
+        "needs RAY_AUTH_MODE=token and Ray's TLS in the environment",
+    )
+    fleet.add_argument(
+        "--ray-node-ip",
+        metavar="IP",
+        help="this machine's address in the Ray cluster (when Ray guesses it wrong)",
+    )
+    fleet.add_argument(
+        "--ray-allow-plaintext",
+        action="store_true",
+        help="accept a Ray cluster without TLS (development only; logged loudly)",
+    )
+    fleet.add_argument(
+        "--placement-timeout",
+        type=float,
+        default=30.0,
+        help="the longest a request waits for a free slot (s, default 30)",
+    )
+    server.set_defaults(func=_cmd_provision_server)
+
+
+def _cmd_provision_server(args: argparse.Namespace) -> int:
+    from farside import TLSConfig
+    from farside._config import SandboxConfig
+    from farside.provision.server import ProvisionServer, ProvisionServerConfig
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="farside-provision %(levelname)s %(message)s"
+    )
+    try:
+        tls = None
+        if args.tls_cert or args.tls_key:
+            tls = TLSConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
+        elif args.client_ca:
+            raise ValueError("--client-ca needs --tls-cert and --tls-key")
+        config = ProvisionServerConfig(
+            host=args.host,
+            port=args.port,
+            advertise=args.advertise,
+            tls=tls,
+            token=common.read_secret(args.token_file) if args.token_file else None,
+            insecure=args.insecure,
+            platform_dir=Path(args.platform_dir) if args.platform_dir else None,
+            max_enclaves=args.max_enclaves,
+            max_per_client=args.max_per_client,
+            workdir=Path(args.workdir) if args.workdir else None,
+            proxy_idle_timeout=args.proxy_idle_timeout,
+            proxy_ports=_port_range(args.proxy_ports) if args.proxy_ports else None,
+            proxy_sandbox=args.sandbox,
+            proxy_limits=SandboxConfig(
+                memory=args.memory_limit,
+                open_files=args.open_files_limit,
+                cpu_seconds=args.cpu_limit,
+            ),
+            ray_address=args.ray_address,
+            ray_node_ip=args.ray_node_ip,
+            ray_allow_plaintext=args.ray_allow_plaintext,
+            placement_timeout=args.placement_timeout,
+        )
+        server = ProvisionServer(config)
+    except (ValueError, OSError) as exc:
+        return common.fail("provision-server", exc)
+    if tls is None:
+        logging.warning("serving WITHOUT TLS: sessions can be read and changed on the network")
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        address = server.start()
+    except OSError as exc:
+        server.stop()
+        return common.fail("provision-server", exc)
+    # Joining Ray (fleet mode) installs Ray's own SIGTERM handler, which kills the process
+    # without stopping the server: ours must win.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"farside provision-server listening on {address}", flush=True)
+    while not done.wait(0.5):
+        pass
+    logging.info("shutting down: finalizing %d enclave(s)", server.enclave_count())
+    server.stop()
+    return 0
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    if not (low.isdigit() and high.isdigit()):
+        raise ValueError(f"--proxy-ports takes LOW-HIGH, not {text!r}")
+    return int(low), int(high)
+
+
+def _add_fleet_parsers(sub: Any) -> None:
+    fleet = sub.add_parser("fleet", help="fleets of trusted machines (Ray); see docs/fleet.md")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
+    join = fleet_sub.add_parser(
+        "join",
+        help="offer this trusted machine's enclave slots to a fleet",
+        description="Run ray start so that this machine joins the fleet's Ray cluster "
+        "offering --slots units of the 'enclave' resource (and --label node labels). Its "
+        "slots sign evidence with the platform key in --platform-dir. Needs "
+        "RAY_AUTH_MODE=token, a token, and Ray's TLS variables in the environment.",
+    )
+    join.add_argument("--ray-address", required=True, metavar="HOST:PORT", help="the head")
+    join.add_argument("--slots", type=int, required=True, help="enclaves this host may run")
+    join.add_argument(
+        "--platform-dir", required=True, help="this host's platform identity (platform init)"
+    )
+    join.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a node label requests can ask for, e.g. tee=sgx (repeatable)",
+    )
+    join.add_argument("--node-ip", metavar="IP", help="this host's address on the trusted network")
+    join.add_argument("--num-cpus", type=int, default=1, help="CPUs offered to Ray (default 1)")
+    join.add_argument("--temp-dir", help="Ray's temporary directory on this host")
+    join.add_argument("--object-store-memory", type=int, metavar="BYTES", help="Ray's store")
+    join.add_argument("--workdir", help="where proxies' private directories go (default: tmp)")
+    join.add_argument("--block", action="store_true", help="stay in the foreground (systemd)")
+    join.add_argument(
+        "--ray-allow-plaintext",
+        action="store_true",
+        help="join a Ray cluster without TLS (development only)",
+    )
+    join.set_defaults(func=_cmd_fleet_join)
+
+    certs = fleet_sub.add_parser(
+        "certs",
+        help="make development TLS certificates for the fleet's Ray cluster",
+        description="Write ca.pem, node.pem and node.key (0600): one node certificate for "
+        "both serving and connecting, as Ray's TLS uses it, whose SANs are every --host. "
+        "Point RAY_TLS_CA_CERT, RAY_TLS_SERVER_CERT and RAY_TLS_SERVER_KEY at them.",
+    )
+    certs.add_argument("--out", required=True, help="output directory")
+    certs.add_argument(
+        "--host", action="append", required=True, help="a node's address (repeatable)"
+    )
+    certs.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    certs.add_argument("--force", action="store_true", help="replace existing files")
+    certs.set_defaults(func=_cmd_fleet_certs)
+
+
+def _cmd_fleet_join(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from farside.provision.fleet import FleetConfigError, check_ray_security, join_command
+
+    try:
+        for warning in check_ray_security(os.environ, allow_plaintext=args.ray_allow_plaintext):
+            print(f"farside fleet join: WARNING: {warning}", file=sys.stderr)
+        command, env = join_command(
+            ray_address=args.ray_address,
+            slots=args.slots,
+            platform_dir=Path(args.platform_dir),
+            labels=args.label or (),
+            node_ip=args.node_ip,
+            num_cpus=args.num_cpus,
+            temp_dir=args.temp_dir,
+            object_store_memory=args.object_store_memory,
+            workdir=args.workdir,
+            block=args.block,
+        )
+    except FleetConfigError as exc:
+        return common.fail("fleet join", exc)
+    try:
+        return subprocess.call(command, env=env)
+    except OSError as exc:
+        return common.fail("fleet join", f"cannot run {command[0]}: {exc}")
+
+
+def _cmd_fleet_certs(args: argparse.Namespace) -> int:
+    from farside._devcerts import make_fleet_certs
+
+    try:
+        paths = make_fleet_certs(args.out, args.host, days=args.days, force=args.force)
+    except (OSError, ValueError) as exc:
+        return common.fail("fleet certs", exc)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
