@@ -98,6 +98,40 @@ def test_load_package_via_relative_path_takes_the_real_directory_name(
     assert load_bundle(".").manifest.name == "pkg"
 
 
+def test_a_link_out_of_the_package_is_refused(tmp_path: Path) -> None:
+    """A third-party package's ``notes.txt -> /outside/secret`` must not carry the client's
+    file into the bundle (the enclave would read it past files_root)."""
+    secret = tmp_path / "outside" / "secret"
+    secret.parent.mkdir()
+    secret.write_text("the client's private file")
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("x = 1\n")
+    (package / "notes.txt").symlink_to(secret)
+    with pytest.raises(BundleError, match=r"notes\.txt.*outside the package"):
+        load_bundle(package)
+
+
+def test_a_linked_directory_is_refused(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "real").mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    (package / "real" / "data.txt").write_text("data")
+    (package / "alias").symlink_to(package / "real", target_is_directory=True)
+    with pytest.raises(BundleError, match="linked directory 'alias'"):
+        load_bundle(package)
+
+
+def test_a_link_to_a_file_of_the_package_is_read_as_that_file(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("x = 1\n")
+    (package / "data.txt").write_text("shared")
+    (package / "same.txt").symlink_to("data.txt")
+    bundle = load_bundle(package)
+    assert bundle.files["same.txt"] == bundle.files["data.txt"] == b"shared"
+
+
 def test_missing_path_is_a_bundle_error_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "enclave.py"
     with pytest.raises(BundleError, match="does not exist") as excinfo:
