@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
-from ._report import reject
+from ._report import rejected
 
 __all__ = ["check_validity", "der", "describe", "load_certificates", "verify_chain"]
 
@@ -54,7 +54,7 @@ def load_certificates(data: bytes, *, check: str, what: str) -> list[x509.Certif
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
     except ValueError:
-        reject(check, f"{what} is not a certificate (PEM or DER)")
+        raise rejected(check, f"{what} is not a certificate (PEM or DER)") from None
 
 
 def _signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -70,19 +70,23 @@ def _check_ca(issuer: x509.Certificate, depth: int) -> None:
     try:
         constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
-        reject("certificate chain", f"issuer {describe(issuer)} is not marked as a CA")
+        raise rejected(
+            "certificate chain", f"issuer {describe(issuer)} is not marked as a CA"
+        ) from None
     except ValueError:
-        reject("certificate chain", f"issuer {describe(issuer)} has malformed extensions")
+        raise rejected(
+            "certificate chain", f"issuer {describe(issuer)} has malformed extensions"
+        ) from None
     if not constraints.ca:
-        reject("certificate chain", f"issuer {describe(issuer)} is not a CA")
+        raise rejected("certificate chain", f"issuer {describe(issuer)} is not a CA")
     if constraints.path_length is not None and depth > constraints.path_length:
-        reject("certificate chain", f"issuer {describe(issuer)} exceeds its path length")
+        raise rejected("certificate chain", f"issuer {describe(issuer)} exceeds its path length")
     try:
         usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return
     if not usage.key_cert_sign:
-        reject("certificate chain", f"issuer {describe(issuer)} may not sign certificates")
+        raise rejected("certificate chain", f"issuer {describe(issuer)} may not sign certificates")
 
 
 def verify_chain(
@@ -107,7 +111,7 @@ def verify_chain(
         if der(certificate) in root_ders:
             continue  # bundles often carry the root itself; the pinned copy is what counts
         if certificate.issuer == certificate.subject:
-            reject("root", not_pinned)
+            raise rejected("root", not_pinned)
         if certificate is not leaf:
             candidates.append(certificate)
     path = [leaf]
@@ -119,34 +123,34 @@ def verify_chain(
                 for depth, issuer in enumerate(path[1:]):
                     _check_ca(issuer, depth)
                 return path
-        issuer = next(
+        found = next(
             (c for c in candidates if c.subject == current.issuer and _signed_by(current, c)),
             None,
         )
-        if issuer is None:
+        if found is None:
             if any(c.subject == current.issuer for c in candidates):
-                reject(
+                raise rejected(
                     "certificate chain",
                     f"certificate {describe(current)} is not signed by its issuer's key",
                 )
-            reject("root", not_pinned)
-        candidates.remove(issuer)
-        path.append(issuer)
-        current = issuer
-    reject("certificate chain", "the certificate chain is too long")
+            raise rejected("root", not_pinned)
+        candidates.remove(found)
+        path.append(found)
+        current = found
+    raise rejected("certificate chain", "the certificate chain is too long")
 
 
 def check_validity(path: Sequence[x509.Certificate], at: datetime) -> None:
     """Every certificate in ``path`` is valid at ``at``; else reject with "expired"."""
     for certificate in path:
         if at < certificate.not_valid_before_utc:
-            reject(
+            raise rejected(
                 "expired",
                 f"certificate {describe(certificate)} is not valid before "
                 f"{certificate.not_valid_before_utc.isoformat()} (checked at {at.isoformat()})",
             )
         if at > certificate.not_valid_after_utc:
-            reject(
+            raise rejected(
                 "expired",
                 f"certificate {describe(certificate)} expired at "
                 f"{certificate.not_valid_after_utc.isoformat()} (checked at {at.isoformat()})",

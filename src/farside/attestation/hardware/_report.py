@@ -7,7 +7,7 @@ policy's business (``expectations.check_expectations``). Every failure is an
 
     "format"             the bytes are not evidence of the claimed kind (truncated, malformed)
     "collateral"         collateral missing or unusable (SEV-SNP: no VCEK; DCAP: TCB collateral)
-    "certificate chain"  a certificate in the chain is malformed, not a CA, or not signed by the next
+    "certificate chain"  a certificate is malformed, not a CA, or not signed by the next one
     "root"               the chain does not end at the pinned vendor root, whatever its names say
     "expired"            a certificate is not valid at the verification time
     "signature"          the evidence's own signature (COSE, report, quote) does not verify
@@ -27,7 +27,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, NoReturn
+from typing import Literal
 
 from ..._errors import AttestationError
 
@@ -39,7 +39,7 @@ __all__ = [
     "SevSnpClaims",
     "SgxClaims",
     "TdxClaims",
-    "reject",
+    "rejected",
 ]
 
 HardwareFormat = Literal["nitro", "sev-snp", "tdx", "sgx"]
@@ -47,9 +47,9 @@ HardwareFormat = Literal["nitro", "sev-snp", "tdx", "sgx"]
 FORMATS: tuple[HardwareFormat, ...] = ("nitro", "sev-snp", "tdx", "sgx")
 
 
-def reject(check: str, message: str) -> NoReturn:
-    """Raise the one error of hardware verification: ``AttestationError`` naming ``check``."""
-    raise AttestationError(message, check=check)
+def rejected(check: str, message: str) -> AttestationError:
+    """The one error of hardware verification: ``AttestationError`` naming ``check``."""
+    return AttestationError(message, check=check)
 
 
 def _frozen_mapping(value: Mapping[int, bytes]) -> Mapping[int, bytes]:

@@ -195,6 +195,7 @@ zpacMwFusA==
 -----END CERTIFICATE-----
 """
 
+
 def _pinned(pem: bytes, sha256: str) -> x509.Certificate:
     certificate = x509.load_pem_x509_certificate(pem)
     der = certificate.public_bytes(serialization.Encoding.DER)

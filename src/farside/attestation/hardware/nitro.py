@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from . import _chain
-from ._report import HardwareReport, NitroClaims, reject
+from ._report import HardwareReport, NitroClaims, rejected
 
 __all__ = ["MAX_DOCUMENT_SIZE", "looks_like_nitro", "verify_nitro"]
 
@@ -57,9 +57,9 @@ def _decode_cbor(data: bytes, what: str) -> Any:
     try:
         value = cbor2.CBORDecoder(stream).decode()
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, MemoryError):
-        reject("format", f"{what} is not valid CBOR")
+        raise rejected("format", f"{what} is not valid CBOR") from None
     if stream.tell() != len(data):
-        reject("format", f"{what} has trailing bytes after its CBOR")
+        raise rejected("format", f"{what} has trailing bytes after its CBOR")
     return value
 
 
@@ -68,40 +68,42 @@ def _bytes_field(doc: dict[Any, Any], name: str, *, limit: int) -> bytes | None:
     if value is None:
         return None
     if not isinstance(value, bytes) or len(value) > limit:
-        reject("format", f"the document's {name} is not a byte string of at most {limit} bytes")
+        raise rejected(
+            "format", f"the document's {name} is not a byte string of at most {limit} bytes"
+        )
     return value
 
 
 def _parse_payload(payload: bytes) -> dict[Any, Any]:
     doc = _decode_cbor(payload, "the document's payload")
     if not isinstance(doc, dict):
-        reject("format", "the document's payload is not a CBOR map")
+        raise rejected("format", "the document's payload is not a CBOR map")
     module_id = doc.get("module_id")
     if not isinstance(module_id, str) or not module_id:
-        reject("format", "the document has no module_id")
+        raise rejected("format", "the document has no module_id")
     if doc.get("digest") not in _PCR_SIZES:
-        reject("format", "the document's digest is not SHA256, SHA384 or SHA512")
+        raise rejected("format", "the document's digest is not SHA256, SHA384 or SHA512")
     timestamp = doc.get("timestamp")
     if not isinstance(timestamp, int) or isinstance(timestamp, bool) or timestamp <= 0:
-        reject("format", "the document's timestamp is not a positive integer")
+        raise rejected("format", "the document's timestamp is not a positive integer")
     pcrs = doc.get("pcrs")
     size = _PCR_SIZES[doc["digest"]]
     if not isinstance(pcrs, dict) or not 1 <= len(pcrs) <= 32:
-        reject("format", "the document's pcrs is not a map of 1 to 32 PCRs")
+        raise rejected("format", "the document's pcrs is not a map of 1 to 32 PCRs")
     for index, value in pcrs.items():
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 32:
-            reject("format", "a PCR index is not an integer in [0, 32)")
+            raise rejected("format", "a PCR index is not an integer in [0, 32)")
         if not isinstance(value, bytes) or len(value) != size:
-            reject("format", f"PCR{index} is not {size} bytes")
+            raise rejected("format", f"PCR{index} is not {size} bytes")
     if not isinstance(doc.get("certificate"), bytes):
-        reject("format", "the document has no signing certificate")
+        raise rejected("format", "the document has no signing certificate")
     cabundle = doc.get("cabundle")
     if (
         not isinstance(cabundle, list)
         or not 1 <= len(cabundle) <= 8
         or not all(isinstance(c, bytes) for c in cabundle)
     ):
-        reject("format", "the document's cabundle is not a list of 1 to 8 certificates")
+        raise rejected("format", "the document's cabundle is not a list of 1 to 8 certificates")
     for name, limit in _OPTIONAL_LIMITS.items():
         _bytes_field(doc, name, limit=limit)
     return doc
@@ -110,14 +112,14 @@ def _parse_payload(payload: bytes) -> dict[Any, Any]:
 def _split_cose(data: bytes) -> tuple[bytes, bytes, bytes]:
     """(protected header, payload, signature) of a COSE_Sign1 using ES384."""
     if len(data) > MAX_DOCUMENT_SIZE:
-        reject("format", f"the document is larger than {MAX_DOCUMENT_SIZE} bytes")
+        raise rejected("format", f"the document is larger than {MAX_DOCUMENT_SIZE} bytes")
     cose = _decode_cbor(data, "the document")
     if isinstance(cose, cbor2.CBORTag):
         if cose.tag != _COSE_SIGN1_TAG:
-            reject("format", f"the document is CBOR tag {cose.tag}, not COSE_Sign1 (18)")
+            raise rejected("format", f"the document is CBOR tag {cose.tag}, not COSE_Sign1 (18)")
         cose = cose.value
     if not isinstance(cose, list) or len(cose) != 4:
-        reject("format", "the document is not a COSE_Sign1 (an array of four)")
+        raise rejected("format", "the document is not a COSE_Sign1 (an array of four)")
     protected, unprotected, payload, signature = cose
     if not (
         isinstance(protected, bytes)
@@ -125,12 +127,12 @@ def _split_cose(data: bytes) -> tuple[bytes, bytes, bytes]:
         and isinstance(payload, bytes)
         and isinstance(signature, bytes)
     ):
-        reject("format", "the document is not a COSE_Sign1 with an attached payload")
+        raise rejected("format", "the document is not a COSE_Sign1 with an attached payload")
     header = _decode_cbor(protected, "the COSE protected header")
     if not isinstance(header, dict) or header.get(_ALG) != _ES384:
-        reject("format", "the COSE protected header does not name ES384")
+        raise rejected("format", "the COSE protected header does not name ES384")
     if len(signature) != 96:
-        reject("format", "an ES384 signature is 96 bytes")
+        raise rejected("format", "an ES384 signature is 96 bytes")
     return protected, payload, signature
 
 
@@ -139,7 +141,7 @@ def _check_signature(
 ) -> None:
     key = certificate.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-        reject("signature", "the signing certificate's key is not ECDSA P-384")
+        raise rejected("signature", "the signing certificate's key is not ECDSA P-384")
     # RFC 9052 section 4.4: Sig_structure = ["Signature1", protected, external_aad, payload].
     to_be_signed = cbor2.dumps(["Signature1", protected, b"", payload])
     r = int.from_bytes(signature[:48], "big")
@@ -147,7 +149,7 @@ def _check_signature(
     try:
         key.verify(encode_dss_signature(r, s), to_be_signed, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature:
-        reject("signature", "the document's COSE signature does not verify")
+        raise rejected("signature", "the document's COSE signature does not verify") from None
 
 
 def _verify(
@@ -163,7 +165,7 @@ def _verify(
         doc["certificate"], check="certificate chain", what="the signing certificate"
     )
     if len(leaf) != 1 or any(len(c) != 1 for c in certificates):
-        reject("certificate chain", "a certificate field holds more than one certificate")
+        raise rejected("certificate chain", "a certificate field holds more than one certificate")
     path = _chain.verify_chain(
         leaf[0], [c[0] for c in certificates], roots, vendor="AWS Nitro Enclaves"
     )
@@ -171,7 +173,7 @@ def _verify(
     _chain.check_validity(path, datetime.now(UTC) if at is None else at)
     signed_at = datetime.fromtimestamp(doc["timestamp"] / 1000, UTC)
     if not leaf[0].not_valid_before_utc <= signed_at <= leaf[0].not_valid_after_utc:
-        reject(
+        raise rejected(
             "timestamp",
             f"the document's timestamp {signed_at.isoformat()} is outside its "
             "certificate's validity",
