@@ -894,6 +894,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fleet_parsers(sub)
     _add_key_parsers(sub)
     _add_bundle_parsers(sub)
+    from farside import evidence_cli
+
+    evidence_cli.add_parser(sub)
     return parser
 
 
