@@ -20,7 +20,7 @@ farside's attester puts its 64-byte session binding in ``user_data``
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,7 +63,7 @@ def _decode_cbor(data: bytes, what: str) -> Any:
     return value
 
 
-def _bytes_field(doc: dict[Any, Any], name: str, *, limit: int) -> bytes | None:
+def _bytes_field(doc: Mapping[Any, Any], name: str, *, limit: int) -> bytes | None:
     value = doc.get(name)
     if value is None:
         return None
@@ -74,9 +74,9 @@ def _bytes_field(doc: dict[Any, Any], name: str, *, limit: int) -> bytes | None:
     return value
 
 
-def _parse_payload(payload: bytes) -> dict[Any, Any]:
+def _parse_payload(payload: bytes) -> Mapping[Any, Any]:
     doc = _decode_cbor(payload, "the document's payload")
-    if not isinstance(doc, dict):
+    if not isinstance(doc, Mapping):
         raise rejected("format", "the document's payload is not a CBOR map")
     module_id = doc.get("module_id")
     if not isinstance(module_id, str) or not module_id:
@@ -88,7 +88,7 @@ def _parse_payload(payload: bytes) -> dict[Any, Any]:
         raise rejected("format", "the document's timestamp is not a positive integer")
     pcrs = doc.get("pcrs")
     size = _PCR_SIZES[doc["digest"]]
-    if not isinstance(pcrs, dict) or not 1 <= len(pcrs) <= 32:
+    if not isinstance(pcrs, Mapping) or not 1 <= len(pcrs) <= 32:
         raise rejected("format", "the document's pcrs is not a map of 1 to 32 PCRs")
     for index, value in pcrs.items():
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 32:
@@ -99,7 +99,7 @@ def _parse_payload(payload: bytes) -> dict[Any, Any]:
         raise rejected("format", "the document has no signing certificate")
     cabundle = doc.get("cabundle")
     if (
-        not isinstance(cabundle, list)
+        not isinstance(cabundle, list | tuple)
         or not 1 <= len(cabundle) <= 8
         or not all(isinstance(c, bytes) for c in cabundle)
     ):
@@ -117,13 +117,13 @@ def _split_cose(data: bytes) -> tuple[bytes, bytes, bytes]:
     if isinstance(cose, cbor2.CBORTag):
         if cose.tag != _COSE_SIGN1_TAG:
             raise rejected("format", f"the document is CBOR tag {cose.tag}, not COSE_Sign1 (18)")
-        cose = cose.value
-    if not isinstance(cose, list) or len(cose) != 4:
+        cose = cose.value  # inside a tag cbor2 gives tuples and frozendicts: read-only views
+    if not isinstance(cose, list | tuple) or len(cose) != 4:
         raise rejected("format", "the document is not a COSE_Sign1 (an array of four)")
     protected, unprotected, payload, signature = cose
     if not (
         isinstance(protected, bytes)
-        and isinstance(unprotected, dict)
+        and isinstance(unprotected, Mapping)
         and isinstance(payload, bytes)
         and isinstance(signature, bytes)
     ):
@@ -178,7 +178,7 @@ def _verify(
             f"the document's timestamp {signed_at.isoformat()} is outside its "
             "certificate's validity",
         )
-    pcrs: dict[int, bytes] = doc["pcrs"]
+    pcrs: Mapping[int, bytes] = doc["pcrs"]
     size = _PCR_SIZES[doc["digest"]]
     zero = bytes(size)
     # AWS: an enclave started in debug mode reports PCR0, PCR1 and PCR2 as all zeros.
