@@ -108,6 +108,11 @@ def verify_chain(
     not_pinned = f"the chain does not end at the pinned {vendor} root (SHA-256 {fingerprint}...)"
     candidates: list[x509.Certificate] = []
     for certificate in (leaf, *intermediates):
+        try:  # cryptography parses names lazily: a malformed one surfaces here, once
+            certificate.subject.rfc4514_string()
+            certificate.issuer.rfc4514_string()
+        except ValueError:
+            raise rejected("certificate chain", "a certificate has a malformed name") from None
         if der(certificate) in root_ders:
             continue  # bundles often carry the root itself; the pinned copy is what counts
         if certificate.issuer == certificate.subject:

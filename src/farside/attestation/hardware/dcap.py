@@ -145,7 +145,7 @@ def _tcb_status(
 ) -> tuple[str, tuple[str, ...]]:
     """Intel's TCB status of the quote's platform, by dcap-qvl from the given collateral."""
     try:
-        import dcap_qvl  # type: ignore[import-not-found,unused-ignore]
+        import dcap_qvl
     except ImportError:
         raise rejected(
             "collateral",
