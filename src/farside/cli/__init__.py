@@ -2,7 +2,8 @@
 
 * ``client``: ``demo``, ``run``, ``status``;
 * ``server``: ``proxy``, ``provision-server``, ``fleet``, ``doctor``;
-* ``keys``: ``measure``, ``build``, ``keygen``, ``sign``, ``platform``, ``certs``.
+* ``keys``: ``measure``, ``build``, ``keygen``, ``sign``, ``platform``, ``certs``;
+* ``evidence``: ``evidence verify`` (real TEE evidence, offline).
 
 Each command's handler sits beside its parser. Handlers import what they use, so
 ``farside --help`` and argument errors load nothing heavy.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import _common, client, keys, server
+from . import _common, client, evidence, keys, server
 
 __all__ = ["build_parser", "main"]
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.register(sub)
     server.register(sub)
     keys.register(sub)
+    evidence.register(sub)
     return parser
 
 
