@@ -125,6 +125,7 @@ def run(quick: bool, tls: bool, progress: Progress) -> dict[str, Any]:
     """One whole run: floors, farside on each transport, peers, cold loads; and the targets."""
     plan = Plan.of(quick)
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     family = "tcp" if tls else "unix"
     families = (family, *(f for f in peers.FAMILIES if f != family))
     default = scenarios.default_transport()
@@ -186,9 +187,15 @@ def run(quick: bool, tls: bool, progress: Progress) -> dict[str, Any]:
             "default_transport": default,
             "default_source": _default_source(),
             "family": family,
-            "family_name": FAMILY_NAMES[family] + (" loopback with TLS" if tls else " socket"),
+            "family_name": (
+                "TCP loopback (raw gRPC with TLS like farside; raw socket, rpyc, Pyro5 plaintext)"
+                if tls
+                else f"{FAMILY_NAMES[family]} socket"
+            ),
             "pyro5": pyro5,
             "seconds": round(time.perf_counter() - started, 1),
+            # Other processes on the machine skew every figure; this says how busy it was.
+            "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         },
         "how": how,
         "rows": rows,

@@ -111,11 +111,25 @@ def _header(report: dict[str, Any]) -> list[str]:
         f"{meta['warmup']} warm-up per latency row · {meta['seconds']} s"
         + (" in all" if runs > 1 else ""),
         "",
+        _load_line(report),
+        "",
         f"Default transport: **{meta['default_transport']}** ({meta['default_source']}). "
         f"Every baseline in the targets runs on farside's own wire here: "
         f"**{meta['family_name']}**.",
         "",
     ]
+
+
+def _load_line(report: dict[str, Any]) -> str:
+    runs = report.get("runs", [report])
+    loads = [x for run in runs for x in run["meta"].get("loadavg", [])]
+    if not loads:
+        return ""
+    return (
+        f"1-minute load average at the start and end of each run: {min(loads):.1f} to "
+        f"{max(loads):.1f} on {report['meta']['cpus']} CPUs (other processes share the "
+        "machine; their load skews every figure)."
+    )
 
 
 def _targets(report: dict[str, Any]) -> list[str]:

@@ -74,12 +74,12 @@ def serve_rpyc(address: str, ready: Callable[[str], None]) -> None:
             super()._accept_method(sock)
 
     if address.startswith("unix:"):
-        server = NoDelayServer(PeerService, socket_path=address[5:])
-        ready(address)
+        server = NoDelayServer(PeerService, socket_path=address[5:], auto_register=False)
     else:
         host, port = address.rsplit(":", 1)
-        server = NoDelayServer(PeerService, hostname=host, port=int(port))
-        ready(tcp_address(server.port))
+        server = NoDelayServer(PeerService, hostname=host, port=int(port), auto_register=False)
+    server._listen()  # listening before we say so (start() would listen only later)
+    ready(address if address.startswith("unix:") else tcp_address(server.port))
     server.start()
 
 
@@ -117,12 +117,12 @@ def serve_pyro5(address: str, ready: Callable[[str], None]) -> None:
 
     if address.startswith("unix:"):
         daemon = Pyro5.api.Daemon(unixsocket=address[5:])
-        ready(address)
     else:
         host, port = address.rsplit(":", 1)
         daemon = Pyro5.api.Daemon(host=host, port=int(port))
-        ready(tcp_address(int(daemon.locationStr.rsplit(":", 1)[1])))
+        address = tcp_address(int(daemon.locationStr.rsplit(":", 1)[1]))
     daemon.register(PeerObject(), objectId="peer")
+    ready(address)  # the daemon listens already; requests wait for the loop
     daemon.requestLoop()
 
 
