@@ -61,10 +61,10 @@ class Plan:
     def of(cls, quick: bool) -> Plan:
         if quick:
             return cls(
-                calls=1000,
-                warmup=100,
+                calls=2000,  # the probe took medians of 2,000 calls
+                warmup=200,
                 reps={1 << 20: 5, 64 << 20: 3},
-                duration=0.5,
+                duration=1.0,
                 loads=3,
                 idle=1.0,
                 probe=300,
