@@ -1,9 +1,9 @@
-"""The scenarios of ``python -m benchmarks``, one function each, returning result rows.
+"""The farside scenarios of ``python -m benchmarks``, one function each, returning rows.
 
 Every function takes its iteration counts as arguments, so the smoke test can run one
-for a handful of iterations. A row is a plain dict (see ``row``): ``section`` is the
-letter of the issue's list (a-h), ``name`` says what was measured, and either
-``median_us``/``p99_us`` (latency) or ``value``/``unit`` (anything else) is set.
+for a handful of iterations. Rows are plain dicts (``benchmarks._rows``); their keys
+start with ``farside.<transport>.``. The baselines they are compared with are in
+``benchmarks.baselines``.
 """
 
 from __future__ import annotations
@@ -15,26 +15,23 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import farside
+from farside.transport import factory
 
-from . import peers
-from ._timing import Latency, calls_per_second, timings
+from ._rows import PAYLOAD, Row, latency_row, row, size_name, throughput_row
+from ._timing import calls_per_second, timings
 
 ENCLAVE = Path(__file__).with_name("bench_enclave.py")
-PAYLOAD = b"x" * 64
-Row = dict[str, Any]
+TRANSPORTS = factory.TRANSPORTS  # the harness measures farside on each
 
 
-def row(section: str, name: str, **fields: Any) -> Row:
-    return {"section": section, "name": name, **fields}
-
-
-def latency_row(section: str, name: str, samples: list[float], **fields: Any) -> Row:
-    return row(section, name, **asdict(Latency.of(samples)), **fields)
+def default_transport() -> str:
+    """The transport farside picks when none is named (``$FARSIDE_TRANSPORT`` or its own)."""
+    return farside.LocalProvision().transport
 
 
 @dataclass
@@ -47,10 +44,15 @@ class Farside:
     tls_dir: Path | None = None
     policy: Any = None
     transport: str = "grpc"
+    default: bool = False
 
     @property
     def label(self) -> str:
-        return f"farside {self.transport}" + (" (TLS)" if self.tls else "")
+        return (
+            f"farside {self.transport}"
+            + (" (default)" if self.default else "")
+            + (" (TLS)" if self.tls else "")
+        )
 
     def load(self) -> farside.EnclaveClient:
         provision: Any = (
@@ -110,71 +112,21 @@ def farside_target(tls: bool) -> Iterator[Farside]:
             server.stop()
 
 
-# ---------------------------------------------------------------- (a) baselines
+# ---------------------------------------------------------------- (b, c) latency
 
 
-def raw_socket(calls: int, warmup: int) -> list[Row]:
-    with peers.PeerServer("socket") as server:
-        call, close = peers.socket_client(server.port, PAYLOAD)
-        try:
-            samples = timings(call, calls, warmup)
-        finally:
-            close()
-    return [latency_row("a", "raw socket ping-pong (TCP)", samples, system="raw socket")]
-
-
-def raw_grpc(calls: int, warmup: int, tls_dir: Path | None = None) -> list[Row]:
-    suffix = " (TLS)" if tls_dir else ""
-    with peers.PeerServer("grpc", tls_dir=tls_dir) as server:
-        call, close = peers.grpc_sync_client(server.port, PAYLOAD, tls_dir)
-        try:
-            sync = timings(call, calls, warmup)
-        finally:
-            close()
-        aio = peers.grpc_aio_samples(server.port, PAYLOAD, calls, warmup, tls_dir)
-    return [
-        latency_row("a", f"raw gRPC bidi ping-pong, sync{suffix}", sync, system="gRPC sync"),
-        latency_row("a", f"raw gRPC bidi ping-pong, grpc.aio{suffix}", aio, system="gRPC aio"),
-    ]
-
-
-# ---------------------------------------------------------------- (b, c) farside latency
-
-
-def farside_latency(enclave: Any, label: str, calls: int, warmup: int) -> list[Row]:
+def farside_latency(
+    enclave: Any, label: str, calls: int, warmup: int, transport: str = "default"
+) -> list[Row]:
+    """An empty call, a 64-byte echo, and a call whose body makes one exit call back."""
     empty = timings(lambda: enclave.call("empty"), calls, warmup)
     echo = timings(lambda: enclave.call("echo", PAYLOAD), calls, warmup)
     nested = timings(lambda: enclave.call("nested", PAYLOAD), calls, warmup)
+    key = f"farside.{transport}"
     return [
-        latency_row("b", f"{label} empty call", empty, system=label),
-        latency_row("b", f"{label} 64-byte echo call", echo, system=label),
-        latency_row("c", f"{label} call with one nested exit call", nested, system=label),
-    ]
-
-
-# ---------------------------------------------------------------- (d) peers
-
-
-PEER_LABELS = {
-    "rpyc": ("rpyc", "rpyc call with server->client callback"),
-    "pyro5": ("Pyro5", "Pyro5 call with callback (client daemon)"),
-}
-
-
-def peer_latency(kind: str, calls: int, warmup: int) -> list[Row]:
-    """An empty call and a call with a callback in one of the peers ("rpyc" or "pyro5")."""
-    system, nested_label = PEER_LABELS[kind]
-    clients = {"rpyc": peers.rpyc_clients, "pyro5": peers.pyro5_clients}[kind]
-    with peers.PeerServer(kind) as server:
-        empty, nested, close = clients(server.port, PAYLOAD)
-        try:
-            empty_samples = timings(empty, calls, warmup)
-            nested_samples = timings(nested, calls, warmup)
-        finally:
-            close()
-    return [
-        latency_row("d", f"{system} empty call", empty_samples, system=system),
-        latency_row("d", nested_label, nested_samples, system=system),
+        latency_row("b", f"{key}.empty", f"{label} empty call", empty),
+        latency_row("b", f"{key}.echo", f"{label} 64-byte echo call", echo),
+        latency_row("c", f"{key}.nested", f"{label} call with one nested exit call", nested),
     ]
 
 
@@ -182,7 +134,12 @@ def peer_latency(kind: str, calls: int, warmup: int) -> list[Row]:
 
 
 def print_loop(
-    enclave: Any, label: str, lines: int, empty_mean_us: float, measure_empties: bool
+    enclave: Any,
+    label: str,
+    lines: int,
+    empty_mean_us: float,
+    measure_empties: bool,
+    transport: str = "default",
 ) -> list[Row]:
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink):
@@ -201,78 +158,70 @@ def print_loop(
     else:
         empties = empty_mean_us * 1e-6 * lines
         how = "extrapolated from the mean empty call"
+    key = f"farside.{transport}"
     return [
-        row("e", f"{label} {lines:,}-line print loop in one call", value=loop * 1e3, unit="ms"),
-        row("e", f"{label} {lines:,} empty calls ({how})", value=empties * 1e3, unit="ms"),
+        row(
+            "e",
+            f"{key}.print_loop",
+            f"{label} {lines:,}-line print loop in one call",
+            value=loop * 1e3,
+            unit="ms",
+        ),
+        row(
+            "e",
+            f"{key}.print_empties",
+            f"{label} {lines:,} empty calls ({how})",
+            value=empties * 1e3,
+            unit="ms",
+        ),
     ]
 
 
 # ---------------------------------------------------------------- (f) throughput
 
 
-def _mib_s(size: int, seconds: float) -> float:
-    """Payload MiB/s counting both directions (the value goes in and comes back)."""
-    return 2 * size / seconds / (1 << 20)
-
-
 def throughput(
-    enclave: Any, label: str, sizes: dict[int, int], tls_dir: Path | None = None
+    enclave: Any,
+    label: str,
+    values: dict[int, bytes],
+    reps: dict[int, int],
+    transport: str = "default",
 ) -> list[Row]:
-    """``sizes`` maps a value size in bytes to the number of repetitions (median taken)."""
+    """Each value echoed through a call ``reps[size]`` times; the median time counts."""
     rows = []
-    suffix = " (TLS)" if tls_dir else ""
-    with peers.PeerServer("grpc", tls_dir=tls_dir) as server:
-        for size, reps in sizes.items():
-            value = os.urandom(size)
-            enclave.call("echo", value[:1024])
-            times = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                back = enclave.call("echo", value)
-                times.append(time.perf_counter() - start)
-                if back != value:
-                    raise RuntimeError("farside echo returned a different value")
+    for size, value in values.items():
+        enclave.call("echo", value[:1024])
+        times = []
+        for _ in range(reps[size]):
+            start = time.perf_counter()
+            back = enclave.call("echo", value)
+            times.append(time.perf_counter() - start)
+            if back != value:
+                raise RuntimeError("farside echo returned a different value")
             del back
-            raw = [
-                peers.grpc_stream_throughput(server.port, size, tls_dir=tls_dir)
-                for _ in range(reps)
-            ]
-            name = _size_name(size)
-            rows.append(
-                row(
-                    "f",
-                    f"{label} {name} value into and out of a call",
-                    value=_mib_s(size, statistics.median(times)),
-                    unit="MiB/s",
-                    seconds=statistics.median(times),
-                    size=size,
-                )
+        rows.append(
+            throughput_row(
+                "f",
+                f"farside.{transport}.echo.{size}",
+                f"{label} {size_name(size)} value into and out of a call",
+                size,
+                statistics.median(times),
             )
-            rows.append(
-                row(
-                    "f",
-                    f"raw gRPC streaming{suffix} {name} up and back (1 MiB messages; "
-                    f"measured next to {label})",
-                    value=_mib_s(size, statistics.median(raw)),
-                    unit="MiB/s",
-                    seconds=statistics.median(raw),
-                    size=size,
-                )
-            )
+        )
     return rows
-
-
-def _size_name(size: int) -> str:
-    return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
 
 
 # ---------------------------------------------------------------- (g) concurrency
 
 
-def concurrency(enclave: Any, label: str, threads: tuple[int, ...], duration: float) -> list[Row]:
+def concurrency(
+    enclave: Any, label: str, threads: tuple[int, ...], duration: float, transport: str = "default"
+) -> list[Row]:
+    """Empty calls/s into one enclave from ``n`` client threads, for each ``n``."""
     return [
         row(
             "g",
+            f"farside.{transport}.calls_s.{n}",
             f"{label} empty calls/s, {n} client thread{'s' if n > 1 else ''}",
             value=calls_per_second(lambda: enclave.call("empty"), n, duration),
             unit="calls/s",
@@ -304,16 +253,17 @@ def _rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def cold_load(loads: int, idle: float) -> list[Row]:
+def cold_load(transport: str, label: str, loads: int, idle: float) -> list[Row]:
     """Cold ``load`` -> first result with LocalProvision, and an idle proxy's RSS."""
+    provision = farside.LocalProvision(transport=transport)
     samples = []
     for _ in range(loads):
         start = time.perf_counter()
-        with farside.load(ENCLAVE) as enclave:
+        with farside.load(ENCLAVE, provision=provision) as enclave:
             enclave.call("empty")
             samples.append(time.perf_counter() - start)
     before = _children()
-    with farside.load(ENCLAVE) as enclave:
+    with farside.load(ENCLAVE, provision=provision) as enclave:
         enclave.call("empty")
         time.sleep(idle)
         new = _children() - before
@@ -321,14 +271,16 @@ def cold_load(loads: int, idle: float) -> list[Row]:
     return [
         row(
             "h",
-            "farside cold load -> first result (LocalProvision)",
+            f"farside.{transport}.cold_load",
+            f"{label} cold load -> first result (LocalProvision)",
             value=statistics.median(samples) * 1e3,
             unit="ms",
             n=loads,
         ),
         row(
             "h",
-            f"farside idle proxy RSS (after {idle:g} s idle)",
+            f"farside.{transport}.idle_rss",
+            f"{label} idle proxy RSS (after {idle:g} s idle)",
             value=rss,
             unit="MiB",
             processes=len(new),
