@@ -19,10 +19,15 @@ from typing import IO, Any
 from .._errors import EnclaveError, StatusCode
 from ..protocol import CallKind, CallReceived, Event, OutputReceived, Stream
 
-__all__ = ["ExitHandlers", "FileService", "OutputSink", "RESERVED_PREFIX"]
+__all__ = ["MAX_PARTIAL_LINE", "ExitHandlers", "FileService", "OutputSink", "RESERVED_PREFIX"]
 
 RESERVED_PREFIX = "farside."
 MAX_READ = 64 * 2**20
+MAX_PARTIAL_LINE = 64 * 2**10
+"""Characters of one thread's unfinished line the client holds before writing them anyway.
+
+Past it, a line without a newline is written in pieces of about this size, which the
+lines of other threads' calls may then come between."""
 _FLAGS = {
     "r": os.O_RDONLY,
     "r+": os.O_RDWR,
@@ -35,18 +40,30 @@ _FLAGS = {
 }
 
 
+class _Unfinished:
+    """The pieces of one thread's unfinished line, joined only when it is written."""
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.size = 0
+
+
 class OutputSink:
     """Writes the enclave's stdout/stderr to this process's ``sys.stdout``/``sys.stderr``.
 
     Output is written a whole line at a time per client thread, so the lines of
     calls running at once never mix (``print`` writes its text and its newline
     separately); a thread's unfinished line is written when its call returns
-    (``flush(thread)``) or the session ends (``flush()``).
+    (``flush(thread)``), the session ends (``flush()``), or it reaches
+    ``MAX_PARTIAL_LINE`` characters. Each byte is handled a bounded number of times,
+    so output costs time linear in its size and memory bounded per thread.
     """
 
     def __init__(self) -> None:
         self._decoders: dict[tuple[int, Stream], codecs.IncrementalDecoder] = {}
-        self._partial: dict[tuple[int, Stream], str] = {}
+        self._partial: dict[tuple[int, Stream], _Unfinished] = {}
         self._lock = threading.Lock()
 
     def write(self, event: OutputReceived) -> None:
@@ -55,12 +72,19 @@ class OutputSink:
             decoder = self._decoders.get(key)
             if decoder is None:
                 decoder = self._decoders[key] = codecs.getincrementaldecoder("utf-8")("replace")
-            text = self._partial.pop(key, "") + decoder.decode(event.data)
+            text = decoder.decode(event.data)
             cut = text.rfind("\n") + 1
-            if cut < len(text):
-                self._partial[key] = text[cut:]
             if cut:
-                self._emit(event.stream, text[:cut])
+                line = self._partial.pop(key, None)
+                head = text[:cut]
+                self._emit(event.stream, "".join([*line.pieces, head]) if line else head)
+            if cut < len(text):
+                line = self._partial.setdefault(key, _Unfinished())
+                line.pieces.append(text[cut:])
+                line.size += len(text) - cut
+                if line.size >= MAX_PARTIAL_LINE:  # written as it is; the line goes on
+                    del self._partial[key]
+                    self._emit(event.stream, "".join(line.pieces))
 
     def flush(self, thread: int | None = None) -> None:
         """Write the unfinished lines of ``thread`` (of every thread if None)."""
@@ -68,7 +92,7 @@ class OutputSink:
             return
         with self._lock:
             for key in [k for k in self._partial if thread is None or k[0] == thread]:
-                self._emit(key[1], self._partial.pop(key))
+                self._emit(key[1], "".join(self._partial.pop(key).pieces))
 
     @staticmethod
     def _emit(stream: Stream, text: str) -> None:
