@@ -19,10 +19,22 @@ from typing import IO, Any
 from .._errors import EnclaveError, StatusCode
 from ..protocol import CallKind, CallReceived, Event, OutputReceived, Stream
 
-__all__ = ["MAX_PARTIAL_LINE", "ExitHandlers", "FileService", "OutputSink", "RESERVED_PREFIX"]
+__all__ = [
+    "DEFAULT_MAX_OPEN_FILES",
+    "MAX_PARTIAL_LINE",
+    "ExitHandlers",
+    "FileService",
+    "OutputSink",
+    "RESERVED_PREFIX",
+]
 
 RESERVED_PREFIX = "farside."
 MAX_READ = 64 * 2**20
+DEFAULT_MAX_OPEN_FILES = 64
+"""Host files one enclave may hold open at once, unless its load config says otherwise.
+
+Each is a descriptor of the client process: without a cap an enclave could take them
+all, and the client could then open neither a file nor a socket of its own."""
 MAX_PARTIAL_LINE = 64 * 2**10
 """Characters of one thread's unfinished line the client holds before writing them anyway.
 
@@ -103,11 +115,17 @@ class OutputSink:
 
 
 class FileService:
-    """``farside.fs.*``: the enclave's files, confined to ``root`` on this machine."""
+    """``farside.fs.*``: the enclave's files, confined to ``root`` on this machine.
 
-    def __init__(self, root: Path) -> None:
+    At most ``max_open_files`` are open at once; one more is an ``OSError`` (``EMFILE``)
+    inside the enclave that says so.
+    """
+
+    def __init__(self, root: Path, max_open_files: int = DEFAULT_MAX_OPEN_FILES) -> None:
         self.root = root.resolve()
+        self.max_open_files = max_open_files
         self._files: dict[int, int] = {}  # handle -> fd
+        self._opening = 0  # opens under way, counted against the cap
         self._next = 1
         self._lock = threading.Lock()
 
@@ -133,8 +151,23 @@ class FileService:
         if flags is None:
             raise ValueError(f"invalid file mode {mode!r}")
         full = self._resolve(path)
-        fd = os.open(full, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
         with self._lock:
+            if len(self._files) + self._opening >= self.max_open_files:
+                raise OSError(
+                    errno.EMFILE,
+                    f"the enclave has {self.max_open_files} host files open, the most this "
+                    "client allows: close one, or load the enclave with a higher "
+                    "max_open_files (farside.load(..., max_open_files=N))",
+                )
+            self._opening += 1  # os.open may block (a FIFO): not under the lock
+        try:
+            fd = os.open(full, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        except BaseException:
+            with self._lock:
+                self._opening -= 1
+            raise
+        with self._lock:
+            self._opening -= 1
             handle = self._next
             self._next += 1
             self._files[handle] = fd
@@ -172,8 +205,14 @@ class FileService:
 class ExitHandlers:
     """The client's exit-call dispatcher: the endpoint's handler on the client side."""
 
-    def __init__(self, files_root: Path, handlers: dict[str, Callable[..., Any]]) -> None:
-        self.files = FileService(files_root)
+    def __init__(
+        self,
+        files_root: Path,
+        handlers: dict[str, Callable[..., Any]],
+        *,
+        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+    ) -> None:
+        self.files = FileService(files_root, max_open_files)
         self.output = OutputSink()
         self._builtin: dict[str, Callable[..., Any]] = {
             "farside.fs.open": self.files.open,

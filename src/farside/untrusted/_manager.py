@@ -38,7 +38,7 @@ from ._config import (
     RemoteProxyClientConfig,
     SimLoadConfig,
 )
-from ._exits import ExitHandlers
+from ._exits import DEFAULT_MAX_OPEN_FILES, ExitHandlers
 
 __all__ = ["EnclaveManager", "load"]
 
@@ -189,7 +189,9 @@ def _open_session(
     root = Path(load_config.files_root if load_config.files_root is not None else os.getcwd())
     if not root.is_dir():
         raise EnclaveLoadError(f"files_root {str(root)!r} is not a directory")
-    exits = ExitHandlers(root, dict(load_config.exit_handlers))
+    exits = ExitHandlers(
+        root, dict(load_config.exit_handlers), max_open_files=load_config.max_open_files
+    )
     provisioner = proxy_config.provision
     timeout = proxy_config.load_timeout
     try:
@@ -274,6 +276,7 @@ def load(
     load_timeout: float = 30.0,
     policy: AttestationPolicy | None = None,
     sandbox: SandboxConfig | None = None,
+    max_open_files: int = DEFAULT_MAX_OPEN_FILES,
 ) -> EnclaveClient:
     """Load the enclave bundle at ``enclave_path`` and return its client: the short form.
 
@@ -281,9 +284,10 @@ def load(
     one. ``policy`` is what the enclave must prove before it gets anything (default:
     exactly this bundle, on a platform the provisioner vouches for, debug allowed as
     ``debug`` says); ``AttestationError`` names the check that failed. ``sandbox`` asks
-    the proxy for a stricter sandbox or resource limits (see ``SandboxConfig``). The client is
-    registered in ``EnclaveManager.instance()`` like any other, and destroys the
-    enclave when used as a context manager.
+    the proxy for a stricter sandbox or resource limits (see ``SandboxConfig``);
+    ``max_open_files`` caps the files under ``files_root`` the enclave holds open. The
+    client is registered in ``EnclaveManager.instance()`` like any other, and destroys
+    the enclave when used as a context manager.
     """
     if name is None:
         name = f"{Path(enclave_path).stem or 'enclave'}-{secrets.token_hex(4)}"
@@ -302,5 +306,6 @@ def load(
         ),
         exit_handlers=exit_handlers or {},
         files_root=files_root,
+        max_open_files=max_open_files,
     )
     return EnclaveManager.instance().load_enclave(load_config)
