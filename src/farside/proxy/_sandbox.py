@@ -31,6 +31,7 @@ import os
 import platform
 import resource
 import sys
+import termios
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -145,8 +146,6 @@ _SELF_ONLY_SYSCALLS = (
 )
 _PRIO_PROCESS = 0
 _IOPRIO_WHO_PROCESS = 1
-_TIOCSTI = 0x5412  # push a character into a terminal's input: type as its user
-_TIOCLINUX = 0x541C  # the Linux console's subcommands, one of them a paste
 
 
 def _ioc_write(kind: str, number: int, size: int) -> int:
@@ -160,8 +159,8 @@ _LONG = ctypes.sizeof(ctypes.c_long)
 # ioctl commands refused on any descriptor: a terminal's input, and inode flags and
 # attributes (chattr), which a descriptor opened read-only suffices to change.
 _DENIED_IOCTLS = (
-    _TIOCSTI,
-    _TIOCLINUX,
+    termios.TIOCSTI,  # push a character into a terminal's input: type as its user
+    termios.TIOCLINUX,  # the Linux console's subcommands, one of them a paste
     _ioc_write("f", 2, _LONG),  # FS_IOC_SETFLAGS
     _ioc_write("f", 2, 4),  # FS_IOC32_SETFLAGS
     _ioc_write("v", 2, _LONG),  # FS_IOC_SETVERSION
