@@ -8,6 +8,7 @@ nothing was written, reached, started or signalled.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import socket
@@ -19,6 +20,16 @@ from collections.abc import Callable
 from typing import Any
 
 from farside.trusted import TrustedApplication, ecall, host
+
+
+def _raw_argument(value: int | str | bytes | None) -> Any:
+    if value is None:
+        return None  # NULL
+    if isinstance(value, str):
+        return value.encode()  # a NUL-terminated path or name
+    if isinstance(value, bytes):
+        return ctypes.create_string_buffer(value, len(value))  # a buffer the kernel may write
+    return ctypes.c_long(value)
 
 
 def attempt(action: Callable[[], Any]) -> dict[str, Any]:
@@ -115,6 +126,107 @@ class Escapee(TrustedApplication):
             "memory": resource.getrlimit(resource.RLIMIT_AS)[0],
             "cpu_seconds": resource.getrlimit(resource.RLIMIT_CPU)[0],
             "core": resource.getrlimit(resource.RLIMIT_CORE)[0],
+        }
+
+    @ecall
+    def change_metadata(self, path: str, xattr: str) -> dict[str, dict[str, Any]]:
+        """Change a file's metadata every way Python offers, by path and by descriptor.
+
+        Landlock's rights are about contents and names, not metadata: only seccomp
+        refuses these. The descriptor is opened read-only, which the file's directory
+        being readable allows.
+        """
+        stat = os.stat(path)
+        ways: dict[str, Callable[[Any], Any]] = {
+            "chmod": lambda f: os.chmod(f, 0o666),
+            "chown": lambda f: os.chown(f, stat.st_uid, stat.st_gid),
+            "utime": lambda f: os.utime(f, ns=(10**9, 10**9)),
+            "setxattr": lambda f: os.setxattr(f, xattr, b"changed"),
+            "setxattr-new": lambda f: os.setxattr(f, "user.farside-new", b"added"),
+            "removexattr": lambda f: os.removexattr(f, xattr),
+        }
+        outcomes = {name: attempt(lambda way=way: way(path)) for name, way in ways.items()}
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for name, way in ways.items():
+                outcomes[f"f{name}"] = attempt(lambda way=way: way(fd))
+        finally:
+            os.close(fd)
+        return outcomes
+
+    @ecall
+    def syscall(
+        self, number: int, args: list[int | str | bytes | None], fd_of: str | None = None
+    ) -> dict[str, Any]:
+        """Make system call ``number`` itself, past the C library's wrappers.
+
+        A str argument is passed as a NUL-terminated string, bytes as a buffer the
+        kernel may write, None as NULL; with ``fd_of``, a read-only descriptor of that
+        file is the first argument.
+        """
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+
+        def call() -> int:
+            fd = os.open(fd_of, os.O_RDONLY) if fd_of is not None else None
+            try:
+                first = [] if fd is None else [ctypes.c_long(fd)]
+                result: int = libc.syscall(ctypes.c_long(number), *first, *map(_raw_argument, args))
+                if result == -1:
+                    code = ctypes.get_errno()
+                    raise OSError(code, os.strerror(code))
+                return result
+            finally:
+                if fd is not None:
+                    os.close(fd)
+
+        return attempt(call)
+
+    @ecall
+    def touch_process(self, pid: int, how: str) -> dict[str, Any]:
+        """Change another process's scheduling or limits (as its owner may)."""
+        ways: dict[str, Callable[[], Any]] = {
+            "setpriority": lambda: os.setpriority(os.PRIO_PROCESS, pid, 19),
+            "sched_setaffinity": lambda: os.sched_setaffinity(pid, {0}),
+            "sched_setscheduler": lambda: os.sched_setscheduler(
+                pid, os.SCHED_IDLE, os.sched_param(0)
+            ),
+            "prlimit": lambda: resource.prlimit(pid, resource.RLIMIT_NOFILE, (16, 16)),
+        }
+        return attempt(ways[how])
+
+    @ecall
+    def change_own_limit(self) -> dict[str, Any]:
+        """Change its own open-files limit (the proxy's rlimits are its operator's)."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # prlimit, not setrlimit, whose EPERM Python reports as a ValueError
+        return attempt(lambda: resource.prlimit(0, resource.RLIMIT_NOFILE, (soft - 1, hard)))
+
+    @ecall
+    def ordinary(self) -> dict[str, Any]:
+        """What enclave code does all the time keeps working under the deny list."""
+        import decimal
+        import mmap
+        import tempfile  # noqa: F401 (an import that reads the standard library)
+
+        with mmap.mmap(-1, 4096) as region:
+            region[:5] = b"hello"
+            mapped = bytes(region[:5])
+        results: list[int] = []
+        workers = [threading.Thread(target=results.append, args=(n,)) for n in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        os.sched_setaffinity(0, os.sched_getaffinity(0))  # its own threads' affinity
+        return {
+            "random": len(os.urandom(32)),
+            "mapped": mapped.decode(),
+            "threads": sorted(results),
+            "decimal": str(decimal.Decimal(1) / 8),
+            "nice": os.nice(0),  # its own priority: setpriority on itself
+            "clock": time.clock_gettime(time.CLOCK_MONOTONIC) > 0,
+            "limits": resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 0,
         }
 
     @ecall

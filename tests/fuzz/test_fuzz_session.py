@@ -225,7 +225,7 @@ values = st.recursive(
     lambda children: (
         st.lists(children, max_size=4)
         | st.lists(children, max_size=4).map(tuple)
-        | st.dictionaries(text | st.integers(), children, max_size=4)
+        | st.dictionaries(text | st.integers(-(2**63), 2**64 - 1), children, max_size=4)
     ),
     max_leaves=12,
 )

@@ -7,7 +7,9 @@ Layers, best first (``docs/security.md`` says what each refuses and what stays o
 * ``landlock-net``: no TCP bind or connect (Landlock ABI 4);
 * ``landlock-scope``: no abstract Unix sockets or signals outside the sandbox (ABI 6);
 * ``seccomp``: no ``execve``, no new processes (threads stay allowed), no ``ptrace``,
-  no new sockets, no signals to other processes; refused calls fail with ``EPERM``;
+  no new sockets, no signals to other processes, no metadata changes (chmod, chown,
+  utime, xattrs, file flags), nothing done to other processes' scheduling or limits,
+  nor to the machine; refused calls fail with ``EPERM``;
 * ``rlimits``: no core dumps, and the memory / open-files / CPU limits asked for;
 * ``netns``: a proxy that listens on a Unix socket starts in a network namespace of
   its own (with a user namespace), so it reaches no network at all.
@@ -29,6 +31,7 @@ import os
 import platform
 import resource
 import sys
+import termios
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -60,45 +63,111 @@ _CLONE_THREAD = 0x00010000
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 
-# Syscalls refused outright (those an architecture lacks are skipped).
-_DENIED_SYSCALLS = (
+# Syscalls refused outright, grouped by why. Those an architecture lacks are skipped;
+# those newer than this machine's libseccomp are refused by number (_UNIFIED_NUMBERS).
+# Left to Landlock: creating, linking, renaming and removing files (link*, symlink*,
+# mknod*, rename*, unlink*): its rights cover them, and where Landlock is missing
+# (best-effort) refusing them here would not help while open() can write anything.
+_DENIED_GROUPS = (
     # new programs and processes (clone without CLONE_THREAD is filtered below)
-    "execve",
-    "execveat",
-    "fork",
-    "vfork",
+    "execve execveat fork vfork",
     # other processes' memory, descriptors and signals
-    "ptrace",
-    "process_vm_readv",
-    "process_vm_writev",
-    "pidfd_getfd",
-    "pidfd_send_signal",
-    "tkill",
+    "ptrace process_vm_readv process_vm_writev process_madvise process_mrelease kcmp",
+    "pidfd_getfd pidfd_send_signal tkill",
+    # metadata: Landlock's rights are about contents and names, so without these a
+    # file the enclave may only read (or only name) could be chmod-ed, chown-ed,
+    # re-dated or re-labelled; nothing in the proxy changes metadata once confined.
+    # file_setattr is chattr by path (by descriptor it is an ioctl: _DENIED_IOCTLS).
+    "chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat",
+    "utime utimes futimesat utimensat file_setattr",
+    "setxattr lsetxattr fsetxattr setxattrat",
+    "removexattr lremovexattr fremovexattr removexattrat",
+    # files by handle (past Landlock's paths) or by watching others' file activity
+    "name_to_handle_at open_by_handle_at fanotify_init",
     # new sockets (the session's connection exists already); io_uring could open some
     # without passing through this filter
-    "socket",
-    "socketpair",
-    "io_uring_setup",
+    "socket socketpair io_uring_setup io_uring_enter io_uring_register",
     # namespaces and mounts (the user namespace of ``netns`` gives capabilities there)
-    "unshare",
-    "setns",
-    "mount",
-    "umount2",
-    "pivot_root",
-    "chroot",
-    "open_tree",
-    "move_mount",
-    "fsopen",
+    "unshare setns mount umount2 pivot_root chroot",
+    "open_tree open_tree_attr move_mount mount_setattr fsopen fsconfig fsmount fspick",
+    # who the process is: no use to enclave code, and a root proxy could become anyone
+    "setuid setgid setreuid setregid setresuid setresgid setfsuid setfsgid",
+    "setgroups capset lsm_set_self_attr",
+    # its own limits are its operator's and its client's (prlimit64: filtered below)
+    "setrlimit",
+    # the machine as a whole: the kernel refuses most of these without capabilities
+    # in the first user namespace, which a root proxy on TCP has
+    "reboot kexec_load kexec_file_load init_module finit_module delete_module",
+    "swapon swapoff acct quotactl quotactl_fd sethostname setdomainname",
+    "syslog vhangup settimeofday clock_settime clock_adjtime adjtimex",
+    "iopl ioperm modify_ldt uselib",
     # kernel interfaces an enclave has no business with
-    "bpf",
-    "perf_event_open",
-    "userfaultfd",
-    "keyctl",
-    "add_key",
-    "request_key",
+    "bpf perf_event_open userfaultfd keyctl add_key request_key",
 )
+_DENIED_SYSCALLS = tuple(name for group in _DENIED_GROUPS for name in group.split())
+# Calls newer than some libseccomp still in use, by their number in the table every
+# architecture has shared since Linux 5.1 (alpha and mips add a base of their own,
+# found from pidfd_send_signal's number, 424 in that table).
+_UNIFIED_NUMBERS = {
+    "pidfd_send_signal": 424,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "pidfd_getfd": 438,
+    "process_madvise": 440,
+    "mount_setattr": 442,
+    "quotactl_fd": 443,
+    "process_mrelease": 448,
+    "fchmodat2": 452,
+    "lsm_set_self_attr": 460,
+    "setxattrat": 463,
+    "removexattrat": 466,
+    "open_tree_attr": 467,
+    "file_setattr": 469,
+}
 # Signal senders whose first argument is a process id: allowed only towards ourselves.
 _SIGNAL_SYSCALLS = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+# Calls whose first argument is a process id: allowed only with 0, the calling thread.
+# The kernel lets a process change another of its user's (its priority, CPU set,
+# scheduling class, NUMA placement, limits), and a root proxy any process's.
+_SELF_ONLY_SYSCALLS = (
+    "sched_setscheduler",
+    "sched_setparam",
+    "sched_setattr",
+    "sched_setaffinity",
+    "migrate_pages",
+    "move_pages",
+    "prlimit64",
+)
+_PRIO_PROCESS = 0
+_IOPRIO_WHO_PROCESS = 1
+
+
+def _ioc_write(kind: str, number: int, size: int) -> int:
+    """``_IOW(kind, number, size)`` as this architecture encodes an ioctl command."""
+    if platform.machine().startswith(("ppc", "powerpc", "mips", "sparc")):
+        return 4 << 29 | size << 16 | ord(kind) << 8 | number
+    return 1 << 30 | size << 16 | ord(kind) << 8 | number
+
+
+_LONG = ctypes.sizeof(ctypes.c_long)
+# ioctl commands refused on any descriptor: a terminal's input, and inode flags and
+# attributes (chattr), which a descriptor opened read-only suffices to change.
+_DENIED_IOCTLS = (
+    termios.TIOCSTI,  # push a character into a terminal's input: type as its user
+    termios.TIOCLINUX,  # the Linux console's subcommands, one of them a paste
+    _ioc_write("f", 2, _LONG),  # FS_IOC_SETFLAGS
+    _ioc_write("f", 2, 4),  # FS_IOC32_SETFLAGS
+    _ioc_write("v", 2, _LONG),  # FS_IOC_SETVERSION
+    _ioc_write("v", 2, 4),  # FS_IOC32_SETVERSION
+    _ioc_write("X", 32, 28),  # FS_IOC_FSSETXATTR (struct fsxattr)
+)
 
 
 class SandboxError(RuntimeError):
@@ -251,16 +320,32 @@ def _apply_rlimits(limits: SandboxConfig) -> list[str]:
     return applied
 
 
+def _syscall_number(seccomp: Any, name: str) -> int | None:
+    """``name``'s number on this architecture, or None if it has no such call."""
+    number: int = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+    if number >= 0:
+        return number
+    if name not in _UNIFIED_NUMBERS:
+        return None
+    base: int = seccomp.resolve_syscall(seccomp.Arch.NATIVE, "pidfd_send_signal") - 424
+    if base < 0:  # a libseccomp older than Linux 5.1: only alpha and mips have a base
+        if platform.machine().startswith(("alpha", "mips")):
+            return None
+        base = 0
+    return base + _UNIFIED_NUMBERS[name]
+
+
 def _apply_seccomp(seccomp: Any) -> None:
     deny = seccomp.ERRNO(errno.EPERM)
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
     rules.set_attr(seccomp.Attr.CTL_TSYNC, 1)  # every thread of the process, gRPC's too
     rules.set_attr(seccomp.Attr.ACT_BADARCH, deny)  # 32-bit syscalls would bypass the rules
     for name in _DENIED_SYSCALLS:
-        try:
-            rules.add_rule(deny, name)
-        except OSError:  # this architecture has no such syscall
+        number = _syscall_number(seccomp, name)
+        if number is None:
             log.debug("seccomp: no syscall %s here", name)
+            continue
+        rules.add_rule(deny, number)
     # A new process is a clone without CLONE_THREAD; threads keep working.
     rules.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0))
     # clone3's flags sit behind a pointer a filter cannot read: ENOSYS makes the C
@@ -269,6 +354,19 @@ def _apply_seccomp(seccomp: Any) -> None:
     pid = os.getpid()
     for name in _SIGNAL_SYSCALLS:
         rules.add_rule(deny, name, seccomp.Arg(0, seccomp.NE, pid))
+    # Rules for one call add up: any one that matches refuses it.
+    for name in _SELF_ONLY_SYSCALLS:
+        if _syscall_number(seccomp, name) is not None:
+            rules.add_rule(deny, name, seccomp.Arg(0, seccomp.NE, 0))
+    rules.add_rule(deny, "prlimit64", seccomp.Arg(2, seccomp.NE, 0))  # new limits given
+    rules.add_rule(deny, "setpriority", seccomp.Arg(0, seccomp.NE, _PRIO_PROCESS))
+    rules.add_rule(deny, "setpriority", seccomp.Arg(1, seccomp.NE, 0))
+    rules.add_rule(deny, "ioprio_set", seccomp.Arg(0, seccomp.NE, _IOPRIO_WHO_PROCESS))
+    rules.add_rule(deny, "ioprio_set", seccomp.Arg(1, seccomp.NE, 0))
+    # The kernel reads an ioctl command's low 32 bits only: compare those alone, or
+    # high bits set would slip a command past the filter.
+    for command in _DENIED_IOCTLS:
+        rules.add_rule(deny, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, command))
     rules.load()
 
 

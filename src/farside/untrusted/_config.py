@@ -12,6 +12,7 @@ from .._config import EnclaveConfig, SandboxConfig
 from ..attestation.evidence import AttestationPolicy
 from ..provision.base import Provisioner
 from ..provision.local import LocalProvision
+from ._exits import DEFAULT_MAX_OPEN_FILES
 
 __all__ = [
     "EnclaveLoadConfig",
@@ -90,7 +91,8 @@ class EnclaveLoadConfig:
     ``exit_handlers`` are registered before ``initialize`` runs (handlers can also
     be added later with ``EnclaveClient.register_exit_handler``). ``files_root``
     is the directory the enclave's ``open()`` is confined to (default: the
-    working directory at load time).
+    working directory at load time); ``max_open_files`` is how many files there the
+    enclave may hold open at once (each is a descriptor of this process).
     """
 
     name: str
@@ -98,8 +100,11 @@ class EnclaveLoadConfig:
     config: EnclaveConfig = field(default_factory=EnclaveConfig)
     exit_handlers: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     files_root: str | os.PathLike[str] | None = None
+    max_open_files: int = DEFAULT_MAX_OPEN_FILES
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError("EnclaveLoadConfig.name must be a non-empty str")
+        if type(self.max_open_files) is not int or self.max_open_files < 1:
+            raise ValueError(f"max_open_files must be a positive int, not {self.max_open_files!r}")
         object.__setattr__(self, "exit_handlers", MappingProxyType(dict(self.exit_handlers)))

@@ -19,10 +19,27 @@ from typing import IO, Any
 from .._errors import EnclaveError, StatusCode
 from ..protocol import CallKind, CallReceived, Event, OutputReceived, Stream
 
-__all__ = ["ExitHandlers", "FileService", "OutputSink", "RESERVED_PREFIX"]
+__all__ = [
+    "DEFAULT_MAX_OPEN_FILES",
+    "MAX_PARTIAL_LINE",
+    "ExitHandlers",
+    "FileService",
+    "OutputSink",
+    "RESERVED_PREFIX",
+]
 
 RESERVED_PREFIX = "farside."
 MAX_READ = 64 * 2**20
+DEFAULT_MAX_OPEN_FILES = 64
+"""Host files one enclave may hold open at once, unless its load config says otherwise.
+
+Each is a descriptor of the client process: without a cap an enclave could take them
+all, and the client could then open neither a file nor a socket of its own."""
+MAX_PARTIAL_LINE = 64 * 2**10
+"""Characters of one thread's unfinished line the client holds before writing them anyway.
+
+Past it, a line without a newline is written in pieces of about this size, which the
+lines of other threads' calls may then come between."""
 _FLAGS = {
     "r": os.O_RDONLY,
     "r+": os.O_RDWR,
@@ -35,18 +52,30 @@ _FLAGS = {
 }
 
 
+class _Unfinished:
+    """The pieces of one thread's unfinished line, joined only when it is written."""
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.size = 0
+
+
 class OutputSink:
     """Writes the enclave's stdout/stderr to this process's ``sys.stdout``/``sys.stderr``.
 
     Output is written a whole line at a time per client thread, so the lines of
     calls running at once never mix (``print`` writes its text and its newline
     separately); a thread's unfinished line is written when its call returns
-    (``flush(thread)``) or the session ends (``flush()``).
+    (``flush(thread)``), the session ends (``flush()``), or it reaches
+    ``MAX_PARTIAL_LINE`` characters. Each byte is handled a bounded number of times,
+    so output costs time linear in its size and memory bounded per thread.
     """
 
     def __init__(self) -> None:
         self._decoders: dict[tuple[int, Stream], codecs.IncrementalDecoder] = {}
-        self._partial: dict[tuple[int, Stream], str] = {}
+        self._partial: dict[tuple[int, Stream], _Unfinished] = {}
         self._lock = threading.Lock()
 
     def write(self, event: OutputReceived) -> None:
@@ -55,12 +84,19 @@ class OutputSink:
             decoder = self._decoders.get(key)
             if decoder is None:
                 decoder = self._decoders[key] = codecs.getincrementaldecoder("utf-8")("replace")
-            text = self._partial.pop(key, "") + decoder.decode(event.data)
+            text = decoder.decode(event.data)
             cut = text.rfind("\n") + 1
-            if cut < len(text):
-                self._partial[key] = text[cut:]
             if cut:
-                self._emit(event.stream, text[:cut])
+                line = self._partial.pop(key, None)
+                head = text[:cut]
+                self._emit(event.stream, "".join([*line.pieces, head]) if line else head)
+            if cut < len(text):
+                line = self._partial.setdefault(key, _Unfinished())
+                line.pieces.append(text[cut:])
+                line.size += len(text) - cut
+                if line.size >= MAX_PARTIAL_LINE:  # written as it is; the line goes on
+                    del self._partial[key]
+                    self._emit(event.stream, "".join(line.pieces))
 
     def flush(self, thread: int | None = None) -> None:
         """Write the unfinished lines of ``thread`` (of every thread if None)."""
@@ -68,7 +104,7 @@ class OutputSink:
             return
         with self._lock:
             for key in [k for k in self._partial if thread is None or k[0] == thread]:
-                self._emit(key[1], self._partial.pop(key))
+                self._emit(key[1], "".join(self._partial.pop(key).pieces))
 
     @staticmethod
     def _emit(stream: Stream, text: str) -> None:
@@ -79,11 +115,17 @@ class OutputSink:
 
 
 class FileService:
-    """``farside.fs.*``: the enclave's files, confined to ``root`` on this machine."""
+    """``farside.fs.*``: the enclave's files, confined to ``root`` on this machine.
 
-    def __init__(self, root: Path) -> None:
+    At most ``max_open_files`` are open at once; one more is an ``OSError`` (``EMFILE``)
+    inside the enclave that says so.
+    """
+
+    def __init__(self, root: Path, max_open_files: int = DEFAULT_MAX_OPEN_FILES) -> None:
         self.root = root.resolve()
+        self.max_open_files = max_open_files
         self._files: dict[int, int] = {}  # handle -> fd
+        self._opening = 0  # opens under way, counted against the cap
         self._next = 1
         self._lock = threading.Lock()
 
@@ -109,8 +151,23 @@ class FileService:
         if flags is None:
             raise ValueError(f"invalid file mode {mode!r}")
         full = self._resolve(path)
-        fd = os.open(full, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
         with self._lock:
+            if len(self._files) + self._opening >= self.max_open_files:
+                raise OSError(
+                    errno.EMFILE,
+                    f"the enclave has {self.max_open_files} host files open, the most this "
+                    "client allows: close one, or load the enclave with a higher "
+                    "max_open_files (farside.load(..., max_open_files=N))",
+                )
+            self._opening += 1  # os.open may block (a FIFO): not under the lock
+        try:
+            fd = os.open(full, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        except BaseException:
+            with self._lock:
+                self._opening -= 1
+            raise
+        with self._lock:
+            self._opening -= 1
             handle = self._next
             self._next += 1
             self._files[handle] = fd
@@ -148,8 +205,14 @@ class FileService:
 class ExitHandlers:
     """The client's exit-call dispatcher: the endpoint's handler on the client side."""
 
-    def __init__(self, files_root: Path, handlers: dict[str, Callable[..., Any]]) -> None:
-        self.files = FileService(files_root)
+    def __init__(
+        self,
+        files_root: Path,
+        handlers: dict[str, Callable[..., Any]],
+        *,
+        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+    ) -> None:
+        self.files = FileService(files_root, max_open_files)
         self.output = OutputSink()
         self._builtin: dict[str, Callable[..., Any]] = {
             "farside.fs.open": self.files.open,

@@ -22,6 +22,7 @@ from ._config import (
     RemoteProxyClientConfig,
     SimLoadConfig,
 )
+from ._exits import DEFAULT_MAX_OPEN_FILES
 from ._session import open_session
 
 __all__ = ["EnclaveManager", "load"]
@@ -129,6 +130,7 @@ def load(
     load_timeout: float = 30.0,
     policy: AttestationPolicy | None = None,
     sandbox: SandboxConfig | None = None,
+    max_open_files: int = DEFAULT_MAX_OPEN_FILES,
 ) -> EnclaveClient:
     """Load the enclave bundle at ``enclave_path`` and return its client: the short form.
 
@@ -136,9 +138,10 @@ def load(
     one. ``policy`` is what the enclave must prove before it gets anything (default:
     exactly this bundle, on a platform the provisioner vouches for, debug allowed as
     ``debug`` says); ``AttestationError`` names the check that failed. ``sandbox`` asks
-    the proxy for a stricter sandbox or resource limits (see ``SandboxConfig``). The client is
-    registered in ``EnclaveManager.instance()`` like any other, and destroys the
-    enclave when used as a context manager.
+    the proxy for a stricter sandbox or resource limits (see ``SandboxConfig``);
+    ``max_open_files`` caps the files under ``files_root`` the enclave holds open. The
+    client is registered in ``EnclaveManager.instance()`` like any other, and destroys
+    the enclave when used as a context manager.
     """
     if name is None:
         name = f"{Path(enclave_path).stem or 'enclave'}-{secrets.token_hex(4)}"
@@ -157,5 +160,6 @@ def load(
         ),
         exit_handlers=exit_handlers or {},
         files_root=files_root,
+        max_open_files=max_open_files,
     )
     return EnclaveManager.instance().load_enclave(load_config)

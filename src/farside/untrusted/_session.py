@@ -122,7 +122,9 @@ def open_session(
     root = Path(load_config.files_root if load_config.files_root is not None else os.getcwd())
     if not root.is_dir():
         raise EnclaveLoadError(f"files_root {str(root)!r} is not a directory")
-    exits = ExitHandlers(root, dict(load_config.exit_handlers))
+    exits = ExitHandlers(
+        root, dict(load_config.exit_handlers), max_open_files=load_config.max_open_files
+    )
     provisioner = proxy_config.provision
     lease = _provision(load_config)
     try:
