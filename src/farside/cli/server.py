@@ -86,7 +86,13 @@ def _add_proxy_parser(sub: Any) -> None:
         help="serve TLS with a fresh self-signed certificate for HOST (written to tls-cert.pem)",
     )
     proxy.add_argument("--client-ca", help="require client certificates signed by this CA")
-    proxy.add_argument("--platform-key", help="the platform key that signs attestation evidence")
+    proxy.add_argument(
+        "--agent-fd",
+        type=int,
+        metavar="FD",
+        help="an inherited channel to the platform agent (provisioners pass it); without it "
+        "the evidence is signed by a throwaway key no client trusts",
+    )
     proxy.add_argument(
         "--report-status",
         action="store_true",
@@ -117,7 +123,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         parent_pid=args.parent_pid,
         tls=tls,
-        platform_key=args.platform_key,
+        agent_fd=args.agent_fd,
         report_status=args.report_status,
         tls_ephemeral=args.tls_ephemeral,
         client_ca=args.client_ca,

@@ -66,6 +66,7 @@ class State(enum.Enum):
     IDLE = "idle"  # client before open(); proxy waiting for Open
     RECEIVING_BUNDLE = "receiving bundle"  # proxy: Open arrived, chunks follow
     LOADING = "loading"  # bundle complete, Loaded not yet sent/received
+    ATTESTING = "attesting"  # client: Loaded arrived; its evidence is not yet accepted
     READY = "ready"
     CLOSED = "closed"
     ERROR = "error"
@@ -284,6 +285,18 @@ class SessionCore:
         )
         self.state = State.READY
 
+    def accept_evidence(self) -> None:
+        """(client) The proxy's evidence verified: from now on the session carries calls.
+
+        Until then (``ATTESTING``) the client accepts nothing from the proxy but Close:
+        an exit call, output or result is a ``ProtocolError``.
+        """
+        self._require_role(Role.CLIENT, "accept_evidence")
+        self._check_usable()
+        if self.state is not State.ATTESTING:
+            raise RuntimeError(f"accept_evidence() in state {self.state.value}")
+        self.state = State.READY
+
     def start_call(
         self,
         thread: int,
@@ -306,11 +319,13 @@ class SessionCore:
         if kind.is_entry != (self.role is Role.CLIENT):
             raise RuntimeError(f"the {self.role.value} cannot make a {kind.name} call")
         stack = self._stacks.get(thread)
-        if thread < 0 or (thread == 0 and not oneway) or thread in self._abandoned:
+        if thread <= 0 or thread in self._abandoned:
             raise RuntimeError(f"thread tag {thread} cannot make calls")
         if oneway:
             if kind is not CallKind.EXIT:
                 raise RuntimeError("only exit calls can be one-way")
+            if not stack or stack[-1].outgoing:
+                raise RuntimeError("one-way exit calls can be made only while an entry call runs")
         elif stack and stack[-1].outgoing:
             raise RuntimeError(f"thread {thread} is already waiting for call {stack[-1].call_id}")
         elif not stack and self.role is Role.PROXY:
@@ -622,7 +637,9 @@ class SessionCore:
             return
         if len(frame.measurement) != 32:
             raise ProtocolError("peer sent a measurement that is not 32 bytes")
-        self.state = State.READY
+        # Nothing but Close is accepted until the client has checked the evidence and
+        # called accept_evidence(): no exit call, output or result reaches anything.
+        self.state = State.ATTESTING
         events.append(
             LoadedReceived(
                 measurement=frame.measurement,
@@ -679,19 +696,7 @@ class SessionCore:
         args, kwargs = tuple(decoded[0]), decoded[1]
         thread = frame.thread
         if frame.oneway:
-            if frame.call_id != 0 or kind is not CallKind.EXIT:
-                raise ProtocolError("peer sent a malformed one-way call")
-            events.append(
-                CallReceived(
-                    thread=thread,
-                    call_id=0,
-                    kind=kind,
-                    name=frame.name,
-                    args=args,
-                    kwargs=kwargs,
-                    oneway=True,
-                )
-            )
+            self._on_oneway(frame, kind, args, kwargs, events)
             return
         self._check_peer_id(frame.call_id)
         if thread in self._abandoned:
@@ -747,6 +752,38 @@ class SessionCore:
                 args=args,
                 kwargs=kwargs,
                 depth=len(stack),
+            )
+        )
+
+    def _on_oneway(
+        self,
+        frame: pb.Call,
+        kind: CallKind,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        events: list[Event],
+    ) -> None:
+        """A one-way exit call: legal only for a thread waiting for its entry call."""
+        thread = frame.thread
+        if frame.call_id != 0 or kind is not CallKind.EXIT:
+            raise ProtocolError("peer sent a malformed one-way call")
+        if thread in self._abandoned:
+            return  # the client gave up on that thread: nobody is there to serve it
+        waiting = self._stacks.get(thread)
+        if not waiting or not waiting[-1].outgoing:
+            raise ProtocolError(
+                f"peer sent a one-way call on thread {thread}, which is not waiting "
+                "for an entry call"
+            )
+        events.append(
+            CallReceived(
+                thread=thread,
+                call_id=0,
+                kind=kind,
+                name=frame.name,
+                args=args,
+                kwargs=kwargs,
+                oneway=True,
             )
         )
 
@@ -816,7 +853,7 @@ class SessionCore:
             self._abandoned_stacks.pop(thread, None)
 
     def _on_output(self, frame: pb.Output, events: list[Event]) -> None:
-        self._expect_state(State.READY, State.LOADING, what="output")
+        self._expect_state(State.READY, what="output")
         try:
             stream = Stream(frame.stream)
         except ValueError:

@@ -36,10 +36,9 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .._config import SandboxConfig, SandboxMode
-from .._errors import StatusCode
+from .._errors import EnclaveLoadError, StatusCode
 from .._proto.v1 import provision_pb2 as pb, provision_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
-from ..attestation.platform import PLATFORM_KEY, load_platform_key, platform_key_pem
 from ..transport.factory import TRANSPORTS
 from ..transport.grpc import server_credentials
 from .backend import Placement, ProvisionBackend, ProxySpec, RefusedError, Started
@@ -171,18 +170,26 @@ class ProvisionServer:
                 node_ip=config.ray_node_ip,
                 allow_plaintext=config.ray_allow_plaintext,
             )
+        from ._agent import PlatformAgent
         from .single_host import SingleHostBackend
 
-        platform_pem = b""
-        if config.platform_dir is not None:
-            platform_pem = platform_key_pem(load_platform_key(config.platform_dir / PLATFORM_KEY))
+        try:
+            agent = PlatformAgent.start(platform_dir=config.platform_dir, python=config.python)
+        except EnclaveLoadError as exc:
+            raise ValueError(str(exc)) from None
+        if config.platform_dir is None:
+            log.warning(
+                "no --platform-dir: proxies sign their evidence with an ephemeral platform key "
+                "that no remote client trusts (run farside platform init --dir DIR and pass "
+                "--platform-dir DIR; clients pin DIR/platform.pub)"
+            )
         return SingleHostBackend(
             host=config.advertise or config.host,
             workdir=self._workdir,
             slots=config.max_enclaves,
             ports=config.proxy_ports,
             python=config.python,
-            platform_pem=platform_pem,
+            agent=agent,
             grace=config.grace,
         )
 

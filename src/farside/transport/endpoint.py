@@ -169,8 +169,8 @@ class Endpoint:
     def write_output(self, thread: int, stream: Stream, data: bytes) -> None:
         """Buffer one-way output; a background flusher sends it within ``output_delay``."""
         with self._lock:
-            if self._failure is not None or self.core.state in (State.CLOSED, State.ERROR):
-                return  # nobody to tell; output of a dead session is dropped
+            if self._failure is not None or self.core.state is not State.READY:
+                return  # a dead session has nobody to tell (and none is READY before)
             self.core.write_output(thread, stream, data)
             self._send_queued()  # write_output may have flushed a full chunk
             if self.core.pending_output and self._flusher is None:
@@ -366,14 +366,12 @@ class Endpoint:
             self._handler.handle_event(event)
 
     def _route_call(self, event: CallReceived) -> None:
-        box = self._mailboxes.get(event.thread)
-        if event.oneway and (
-            box is None
-            or event.thread == 0
-            or not self.core.depth(event.thread)
-            or self.core.is_abandoned(event.thread)
-        ):
-            self._serve_call(event)  # nobody waits on that thread: serve it here
+        if event.oneway:
+            # The core passes one-way calls only for a thread waiting for its call: that
+            # thread serves them, in order with the rest, never the reader thread.
+            box = self._mailboxes.get(event.thread)
+            if box is not None:
+                box.put(event)
             return
         with self._lock:  # under the lock: an idle worker may be dropping this mailbox
             box = self._mailboxes.get(event.thread)
