@@ -61,6 +61,7 @@ from farside.protocol import (
     CallReceived,
     CancelReceived,
     CloseReceived,
+    DisposeReceived,
     Event,
     Limits,
     LoadedReceived,
@@ -602,7 +603,8 @@ class ProxyDriver:
 class ClientDriver:
     """A client core that opens ``BUNDLE``, makes four entry calls once it is loaded (one of
     them on thread 10, which it abandons at once), answers exit calls, and on thread 8 makes a
-    nested entry call from inside the first exit call before answering it."""
+    nested entry call from inside the first exit call before answering it; thread 9 is
+    disposed of once its call returned."""
 
     def __init__(self) -> None:
         self.core = SessionCore(Role.CLIENT, limits=SMALL_CHUNKS)
@@ -635,6 +637,8 @@ class ClientDriver:
             elif isinstance(event, ResultReceived) and event.call_id in self.pending:
                 thread, exit_id = self.pending.pop(event.call_id)
                 core.send_result(thread, exit_id, event.value)
+            elif isinstance(event, ResultReceived) and event.thread == 9:
+                core.dispose_thread(9)  # thread 9 is done: its worker may go
 
 
 def run_session() -> tuple[list[pb.Frame], list[pb.Frame]]:
@@ -723,7 +727,14 @@ STATE_ORDER = [
     State.READY,
     State.CLOSED,
 ]
-PROXY_EVENTS = (BundleReceived, CallReceived, CancelReceived, CloseReceived, ResultReceived)
+PROXY_EVENTS = (
+    BundleReceived,
+    CallReceived,
+    CancelReceived,
+    CloseReceived,
+    DisposeReceived,
+    ResultReceived,
+)
 CLIENT_EVENTS = (LoadedReceived, CallReceived, CloseReceived, OutputReceived, ResultReceived)
 
 

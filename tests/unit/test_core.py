@@ -31,6 +31,7 @@ from farside.protocol import (
     CallReceived,
     CancelReceived,
     CloseReceived,
+    DisposeReceived,
     Event,
     Limits,
     LoadedReceived,
@@ -1476,3 +1477,30 @@ def test_events_are_frozen() -> None:
 def test_events_validate_themselves(build: Callable[[], object]) -> None:
     with pytest.raises((ValueError, TypeError)):
         build()
+
+
+# -------------------------------------------------------------- disposal
+
+
+def test_a_disposed_thread_reaches_the_proxy(pair: CorePair) -> None:
+    call_id = pair.entry(T)
+    pair.proxy.send_result(T, call_id, None)
+    pair.to_client()
+    pair.client.dispose_thread(T)
+    assert pair.to_proxy() == [DisposeReceived(thread=T)]
+
+
+def test_a_thread_with_calls_in_flight_is_not_disposed(pair: CorePair) -> None:
+    pair.entry(T)
+    pair.client.dispose_thread(T)
+    assert pair.client.frames_to_send() == []
+
+
+def test_disposing_of_thread_zero_is_a_protocol_error(pair: CorePair) -> None:
+    with pytest.raises(ProtocolError, match="thread 0"):
+        pair.proxy.receive([pb.Frame(dispose=pb.Dispose(thread=0))])
+
+
+def test_only_the_proxy_receives_dispose(pair: CorePair) -> None:
+    with pytest.raises(ProtocolError, match="dispose frame, which a client never receives"):
+        pair.client.receive([pb.Frame(dispose=pb.Dispose(thread=T))])

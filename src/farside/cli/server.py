@@ -242,6 +242,15 @@ def _add_server_parser(sub: Any) -> None:
         action="store_true",
         help="allow plaintext or unauthenticated clients off loopback",
     )
+    server.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="IDENTITY",
+        help="a client identity (as farside status --json shows it in 'caller', e.g. "
+        "cert:admin) that sees every client's enclaves; others see only their own "
+        "(repeatable)",
+    )
     _add_proxy_sandbox_arguments(server)
     fleet = server.add_argument_group("fleet mode (see docs/fleet.md)")
     fleet.add_argument(
@@ -306,6 +315,7 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
             ray_node_ip=args.ray_node_ip,
             ray_allow_plaintext=args.ray_allow_plaintext,
             placement_timeout=args.placement_timeout,
+            operators=tuple(args.operator),
         )
         server = ProvisionServer(config)
     except (ValueError, OSError) as exc:

@@ -38,6 +38,7 @@ from ._events import (
     CallReceived,
     CancelReceived,
     CloseReceived,
+    DisposeReceived,
     Event,
     LoadedReceived,
     OutputReceived,
@@ -478,6 +479,19 @@ class SessionCore:
             self._emit(pb.Frame(cancel=pb.Cancel(call_id=ids[0])))
         return ids
 
+    def dispose_thread(self, thread: int) -> None:
+        """(client) The client thread ``thread`` ended: tell the proxy its worker may go.
+
+        Nothing is sent for a thread with calls in flight (it has not ended), or once the
+        session is not ready; the tag must not be used again.
+        """
+        self._require_role(Role.CLIENT, "dispose_thread")
+        if self.state is not State.READY or self.error is not None or thread <= 0:
+            return
+        if self._stacks.get(thread):
+            return
+        self._emit(pb.Frame(dispose=pb.Dispose(thread=thread)))
+
     def close(self, error: RemoteError | None = None) -> None:
         """End the session from this side; idempotent."""
         if self.state in (State.CLOSED, State.ERROR):
@@ -868,6 +882,12 @@ class SessionCore:
                 return
         # The call may have finished while the cancel was on its way: nothing to do.
 
+    def _on_dispose(self, frame: pb.Dispose, events: list[Event]) -> None:
+        self._expect_state(State.READY, what="a dispose")
+        if frame.thread == 0:
+            raise ProtocolError("peer disposed of thread 0, the session itself")
+        events.append(DisposeReceived(thread=frame.thread))
+
     def _on_close(self, frame: pb.Close, events: list[Event]) -> None:
         error = _remote_error_from_pb(frame.error) if frame.HasField("error") else None
         self.closed_by_peer = error
@@ -889,6 +909,7 @@ _HANDLERS: dict[tuple[Role, str | None], Any] = {
     (Role.PROXY, "result"): SessionCore._on_result,
     (Role.CLIENT, "output"): SessionCore._on_output,
     (Role.PROXY, "cancel"): SessionCore._on_cancel,
+    (Role.PROXY, "dispose"): SessionCore._on_dispose,
     (Role.CLIENT, "chunk"): SessionCore._on_chunk,
     (Role.PROXY, "chunk"): SessionCore._on_chunk,
     (Role.CLIENT, "close"): SessionCore._on_close,

@@ -80,6 +80,7 @@ class ProvisionServerConfig:
     ray_node_ip: str | None = None  # this machine's address in the Ray cluster
     ray_allow_plaintext: bool = False  # development only: Ray without TLS
     placement_timeout: float = 30.0  # fleet mode: the longest a Provision waits for a slot
+    operators: tuple[str, ...] = ()  # client identities ListEnclaves shows every enclave to
 
     def __post_init__(self) -> None:
         if self.ray_address is not None and self.platform_dir is not None:
@@ -110,6 +111,15 @@ class ProvisionServerConfig:
                 "clients must authenticate: give --client-ca (mTLS) or --token-file, "
                 "or --insecure to accept anyone"
             )
+
+
+def _address_of(peer: str) -> str:
+    """A gRPC peer (``ipv4:10.0.0.7:53211``) without its port: an unauthenticated client is
+    one address, however many connections (source ports) it opens."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return f"{kind}:{rest.rpartition(':')[0]}"
+    return peer
 
 
 def _is_loopback(host: str) -> bool:
@@ -297,7 +307,7 @@ class ProvisionServer:
             if not identity:
                 digest = hashlib.sha256(self.config.token.encode()).hexdigest()[:12]
                 identity = f"token:{digest}"
-        return identity or f"peer:{context.peer()}"
+        return identity or f"peer:{_address_of(context.peer())}"
 
     def provision(
         self,
@@ -403,10 +413,20 @@ class ProvisionServer:
         self.backend.release(placement)
         enclave.gone.wait(RELEASE_WAIT)
 
-    def list_enclaves(self) -> list[pb.EnclaveInfo]:
-        """The running enclaves, with what their proxies last reported."""
+    def is_operator(self, client: str) -> bool:
+        """True when ``client`` is one of the identities ``--operator`` names."""
+        return client in self.config.operators
+
+    def list_enclaves(self, client: str | None = None) -> list[pb.EnclaveInfo]:
+        """The running enclaves of ``client`` (every client's for None or an operator), with
+        what their proxies last reported."""
+        every = client is None or self.is_operator(client)
         with self._lock:
-            placed = [(e, e.placement) for e in self._enclaves.values() if e.placement]
+            placed = [
+                (e, e.placement)
+                for e in self._enclaves.values()
+                if e.placement and (every or e.client == client)
+            ]
         statuses = self.backend.statuses([p for _, p in placed])
         now = time.monotonic()
         return [
@@ -523,10 +543,15 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
     def ListEnclaves(  # noqa: N802
         self, request: pb.ListEnclavesRequest, context: Any
     ) -> pb.ListEnclavesResponse:
-        self._server.authenticate(context)
+        client = self._server.authenticate(context)
         _check_parsed(request, context)
         try:
             hosts = self._server.list_hosts()
         except RefusedError as exc:
             _abort(context, exc)
-        return pb.ListEnclavesResponse(enclaves=self._server.list_enclaves(), hosts=hosts)
+        return pb.ListEnclavesResponse(
+            enclaves=self._server.list_enclaves(client),
+            hosts=hosts,
+            caller=client,
+            operator=self._server.is_operator(client),
+        )

@@ -8,10 +8,12 @@ signalled, or when the provisioner that started it dies.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -46,6 +48,8 @@ log = logging.getLogger("farside.proxy")
 
 FINALIZE_GRACE = 5.0
 _MAX_TOKEN_BYTES = 1024
+MAX_FILE_BYTES = 16 * 2**20
+"""The most any file the proxy writes may hold: its log, written by it or by enclave code."""
 
 
 def tls_public_key_of(tls: TLSConfig) -> bytes:
@@ -257,6 +261,21 @@ class RemoteEnclaveProxyServer:
             log.warning("finalize() did not return within %g s; exiting anyway", FINALIZE_GRACE)
 
 
+def _cap_file_writes() -> None:
+    """No file this process writes grows past ``MAX_FILE_BYTES``: its log (stderr) above all.
+
+    Enclave code can write to the inherited stderr descriptor directly; without a cap it
+    grew a provision server's ``proxy.log`` to 300 MB. With ``RLIMIT_FSIZE`` a write past
+    the cap fails with ``EFBIG`` (``SIGXFSZ`` is ignored, so it does not kill the proxy);
+    seccomp later refuses raising the limit again.
+    """
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        cap = MAX_FILE_BYTES if hard == resource.RLIM_INFINITY else min(MAX_FILE_BYTES, hard)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
+
+
 def _read_token_line(fd: int) -> str:
     """The first line on ``fd``, read with ``os.read`` (no Python buffer keeps a copy of
     what follows), then the descriptor is pointed at /dev/null."""
@@ -340,6 +359,7 @@ def run_proxy(
         stream=sys.stderr,
         format=f"farside-proxy[{os.getpid()}] %(levelname)s %(message)s",
     )
+    _cap_file_writes()
     token = _read_token(token_file, token_stdin)
     if not token:
         print(

@@ -34,6 +34,7 @@ from ..protocol import (
     CallReceived,
     CancelReceived,
     CloseReceived,
+    DisposeReceived,
     Event,
     RemoteError,
     Stream,
@@ -287,6 +288,8 @@ class EnclaveRuntime:
             self._start_enclave_home(event)
         elif isinstance(event, CancelReceived):
             self._cancelled.add(event.thread)
+        elif isinstance(event, DisposeReceived):
+            pass  # the endpoint tells the worker; _work forgets the thread as it exits
         elif isinstance(event, CloseReceived):
             self.close_received = True
             self.ended.set()
