@@ -3,6 +3,8 @@
 The same session core and the same frames as the gRPC transport, without HTTP/2
 and without gRPC's threads between a call and the wire. A connection is a Unix
 socket (local proxies) or TCP with TLS 1.3 (remote proxies), opened by the client.
+The socket family is a seam (``SocketScheme``): ``farside.transport.vsock`` runs
+this same code on vsock, for a proxy inside a Nitro Enclave.
 
 On the wire, after TLS: the client sends ``PREFACE`` and its session token as one
 message; the proxy answers with an empty message (accepted) or a ``Batch`` holding
@@ -34,7 +36,9 @@ import struct
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -53,10 +57,15 @@ from .base import (
 )
 
 __all__ = [
+    "HOST_SOCKETS",
     "PREFACE",
+    "HostSockets",
+    "SocketAddress",
+    "SocketScheme",
     "StreamClientTransport",
     "StreamConnection",
     "StreamListener",
+    "client_context",
     "connect",
     "listen",
 ]
@@ -80,19 +89,6 @@ _KEEPALIVE = (4, 1, 3)
 _USER_TIMEOUT_MS = 7_000
 
 
-def _tune(sock: socket.socket) -> None:
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    idle, interval, count = _KEEPALIVE
-    with contextlib.suppress(AttributeError, OSError):  # Linux names; elsewhere the defaults
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, _USER_TIMEOUT_MS)
-
-
 def _within(sock: socket.socket, deadline: float) -> None:
     """Give the socket's next blocking call what is left until ``deadline`` (a handshake
     has one deadline in all, so a peer trickling bytes cannot stretch it)."""
@@ -102,16 +98,84 @@ def _within(sock: socket.socket, deadline: float) -> None:
     sock.settimeout(left)
 
 
-def _address(target: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
-    """``unix:/path`` or ``host:port`` (IPv6 hosts in brackets) as a socket address."""
-    if target.startswith("unix:"):
-        return socket.AF_UNIX, target[len("unix:") :]
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"a stream address is unix:/path or host:port, not {target!r}")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return family, (host, int(port))
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    """Where a stream socket binds or connects: what ``socket()`` and ``bind``/``connect`` take."""
+
+    family: socket.AddressFamily
+    address: str | tuple[Any, ...]
+    tls_name: str | None = None
+    """The name a client's TLS checks in the proxy's certificate (TCP: the host)."""
+
+
+class SocketScheme(Protocol):
+    """How a stream transport's addresses become sockets: the seam of the socket family.
+
+    Everything else (the handshake, TLS, the framing and its bounds) is the same code
+    whatever the family. ``HOST_SOCKETS`` takes ``unix:/path`` and ``host:port``;
+    ``farside.transport.vsock`` plugs in ``vsock:CID:PORT``.
+    """
+
+    def resolve(self, target: str, *, listening: bool) -> SocketAddress:
+        """``target`` as a socket address; ``ValueError`` saying what is expected if not one."""
+        ...
+
+    def tune(self, sock: socket.socket) -> None:
+        """Set up a connected socket, on either end, before its handshake."""
+        ...
+
+    def source(self, peer: Any) -> str:
+        """Whose share of the vetting slots a connection from ``peer`` (as ``accept``
+        gives it) takes: one per source, so one flood cannot keep the client out; ``""``
+        for none (every peer is the same party)."""
+        ...
+
+    def shown(self, listen: str, sock: socket.socket) -> str:
+        """The address clients dial, for a listener on ``listen`` bound as ``sock``."""
+        ...
+
+
+class HostSockets:
+    """A Unix socket (``unix:/path``) or TCP (``host:port``, IPv6 hosts in brackets)."""
+
+    def resolve(self, target: str, *, listening: bool) -> SocketAddress:
+        """``target`` as a socket address (the same whether listening or not)."""
+        if target.startswith("unix:"):
+            return SocketAddress(socket.AF_UNIX, target[len("unix:") :])
+        host, sep, port = target.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"a stream address is unix:/path or host:port, not {target!r}")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return SocketAddress(family, (host, int(port)), tls_name=host)
+
+    def tune(self, sock: socket.socket) -> None:
+        """TCP: no Nagle delay, and keepalive that notices a dead peer in about 7 s."""
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle, interval, count = _KEEPALIVE
+        with contextlib.suppress(AttributeError, OSError):  # Linux names; elsewhere the defaults
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, _USER_TIMEOUT_MS)
+
+    def source(self, peer: Any) -> str:
+        """A TCP peer's host; a Unix socket's peers are one party (its directory is private)."""
+        return str(peer[0]) if isinstance(peer, tuple) else ""
+
+    def shown(self, listen: str, sock: socket.socket) -> str:
+        """``listen`` itself for a Unix socket, else with the port the kernel picked."""
+        if sock.family == socket.AF_UNIX:
+            return listen
+        host, port = sock.getsockname()[:2]
+        shown = listen.rpartition(":")[0]
+        return f"{shown}:{port}" if shown else f"{host}:{port}"
+
+
+HOST_SOCKETS = HostSockets()
 
 
 class _TLS:
@@ -522,7 +586,9 @@ class StreamClientTransport:
     """The client's end: ``start`` connects and starts reading; ``send`` queues frames.
 
     ``tls`` is the client context (pinned to the proxy's certificate) for TCP
-    targets; ``server_hostname`` is the name that certificate carries.
+    targets; ``server_hostname`` is the name that certificate carries (default: the
+    target's host). ``sockets`` turns the target into a socket (``HOST_SOCKETS``:
+    Unix or TCP).
     """
 
     def __init__(
@@ -533,8 +599,10 @@ class StreamClientTransport:
         tls: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         connect_timeout: float = HANDSHAKE_TIMEOUT,
+        sockets: SocketScheme = HOST_SOCKETS,
     ) -> None:
         self.target = target
+        self._sockets = sockets
         self._token = token.encode()
         self._tls_context = tls
         self._server_hostname = server_hostname
@@ -564,18 +632,16 @@ class StreamClientTransport:
         self._connection.start(sink, lost)
 
     def _connect(self) -> StreamConnection:
-        family, address = _address(self.target)
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        where = self._sockets.resolve(self.target, listening=False)
+        sock = socket.socket(where.family, socket.SOCK_STREAM)
         deadline = time.monotonic() + self._connect_timeout
         try:
             sock.settimeout(self._connect_timeout)
-            sock.connect(address)
-            _tune(sock)
+            sock.connect(where.address)
+            self._sockets.tune(sock)
             tls, early = None, b""
             if self._tls_context is not None:
-                hostname = self._server_hostname
-                if hostname is None and isinstance(address, tuple):
-                    hostname = address[0]
+                hostname = self._server_hostname or where.tls_name
                 tls = _TLS(self._tls_context, server_side=False, server_hostname=hostname)
                 early = tls.handshake(sock, deadline)
             connection = StreamConnection(
@@ -624,6 +690,7 @@ class StreamListener:
     ``on_open(connection)`` returns the sink for the session's frames and
     ``on_lost(error)`` is called if it breaks. A refused connection (a wrong token, or
     any after the session's) is told why and closed; it never disturbs the session.
+    ``sockets`` turns ``listen`` into a socket (``HOST_SOCKETS``: Unix or TCP).
     """
 
     def __init__(
@@ -634,8 +701,11 @@ class StreamListener:
         on_open: OnOpen,
         on_lost: LostCallback,
         tls: ssl.SSLContext | None = None,
+        sockets: SocketScheme = HOST_SOCKETS,
     ) -> None:
         self._listen = listen
+        self._sockets = sockets
+        self._bound: SocketAddress | None = None
         self._admission = admission
         self._on_open = on_open
         self._on_lost = on_lost
@@ -649,26 +719,23 @@ class StreamListener:
 
     def start(self) -> str:
         """Bind and accept in the background; return the address clients dial."""
-        family, address = _address(self._listen)
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        where = self._sockets.resolve(self._listen, listening=True)
+        sock = socket.socket(where.family, socket.SOCK_STREAM)
         try:
-            if family != socket.AF_UNIX:
+            if where.family != socket.AF_UNIX:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
+            sock.bind(where.address)
             sock.listen(MAX_PENDING_HANDSHAKES)
         except OSError:
             sock.close()
             raise
         self._sock = sock
+        self._bound = where
         accept = threading.Thread(
             target=self._accept_loop, name="farside-stream-accept", daemon=True
         )
         accept.start()
-        if family == socket.AF_UNIX:
-            return self._listen
-        host, port = sock.getsockname()[:2]
-        shown = self._listen.rpartition(":")[0]
-        return f"{shown}:{port}" if shown else f"{host}:{port}"
+        return self._sockets.shown(self._listen, sock)
 
     def _accept_loop(self) -> None:
         assert self._sock is not None
@@ -681,9 +748,8 @@ class StreamListener:
                 time.sleep(0.05)  # EMFILE and friends: do not spin
                 continue
             # One source may not take every vetting slot: a flood from one address
-            # would otherwise keep the real client out. (A Unix socket's peers are the
-            # client's own user: its directory is private.)
-            source = peer[0] if isinstance(peer, tuple) else ""
+            # would otherwise keep the real client out.
+            source = self._sockets.source(peer)
             with self._lock:
                 busy = source and self._pending_from.get(source, 0) >= MAX_PENDING_PER_SOURCE
                 if not busy and source:
@@ -727,7 +793,7 @@ class StreamListener:
     def _vet(self, conn: socket.socket) -> None:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT  # for all of it, not each recv
         conn.settimeout(HANDSHAKE_TIMEOUT)
-        _tune(conn)
+        self._sockets.tune(conn)
         tls = None
         head = b""
         if self._tls is not None:
@@ -775,20 +841,24 @@ class StreamListener:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
-            if self._sock.family == socket.AF_UNIX:
-                with contextlib.suppress(OSError):
-                    Path(self._listen[len("unix:") :]).unlink()
+            if self._bound is not None and isinstance(self._bound.address, str):
+                with contextlib.suppress(OSError):  # a Unix socket's path
+                    Path(self._bound.address).unlink()
         if self._connection is not None:
             self._connection.close(grace)
 
 
-def connect(address: str, *, token: str, tls: TLSConfig | None) -> StreamClientTransport:
-    """The client's end of a stream session with the proxy at ``address``."""
+def client_context(tls: TLSConfig | None) -> ssl.SSLContext | None:
+    """The client's ``ssl`` context for ``tls``; ``EnclaveLoadError`` if it cannot be used."""
     try:
-        context = tls.client_ssl_context() if tls is not None else None
+        return tls.client_ssl_context() if tls is not None else None
     except ValueError as exc:
         raise EnclaveLoadError(str(exc), code=StatusCode.INVALID_ARGUMENT) from exc
-    return StreamClientTransport(address, token=token, tls=context)
+
+
+def connect(address: str, *, token: str, tls: TLSConfig | None) -> StreamClientTransport:
+    """The client's end of a stream session with the proxy at ``address``."""
+    return StreamClientTransport(address, token=token, tls=client_context(tls))
 
 
 def listen(
@@ -798,12 +868,15 @@ def listen(
     on_open: OnOpen,
     on_lost: LostCallback,
     tls: TLSConfig | None = None,
+    sockets: SocketScheme = HOST_SOCKETS,
 ) -> StreamListener:
-    """The proxy's stream end on ``address`` (TLS 1.3 when ``tls`` is given)."""
+    """The proxy's stream end on ``address`` (TLS 1.3 when ``tls`` is given); ``sockets``
+    turns ``address`` into a socket (``HOST_SOCKETS``: Unix or TCP)."""
     return StreamListener(
         address,
         admission=admission,
         on_open=on_open,
         on_lost=on_lost,
         tls=tls.server_ssl_context() if tls is not None else None,
+        sockets=sockets,
     )
