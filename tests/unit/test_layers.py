@@ -35,6 +35,7 @@ def loaded_by(statement: str) -> set[str]:
         "farside.protocol",
         "farside.trusted",
         "farside.transport.stream",
+        "farside.transport.vsock",
         "farside.transport.endpoint",
         "farside.attestation.bundle",
         "farside.attestation.evidence",

@@ -12,6 +12,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from farside.transport.factory import ALL_TRANSPORTS
+
 from . import _common as common
 
 __all__ = ["register"]
@@ -34,7 +36,10 @@ def _add_proxy_parser(sub: Any) -> None:
         "'farside-proxy ready ADDRESS' once it listens.",
     )
     proxy.add_argument(
-        "--listen", required=True, help="unix:/path/to.sock or host:port (port 0 picks one)"
+        "--listen",
+        required=True,
+        help="unix:/path/to.sock, host:port (port 0 picks one), or vsock:any:PORT "
+        "with --transport vsock",
     )
     token = proxy.add_mutually_exclusive_group()
     token.add_argument(
@@ -75,10 +80,12 @@ def _add_proxy_parser(sub: Any) -> None:
     )
     proxy.add_argument(
         "--transport",
-        choices=("grpc", "stream"),
+        choices=ALL_TRANSPORTS,
         default="grpc",
         help="the session's wire: a gRPC stream (default), or length-prefixed frames "
-        "on a plain socket (TLS 1.3 on TCP), which is several times faster",
+        "on a plain socket (TLS 1.3 on TCP), which is several times faster; vsock is "
+        "those frames on a vsock port, for a proxy inside a Nitro Enclave whose parent "
+        "relays clients to it (docs/hardware.md)",
     )
     proxy.add_argument(
         "--tls-ephemeral",
