@@ -27,6 +27,7 @@ per-source share of the vetting slots here: the relay keeps that, per TCP client
 from __future__ import annotations
 
 import errno
+import logging
 import re
 import socket
 from collections.abc import Callable
@@ -47,6 +48,8 @@ __all__ = [
     "parse_address",
     "vsock_address",
 ]
+
+log = logging.getLogger("farside")
 
 CID_ANY = 0xFFFFFFFF
 """``VMADDR_CID_ANY``: listen on every CID of this machine (``vsock:any:PORT``)."""
@@ -160,8 +163,11 @@ def listen(
     """The proxy's end on ``vsock:any:PORT`` (or ``vsock:CID:PORT``), TLS 1.3 with ``tls``.
 
     The address is checked when the listener starts (``ValueError``), as the stream
-    transport's is.
+    transport's is. Without ``tls`` the parent instance, which relays the session, can
+    read and change it: that is said loudly.
     """
+    if tls is None:
+        log.warning("vsock WITHOUT TLS: the parent instance can read and change the session")
     return stream.listen(
         address, admission=admission, on_open=on_open, on_lost=on_lost, tls=tls, sockets=SOCKETS
     )
