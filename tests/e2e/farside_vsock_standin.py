@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from farside.transport import vsock
-from farside.transport.stream import SocketAddress
+from farside.transport.sockets import SocketAddress
 
 
 def standin(directory: Path) -> vsock.VsockSockets:

@@ -13,11 +13,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from farside.transport.stream import SocketAddress
+from farside.transport.sockets import SocketAddress
 from farside.transport.vsock import VsockSockets
 
 WAIT = 5.0
@@ -59,13 +59,3 @@ def nothing_left(timeout: float = WAIT) -> Iterator[None]:
         time.sleep(0.02)
     assert not left_threads, f"threads still running: {left_threads}"
     assert not left_sockets, f"sockets still open: {sorted(left_sockets)}"
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = WAIT) -> bool:
-    """Poll ``predicate()`` until it is true or ``timeout`` s pass; whether it became true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True

@@ -34,6 +34,7 @@ def loaded_by(statement: str) -> set[str]:
     [
         "farside.protocol",
         "farside.trusted",
+        "farside.transport.sockets",
         "farside.transport.stream",
         "farside.transport.vsock",
         "farside.transport.relay",

@@ -9,24 +9,24 @@ thread and no socket behind, and every wait is bounded.
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from farside._errors import EnclaveError, EnclaveLoadError, EnclaveUnavailableError, StatusCode
+from farside._errors import EnclaveLoadError, EnclaveUnavailableError, StatusCode
 from farside._proto.v1 import session_pb2 as pb
 from farside._tls import TLSConfig
 from farside.cli import build_parser
 from farside.proxy.server import ephemeral_tls
 from farside.transport import factory, vsock
-from farside.transport.base import Admission, FrameSender, FrameSink, Listener
-from farside.transport.stream import StreamConnection
+from farside.transport.base import Admission, ClientTransport
+from farside.transport.stream import StreamListener
 
-from ._vsock_standin import WAIT, nothing_left, standin, wait_for
-
-TOKEN = "the-token"
+from . import test_stream
+from ._vsock_standin import WAIT, nothing_left, standin
+from .test_stream import TOKEN
+from .test_stream_edges import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -37,55 +37,28 @@ def vsock_standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
         yield tmp_path
 
 
-class Proxy:
-    """The proxy's end on ``vsock:any:PORT``: records frames; ``sender`` answers."""
+class Proxy(test_stream.Proxy):
+    """``test_stream``'s proxy (it records frames; ``connection`` answers), started by
+    ``vsock.listen`` on ``vsock:any:5005``."""
 
     def __init__(self, listen: str = "vsock:any:5005", tls: TLSConfig | None = None) -> None:
-        self.frames: list[pb.Frame] = []
-        self.lost: list[EnclaveError] = []
-        self.got = threading.Event()
-        self.opened = threading.Event()
-        self.sender: FrameSender | None = None
-        self.listener: Listener = factory.listen(
-            "vsock",
-            listen,
-            admission=Admission(TOKEN),
-            on_open=self._on_open,
-            on_lost=self.lost.append,
-            tls=tls,
+        super().__init__(listen, tls)
+
+    def make_listener(self, listen: str, tls: TLSConfig | None) -> StreamListener:
+        admission = Admission(TOKEN)
+        return vsock.listen(
+            listen, admission=admission, on_open=self._on_open, on_lost=self.lost.append, tls=tls
         )
 
-    def _on_open(self, sender: FrameSender) -> FrameSink:
-        self.sender = sender
-        self.opened.set()
 
-        def sink(frames: list[pb.Frame]) -> None:
-            self.frames += frames
-            self.got.set()
+class Client(test_stream.Client):
+    """``test_stream``'s client, made by ``farside.transport.connect("vsock", ...)``
+    (or another transport's ``name``)."""
 
-        return sink
-
-
-class Client:
-    """The client's end: ``factory.connect`` started, recording what arrives or breaks."""
-
-    def __init__(
-        self, address: str, token: str = TOKEN, tls: TLSConfig | None = None, name: str = "vsock"
-    ) -> None:
-        self.frames: list[pb.Frame] = []
-        self.lost: list[EnclaveError] = []
-        self.got = threading.Event()
-        self.done = threading.Event()
-        self.transport = factory.connect(name, address, token=token, tls=tls)
-        self.transport.start(self._sink, self._lost)
-
-    def _sink(self, frames: list[pb.Frame]) -> None:
-        self.frames += frames
-        self.got.set()
-
-    def _lost(self, error: EnclaveError) -> None:
-        self.lost.append(error)
-        self.done.set()
+    def make_transport(
+        self, address: str, token: str, tls: TLSConfig | None = None, name: str = "vsock"
+    ) -> ClientTransport:
+        return factory.connect(name, address, token=token, tls=tls)
 
 
 def output(data: bytes) -> pb.Frame:
@@ -145,10 +118,11 @@ def test_a_client_with_a_bad_address_gets_a_load_error_before_it_connects() -> N
 
 
 def test_a_listener_on_a_bad_address_does_not_start() -> None:
-    proxy = Proxy(listen="127.0.0.1:0")
+    listener = factory.listen(
+        "vsock", "127.0.0.1:0", admission=Admission(TOKEN), on_open=print, on_lost=print
+    )
     with pytest.raises(ValueError, match="a vsock address is vsock:CID:PORT"):
-        proxy.listener.start()
-    proxy.listener.stop(grace=0.1)
+        listener.start()
 
 
 def test_the_real_address_is_af_vsock() -> None:
@@ -167,8 +141,7 @@ def test_the_real_address_is_af_vsock() -> None:
 
 def test_frames_cross_both_ways_and_a_wrong_token_does_not_disturb_the_session() -> None:
     proxy = Proxy()
-    address = proxy.listener.start()
-    assert address == "vsock:any:5005"
+    assert proxy.address == "vsock:any:5005"
     try:
         intruder = Client("vsock:3:5005", token="wrong")
         assert intruder.done.wait(WAIT)
@@ -182,8 +155,8 @@ def test_frames_cross_both_ways_and_a_wrong_token_does_not_disturb_the_session()
         client.transport.send([output(b"up")])
         assert proxy.got.wait(WAIT)
         assert proxy.frames[0].output.data == b"up"
-        assert proxy.sender is not None
-        proxy.sender.send([output(b"down"), output(b"and again")])
+        assert proxy.connection is not None
+        proxy.connection.send([output(b"down"), output(b"and again")])
         assert wait_for(lambda: len(client.frames) == 2)
         assert [f.output.data for f in client.frames] == [b"down", b"and again"]
 
@@ -205,7 +178,6 @@ def test_tls_runs_over_vsock_and_pins_the_proxys_certificate() -> None:
     # A name no client could check: a vsock peer has none, so no host name is checked.
     tls = ephemeral_tls("enclave.invalid", None)
     proxy = Proxy(tls=tls)
-    proxy.listener.start()
     try:
         other = ephemeral_tls("enclave.invalid", None)
         wrong = Client("vsock:3:5005", tls=TLSConfig(ca=other.cert))
@@ -217,13 +189,13 @@ def test_tls_runs_over_vsock_and_pins_the_proxys_certificate() -> None:
 
         client = Client("vsock:3:5005", tls=TLSConfig(ca=tls.cert))
         assert proxy.opened.wait(WAIT)
-        assert isinstance(proxy.sender, StreamConnection)
-        assert proxy.sender._tls is not None, "the session is not encrypted"
+        assert proxy.connection is not None
+        assert proxy.connection._tls is not None, "the session is not encrypted"
         client.transport.send([output(b"secret")])
         assert proxy.got.wait(WAIT)
         assert proxy.frames[0].output.data == b"secret"
-        proxy.sender.send([output(b"answer")])
-        assert client.got.wait(WAIT)
+        proxy.connection.send([output(b"answer")])
+        assert wait_for(lambda: client.frames)
         assert client.frames[0].output.data == b"answer"
         client.transport.close(timeout=1.0)
     finally:
@@ -232,7 +204,6 @@ def test_tls_runs_over_vsock_and_pins_the_proxys_certificate() -> None:
 
 def test_a_plaintext_client_is_not_served_by_a_tls_proxy() -> None:
     proxy = Proxy(tls=ephemeral_tls("enclave.invalid", None))
-    proxy.listener.start()
     try:
         client = Client("vsock:3:5005")
         assert client.done.wait(WAIT)
@@ -253,7 +224,6 @@ def test_nobody_listening_is_unavailable_not_a_hang() -> None:
 
 def test_stopping_the_listener_removes_the_standin_socket(vsock_standin: Path) -> None:
     proxy = Proxy()
-    proxy.listener.start()
     assert (vsock_standin / "vsock-5005.sock").exists()
     proxy.listener.stop(grace=0.1)
     assert not (vsock_standin / "vsock-5005.sock").exists()

@@ -28,11 +28,13 @@ from farside.provision._spawn import read_line
 from farside.proxy.server import ephemeral_tls
 from farside.transport import vsock
 from farside.transport.relay import RelayLimits, VsockRelay
-from farside.transport.stream import SocketAddress
+from farside.transport.sockets import SocketAddress
 from farside.transport.vsock import VsockSockets
 
-from ._vsock_standin import WAIT, nothing_left, standin, wait_for
-from .test_vsock import TOKEN, Client, Proxy, output
+from ._vsock_standin import WAIT, nothing_left, standin
+from .test_stream import TOKEN
+from .test_stream_edges import wait_for
+from .test_vsock import Client, Proxy, output
 
 Address = tuple[str, int]
 MakeRelay = Callable[..., tuple[VsockRelay, Address]]
@@ -148,7 +150,6 @@ def test_a_session_crosses_the_relay_with_tls_end_to_end_and_the_relay_sees_ciph
     monkeypatch.setattr(socket.socket, "sendall", spy)
     tls = ephemeral_tls("127.0.0.1", None)  # the name the client dials: the relay's host
     proxy = Proxy(tls=tls)
-    proxy.listener.start()
     relay, (host, port) = make_relay()
     try:
         client = Client(f"{host}:{port}", tls=TLSConfig(ca=tls.cert), name="stream")
@@ -156,9 +157,9 @@ def test_a_session_crosses_the_relay_with_tls_end_to_end_and_the_relay_sees_ciph
         client.transport.send([output(b"the client's secret")])
         assert proxy.got.wait(WAIT)
         assert proxy.frames[0].output.data == b"the client's secret"
-        assert proxy.sender is not None
-        proxy.sender.send([output(b"the enclave's secret")])
-        assert client.got.wait(WAIT)
+        assert proxy.connection is not None
+        proxy.connection.send([output(b"the enclave's secret")])
+        assert wait_for(lambda: client.frames)
         assert client.frames[0].output.data == b"the enclave's secret"
         assert relay.connections == 1
         client.transport.close(timeout=1.0)
@@ -177,7 +178,6 @@ def test_a_refused_session_reaches_the_client_through_the_relay(
 ) -> None:
     monkeypatch.setattr(vsock, "SOCKETS", standin(tmp_path))
     proxy = Proxy()
-    proxy.listener.start()
     relay, (host, port) = make_relay()
     try:
         intruder = Client(f"{host}:{port}", token="wrong", name="stream")
@@ -210,26 +210,17 @@ def test_a_half_close_is_passed_on_and_the_other_direction_still_flows(
     assert wait_for(lambda: relay.connections == 0)
 
 
-def test_the_enclave_hanging_up_ends_the_clients_side(
-    make_relay: MakeRelay, enclave: Enclave, clients: Callable[..., socket.socket]
+@pytest.mark.parametrize("who", ["enclave", "client"])
+def test_one_side_hanging_up_ends_the_other(
+    who: str, make_relay: MakeRelay, enclave: Enclave, clients: Callable[..., socket.socket]
 ) -> None:
     relay, address = make_relay(RelayLimits(linger=0.3))
     client = clients(address)
     inside = enclave.accept()
-    inside.close()
-    assert closed_at_once(client)
-    # The client never closes: after the linger the relay drops it all the same.
-    assert wait_for(lambda: relay.connections == 0)
-
-
-def test_the_client_hanging_up_ends_the_enclaves_side(
-    make_relay: MakeRelay, enclave: Enclave, clients: Callable[..., socket.socket]
-) -> None:
-    relay, address = make_relay(RelayLimits(linger=0.3))
-    client = clients(address)
-    inside = enclave.accept()
-    client.close()
-    assert closed_at_once(inside)
+    gone, other = (inside, client) if who == "enclave" else (client, inside)
+    gone.close()
+    assert closed_at_once(other)
+    # The other side never closes: after the linger the relay drops it all the same.
     assert wait_for(lambda: relay.connections == 0)
 
 

@@ -31,9 +31,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import vsock
-from .stream import HOST_SOCKETS, SocketScheme
+from .sockets import HOST_SOCKETS, SocketScheme, SourceShares, accept_loop, listening_socket
 
 __all__ = ["RelayLimits", "VsockRelay"]
 
@@ -114,7 +115,7 @@ class VsockRelay:
         self._accept: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pipes: set[_Pipe] = set()
-        self._from: dict[str, int] = {}  # client address -> its open connections
+        self._from = SourceShares(self.limits.max_per_source)  # open connections
         self._stopped = False
 
     @property
@@ -125,50 +126,36 @@ class VsockRelay:
 
     def start(self) -> str:
         """Bind and relay in the background; return the address clients dial."""
-        sock = socket.socket(self._listen.family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(self._listen.address)
-            sock.listen(self.limits.max_connections)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(self._listen, self.limits.max_connections)
         self._sock = sock
         self._accept = threading.Thread(
-            target=self._accept_loop, name="farside-relay-accept", daemon=True
+            target=accept_loop,
+            args=(sock, lambda: self._stopped, self._take),
+            name="farside-relay-accept",
+            daemon=True,
         )
         self._accept.start()
         return HOST_SOCKETS.shown(self._listen_text, sock)
 
-    def _accept_loop(self) -> None:
-        assert self._sock is not None
-        while not self._stopped:
-            try:
-                conn, peer = self._sock.accept()
-            except OSError:
-                if self._stopped:
-                    return
-                time.sleep(0.05)  # EMFILE and friends: do not spin
-                continue
-            source = HOST_SOCKETS.source(peer)
-            pipe = _Pipe(conn, source)
-            with self._lock:
-                refused = (
-                    self._stopped
-                    or len(self._pipes) >= self.limits.max_connections
-                    or self._from.get(source, 0) >= self.limits.max_per_source
+    def _take(self, conn: socket.socket, peer: Any) -> None:
+        source = HOST_SOCKETS.source(peer)
+        pipe = _Pipe(conn, source)
+        with self._lock:
+            taken = (
+                not self._stopped
+                and len(self._pipes) < self.limits.max_connections
+                and self._from.take(source)
+            )
+            if taken:
+                self._pipes.add(pipe)
+                # Started under the lock: stop() never sees a pipe without its thread.
+                pipe.thread = threading.Thread(
+                    target=self._serve, args=(pipe,), name="farside-relay", daemon=True
                 )
-                if not refused:
-                    self._pipes.add(pipe)
-                    self._from[source] = self._from.get(source, 0) + 1
-                    # Started under the lock: stop() never sees a pipe without its thread.
-                    pipe.thread = threading.Thread(
-                        target=self._serve, args=(pipe,), name="farside-relay", daemon=True
-                    )
-                    pipe.thread.start()
-            if refused:
-                log.debug("relay: refused a connection from %s (at its limit)", source)
-                conn.close()
+                pipe.thread.start()
+        if not taken:
+            log.debug("relay: refused a connection from %s (at its limit)", source)
+            conn.close()
 
     def _serve(self, pipe: _Pipe) -> None:
         try:
@@ -183,11 +170,7 @@ class VsockRelay:
             pipe.close()
             with self._lock:
                 self._pipes.discard(pipe)
-                left = self._from[pipe.source] - 1
-                if left:
-                    self._from[pipe.source] = left
-                else:
-                    del self._from[pipe.source]
+            self._from.give_back(pipe.source)
 
     def _reach(self, pipe: _Pipe) -> bool:
         """Connect to the enclave within ``connect_timeout``; False if that failed."""

@@ -3,8 +3,9 @@
 The same session core and the same frames as the gRPC transport, without HTTP/2
 and without gRPC's threads between a call and the wire. A connection is a Unix
 socket (local proxies) or TCP with TLS 1.3 (remote proxies), opened by the client.
-The socket family is a seam (``SocketScheme``): ``farside.transport.vsock`` runs
-this same code on vsock, for a proxy inside a Nitro Enclave.
+The socket family is a seam (``farside.transport.sockets.SocketScheme``):
+``farside.transport.vsock`` runs this same code on vsock, for a proxy inside a Nitro
+Enclave.
 
 On the wire, after TLS: the client sends ``PREFACE`` and its session token as one
 message; the proxy answers with an empty message (accepted) or a ``Batch`` holding
@@ -36,9 +37,8 @@ import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -55,13 +55,17 @@ from .base import (
     batches,
     refusal_error,
 )
+from .sockets import (
+    HOST_SOCKETS,
+    SocketAddress,
+    SocketScheme,
+    SourceShares,
+    accept_loop,
+    listening_socket,
+)
 
 __all__ = [
-    "HOST_SOCKETS",
     "PREFACE",
-    "HostSockets",
-    "SocketAddress",
-    "SocketScheme",
     "StreamClientTransport",
     "StreamConnection",
     "StreamListener",
@@ -82,12 +86,6 @@ _LEN = struct.Struct(">I")
 _RECV_BYTES = 1 << 18
 _SENDMSG_PARTS = 64
 
-# Dead peers and cut networks are noticed within about 7 s, as with gRPC's keepalive:
-# probes after 4 s idle, every second, three unanswered ones end the connection, and
-# data unacknowledged for 7 s does too.
-_KEEPALIVE = (4, 1, 3)
-_USER_TIMEOUT_MS = 7_000
-
 
 def _within(sock: socket.socket, deadline: float) -> None:
     """Give the socket's next blocking call what is left until ``deadline`` (a handshake
@@ -96,86 +94,6 @@ def _within(sock: socket.socket, deadline: float) -> None:
     if left <= 0:
         raise TimeoutError("timed out during the handshake")
     sock.settimeout(left)
-
-
-@dataclass(frozen=True, slots=True)
-class SocketAddress:
-    """Where a stream socket binds or connects: what ``socket()`` and ``bind``/``connect`` take."""
-
-    family: socket.AddressFamily
-    address: str | tuple[Any, ...]
-    tls_name: str | None = None
-    """The name a client's TLS checks in the proxy's certificate (TCP: the host)."""
-
-
-class SocketScheme(Protocol):
-    """How a stream transport's addresses become sockets: the seam of the socket family.
-
-    Everything else (the handshake, TLS, the framing and its bounds) is the same code
-    whatever the family. ``HOST_SOCKETS`` takes ``unix:/path`` and ``host:port``;
-    ``farside.transport.vsock`` plugs in ``vsock:CID:PORT``.
-    """
-
-    def resolve(self, target: str, *, listening: bool) -> SocketAddress:
-        """``target`` as a socket address; ``ValueError`` saying what is expected if not one."""
-        ...
-
-    def tune(self, sock: socket.socket) -> None:
-        """Set up a connected socket, on either end, before its handshake."""
-        ...
-
-    def source(self, peer: Any) -> str:
-        """Whose share of the vetting slots a connection from ``peer`` (as ``accept``
-        gives it) takes: one per source, so one flood cannot keep the client out; ``""``
-        for none (every peer is the same party)."""
-        ...
-
-    def shown(self, listen: str, sock: socket.socket) -> str:
-        """The address clients dial, for a listener on ``listen`` bound as ``sock``."""
-        ...
-
-
-class HostSockets:
-    """A Unix socket (``unix:/path``) or TCP (``host:port``, IPv6 hosts in brackets)."""
-
-    def resolve(self, target: str, *, listening: bool) -> SocketAddress:
-        """``target`` as a socket address (the same whether listening or not)."""
-        if target.startswith("unix:"):
-            return SocketAddress(socket.AF_UNIX, target[len("unix:") :])
-        host, sep, port = target.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"a stream address is unix:/path or host:port, not {target!r}")
-        host = host.strip("[]")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return SocketAddress(family, (host, int(port)), tls_name=host)
-
-    def tune(self, sock: socket.socket) -> None:
-        """TCP: no Nagle delay, and keepalive that notices a dead peer in about 7 s."""
-        if sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        idle, interval, count = _KEEPALIVE
-        with contextlib.suppress(AttributeError, OSError):  # Linux names; elsewhere the defaults
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, _USER_TIMEOUT_MS)
-
-    def source(self, peer: Any) -> str:
-        """A TCP peer's host; a Unix socket's peers are one party (its directory is private)."""
-        return str(peer[0]) if isinstance(peer, tuple) else ""
-
-    def shown(self, listen: str, sock: socket.socket) -> str:
-        """``listen`` itself for a Unix socket, else with the port the kernel picked."""
-        if sock.family == socket.AF_UNIX:
-            return listen
-        host, port = sock.getsockname()[:2]
-        shown = listen.rpartition(":")[0]
-        return f"{shown}:{port}" if shown else f"{host}:{port}"
-
-
-HOST_SOCKETS = HostSockets()
 
 
 class _TLS:
@@ -711,71 +629,43 @@ class StreamListener:
         self._on_lost = on_lost
         self._tls = tls
         self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
         self._vetting = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
-        self._pending_from: dict[str, int] = {}  # TCP source address -> connections vetted
+        self._pending = SourceShares(MAX_PENDING_PER_SOURCE)  # connections being vetted
         self._connection: StreamConnection | None = None
         self._stopped = False
 
     def start(self) -> str:
         """Bind and accept in the background; return the address clients dial."""
         where = self._sockets.resolve(self._listen, listening=True)
-        sock = socket.socket(where.family, socket.SOCK_STREAM)
-        try:
-            if where.family != socket.AF_UNIX:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(where.address)
-            sock.listen(MAX_PENDING_HANDSHAKES)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(where, MAX_PENDING_HANDSHAKES)
         self._sock = sock
         self._bound = where
         accept = threading.Thread(
-            target=self._accept_loop, name="farside-stream-accept", daemon=True
+            target=accept_loop,
+            args=(sock, lambda: self._stopped, self._take),
+            name="farside-stream-accept",
+            daemon=True,
         )
         accept.start()
         return self._sockets.shown(self._listen, sock)
 
-    def _accept_loop(self) -> None:
-        assert self._sock is not None
-        while not self._stopped:
-            try:
-                conn, peer = self._sock.accept()
-            except OSError:
-                if self._stopped:
-                    return
-                time.sleep(0.05)  # EMFILE and friends: do not spin
-                continue
-            # One source may not take every vetting slot: a flood from one address
-            # would otherwise keep the real client out.
-            source = self._sockets.source(peer)
-            with self._lock:
-                busy = source and self._pending_from.get(source, 0) >= MAX_PENDING_PER_SOURCE
-                if not busy and source:
-                    self._pending_from[source] = self._pending_from.get(source, 0) + 1
-            if busy:
-                conn.close()
-                continue
-            if not self._vetting.acquire(blocking=False):
-                self._vetted(source)
-                conn.close()  # too many half-open connections at once
-                continue
-            threading.Thread(
-                target=self._admit,
-                args=(conn, source),
-                name="farside-stream-admit",
-                daemon=True,
-            ).start()
-
-    def _vetted(self, source: str) -> None:
-        if source:
-            with self._lock:
-                left = self._pending_from[source] - 1
-                if left:
-                    self._pending_from[source] = left
-                else:
-                    del self._pending_from[source]
+    def _take(self, conn: socket.socket, peer: Any) -> None:
+        # One source may not take every vetting slot: a flood from one address
+        # would otherwise keep the real client out.
+        source = self._sockets.source(peer)
+        if not self._pending.take(source):
+            conn.close()
+            return
+        if not self._vetting.acquire(blocking=False):
+            self._pending.give_back(source)
+            conn.close()  # too many half-open connections at once
+            return
+        threading.Thread(
+            target=self._admit,
+            args=(conn, source),
+            name="farside-stream-admit",
+            daemon=True,
+        ).start()
 
     def _admit(self, conn: socket.socket, source: str) -> None:
         try:
@@ -788,7 +678,7 @@ class StreamListener:
             conn.close()
         finally:
             self._vetting.release()
-            self._vetted(source)
+            self._pending.give_back(source)
 
     def _vet(self, conn: socket.socket) -> None:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT  # for all of it, not each recv

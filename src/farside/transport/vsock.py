@@ -37,7 +37,8 @@ from .._errors import EnclaveLoadError, StatusCode
 from .._tls import TLSConfig
 from . import stream
 from .base import Admission, LostCallback, OnOpen
-from .stream import SocketAddress, StreamClientTransport, StreamListener
+from .sockets import SocketAddress
+from .stream import StreamClientTransport, StreamListener
 
 __all__ = [
     "CID_ANY",
