@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from farside.transport.factory import TRANSPORTS
+
 if TYPE_CHECKING:
     from farside import AttestationPolicy, Provisioner, TLSConfig
 
@@ -100,7 +102,7 @@ def policy(args: argparse.Namespace, *, debug: bool) -> AttestationPolicy | None
 def add_remote_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transport",
-        choices=("grpc", "stream"),
+        choices=TRANSPORTS,
         default=None,
         help="the session's wire: gRPC (default, or $FARSIDE_TRANSPORT) or the faster "
         "stream transport (docs/performance.md)",

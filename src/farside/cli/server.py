@@ -1,4 +1,5 @@
-"""Trusted-machine commands: ``proxy``, ``provision-server``, ``fleet`` and ``doctor``."""
+"""Trusted-machine commands: ``proxy``, ``provision-server``, ``fleet``, ``doctor`` and
+``vsock-relay`` (which runs on a Nitro Enclave's parent instance)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from farside.transport.factory import ALL_TRANSPORTS
+
 from . import _common as common
 
 __all__ = ["register"]
@@ -23,6 +26,7 @@ def register(sub: Any) -> None:
     _add_doctor_parser(sub)
     _add_server_parser(sub)
     _add_fleet_parsers(sub)
+    _add_relay_parser(sub)
 
 
 def _add_proxy_parser(sub: Any) -> None:
@@ -34,7 +38,10 @@ def _add_proxy_parser(sub: Any) -> None:
         "'farside-proxy ready ADDRESS' once it listens.",
     )
     proxy.add_argument(
-        "--listen", required=True, help="unix:/path/to.sock or host:port (port 0 picks one)"
+        "--listen",
+        required=True,
+        help="unix:/path/to.sock, host:port (port 0 picks one), or vsock:any:PORT "
+        "with --transport vsock",
     )
     token = proxy.add_mutually_exclusive_group()
     token.add_argument(
@@ -75,10 +82,12 @@ def _add_proxy_parser(sub: Any) -> None:
     )
     proxy.add_argument(
         "--transport",
-        choices=("grpc", "stream"),
+        choices=ALL_TRANSPORTS,
         default="grpc",
         help="the session's wire: a gRPC stream (default), or length-prefixed frames "
-        "on a plain socket (TLS 1.3 on TCP), which is several times faster",
+        "on a plain socket (TLS 1.3 on TCP), which is several times faster; vsock is "
+        "those frames on a vsock port, for a proxy inside a Nitro Enclave whose parent "
+        "runs `farside vsock-relay` (docs/hardware.md)",
     )
     proxy.add_argument(
         "--tls-ephemeral",
@@ -441,4 +450,77 @@ def _cmd_fleet_certs(args: argparse.Namespace) -> int:
         return common.fail("fleet certs", exc)
     for path in paths:
         print(f"wrote {path}")
+    return 0
+
+
+def _add_relay_parser(sub: Any) -> None:
+    relay = sub.add_parser(
+        "vsock-relay",
+        help="on a Nitro Enclave's parent: relay clients' TCP connections to its vsock port",
+        description="Accept TCP connections on --listen and pipe each one's bytes, both ways, "
+        "to the proxy listening on vsock in the enclave (farside proxy --transport vsock). "
+        "Clients use the stream transport to this address; TLS runs end to end, so the "
+        "relay sees ciphertext only and needs no keys. Prints one line once it listens; "
+        "SIGTERM or SIGINT closes every connection and stops. See docs/hardware.md.",
+    )
+    relay.add_argument("--listen", required=True, metavar="HOST:PORT", help="where clients dial")
+    relay.add_argument(
+        "--to", required=True, metavar="vsock:CID:PORT", help="the enclave's proxy, on vsock"
+    )
+    relay.add_argument(
+        "--max-connections",
+        type=common.positive_int,
+        default=64,
+        help="connections relayed at once; more are closed at once (default 64)",
+    )
+    relay.add_argument(
+        "--max-per-source",
+        type=common.positive_int,
+        default=8,
+        help="of which from one client address (default 8)",
+    )
+    relay.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        help="the longest reaching the enclave may take (s, default 5)",
+    )
+    relay.add_argument(
+        "--linger",
+        type=float,
+        default=10.0,
+        help="once one side of a connection has ended, how long the other may still "
+        "send before both are closed (s, default 10)",
+    )
+    relay.set_defaults(func=_cmd_relay)
+
+
+def _cmd_relay(args: argparse.Namespace) -> int:
+    from farside.transport.relay import RelayLimits, VsockRelay
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="farside-relay %(levelname)s %(message)s"
+    )
+    try:
+        limits = RelayLimits(
+            max_connections=args.max_connections,
+            max_per_source=args.max_per_source,
+            connect_timeout=args.connect_timeout,
+            linger=args.linger,
+        )
+        relay = VsockRelay(args.listen, args.to, limits=limits)
+        address = relay.start()
+    except (ValueError, OSError) as exc:
+        return common.fail("vsock-relay", exc)
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"farside vsock-relay listening on {address}, relaying to {args.to}", flush=True)
+    while not done.wait(0.5):
+        pass
+    relay.stop()
     return 0
