@@ -77,17 +77,29 @@ class NitroExpectations:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SevSnpExpectations:
-    """Accepted launch measurements (48 bytes), HOST_DATA (32) and a minimum guest SVN."""
+    """Accepted launch measurements (48 bytes), HOST_DATA (32) and a minimum guest SVN.
+
+    ``collateral``: certificates the client holds for verifying reports in a session
+    (the VCEK or VLEK from AMD's KDS, as PEM or DER), used with whatever the evidence
+    carries (the host's certificate table): a report whose host provides no VCEK
+    verifies only with one given here. Certificates are not trust anchors: each must
+    still chain to a pinned AMD root.
+    """
 
     measurements: tuple[str | bytes, ...] = ()
     host_data: str | bytes | None = None
     min_guest_svn: int = 0
+    collateral: tuple[bytes, ...] = ()
     _measurements: frozenset[bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_measurements", _values(self.measurements, 48, "measurement"))
         if self.host_data is not None:
             _value(self.host_data, 32, "host data")
+        if isinstance(self.collateral, bytes | str) or not all(
+            isinstance(item, bytes) for item in self.collateral
+        ):
+            raise TypeError("SevSnpExpectations.collateral is a tuple of certificates as bytes")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
