@@ -15,9 +15,8 @@ import json
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,6 +32,9 @@ from farside.attestation.hardware import (
     nitro,
     sev_snp,
 )
+
+if TYPE_CHECKING:
+    import pytest
 
 from ._hardware_fakes import (
     FakeNsm,
