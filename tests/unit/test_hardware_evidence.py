@@ -130,6 +130,18 @@ def test_evidence_is_the_tees_own_binding_the_body_in_this_session(
     assert tee_report.report_data != SESSION  # never just the session's 64 bytes
 
 
+def test_hardware_report_data_known_answer() -> None:
+    """The construction's bytes, pinned: a change here breaks every deployed client."""
+    binding = channel_binding(client_nonce=bytes(32), proxy_nonce=bytes(range(32)))
+    session = report_data(b"\x01" * 32, binding)
+    assert hardware_report_data(session, b"\x08\x01").hex() == (
+        "4a0dd5e3bf650eee0afb67b59cafa8dc3bc3556f7830e5da177335241b94ca06"
+        "7a3ef2b6c1ac9102a59b273a056f6c9201779ef485bcc2a245a744efa805e333"
+    )
+    with pytest.raises(ValueError, match="64"):
+        hardware_report_data(session[:63], b"")
+
+
 def test_round_trip_returns_the_identity_the_loader_measured(tee: FakeTee, tmp_path: Path) -> None:
     evidence = attest(tee, tmp_path)
     assert verify_evidence(evidence, policy(tee), nonce=NONCE, binding=BINDING) == IDENTITY
