@@ -294,16 +294,14 @@ def _verify_sim_signature(evidence: pb.Evidence, policy: AttestationPolicy) -> N
 def _expectations_for(policy: AttestationPolicy, platform: str) -> HardwareExpectations:
     """The policy's expectations, if they name ``platform``; "platform" refusal otherwise."""
     wanted = policy.hardware
-    named = (
-        {
+    named = None
+    if wanted is not None:
+        named = {
             "nitro": wanted.nitro,
             "sev-snp": wanted.sev_snp,
             "tdx": wanted.tdx,
             "sgx": wanted.sgx,
         }.get(platform)
-        if wanted is not None
-        else None
-    )
     if wanted is None or named is None:
         raise _failure(
             "platform",
@@ -336,17 +334,19 @@ def _verify_tee_signature(
         raise _failure(exc.check or "evidence", f"{evidence.format} evidence: {exc}") from None
 
 
+_SECOND_HALF = {
+    "channel binding": "the evidence was made for another session's channel",
+    "body binding": "the TEE's report data does not bind this evidence body in this session "
+    "(a body changed, or a quote paired with another enclave's body)",
+}
+
+
 def _check_report_data(actual: bytes, expected: bytes, second_half: str) -> None:
+    """``actual`` is ``expected``: "nonce" names the first half, ``second_half`` the second."""
     if len(actual) != 64 or not hmac.compare_digest(actual[:32], expected[:32]):
         raise _failure("nonce", "the evidence was not made for this session's nonce (a replay?)")
     if not hmac.compare_digest(actual[32:], expected[32:]):
-        if second_half == "channel binding":
-            raise _failure("channel binding", "the evidence was made for another session's channel")
-        raise _failure(
-            "body binding",
-            "the TEE's report data does not bind this evidence body in this session (a body "
-            "changed, or a quote paired with another enclave's body)",
-        )
+        raise _failure(second_half, _SECOND_HALF[second_half])
 
 
 def _parse_body(data: bytes) -> pb.EvidenceBody:
