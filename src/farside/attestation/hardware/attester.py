@@ -52,6 +52,7 @@ HARDWARE_SEALING_UNAVAILABLE = (
 )
 """What ``farside.trusted.seal``/``unseal`` raise (``NotImplementedError``) on hardware."""
 
+_CLOSE_WAIT = 5.0
 _T = TypeVar("_T")
 _Job = tuple[Callable[[], object], "concurrent.futures.Future[object]"]
 
@@ -89,10 +90,12 @@ class _DeviceThread:
             ) from None
 
     def close(self) -> None:
+        # Takes no more work at once; a device call that hangs is left to its daemon thread
+        # (it is no way in for enclave code), so a stuck TEE cannot hold the proxy up here.
         if not self._closed:
             self._closed = True
             self._jobs.put(None)
-            self._thread.join(ATTEST_TIMEOUT)
+            self._thread.join(_CLOSE_WAIT)
 
     @property
     def alive(self) -> bool:
@@ -105,6 +108,7 @@ class HardwareAttester:
     ``source`` is a ``TsmAttester`` or an ``NsmAttester``. Making one asks the TEE
     which platform it is (configfs-tsm's provider), so a machine without it fails
     here, with ``AttestationError(check="attester")``, rather than at a client's load.
+    A TEE that does not answer within ``timeout`` seconds is the same error.
     """
 
     def __init__(
