@@ -93,8 +93,12 @@ class EnclaveLoadError(EnclaveError):
 class AttestationError(EnclaveLoadError):
     """The enclave did not prove what it is: evidence missing, invalid, or against policy.
 
-    ``check`` names the check that failed: "evidence", "platform signature", "nonce",
-    "channel binding", "measurement", "signer", "product id", "security version", "debug".
+    ``check`` names the check that failed. Every evidence: "evidence", "nonce", "channel
+    binding", "measurement", "signer", "product id", "security version", "debug",
+    "sandbox"; sim evidence: "platform signature"; hardware evidence (docs/hardware.md):
+    "platform", "body binding", "format", "root", "certificate chain", "expired",
+    "timestamp", "signature", "collateral", "qe report", "qe identity", "attestation key",
+    "tcb", and the platform's pinned claims (as ``check_expectations`` names them).
     """
 
     default_code = StatusCode.PERMISSION_DENIED

@@ -136,12 +136,22 @@ class NitroPki:
 
 
 class FakeNsm:
-    """Answers NSM API requests (CBOR in, CBOR out) like the device, signing with ``pki``."""
+    """Answers NSM API requests (CBOR in, CBOR out) like the device, signing with ``pki``.
 
-    def __init__(self, pki: NitroPki, *, answer: Callable[[object], object] | None = None) -> None:
+    ``pcrs``: what the documents report (default: PCRn = bytes([n + 1]) * 48).
+    """
+
+    def __init__(
+        self,
+        pki: NitroPki,
+        *,
+        answer: Callable[[object], object] | None = None,
+        pcrs: dict[int, bytes] | None = None,
+    ) -> None:
         self.pki = pki
         self.requests: list[object] = []
         self._answer = answer
+        self._pcrs = pcrs
 
     def __call__(self, request: bytes) -> bytes:
         decoded = cbor2.loads(request)
@@ -150,7 +160,10 @@ class FakeNsm:
             return cbor2.dumps(self._answer(decoded))
         body = decoded["Attestation"]
         document = self.pki.document(
-            user_data=body["user_data"], nonce=body["nonce"], public_key=body["public_key"]
+            user_data=body["user_data"],
+            nonce=body["nonce"],
+            public_key=body["public_key"],
+            pcrs=self._pcrs,
         )
         return cbor2.dumps({"Attestation": {"document": document}})
 

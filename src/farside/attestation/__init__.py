@@ -4,8 +4,11 @@
   carries it); ``bundle_files``: reading bundles from disk, building archives.
 * ``signing``: signer keys and bundle signatures (Asylo's MRSIGNER).
 * ``identity``: an enclave's identity, and the sealing keys derived for it.
-* ``evidence``: the attestation policy, sim-mode evidence, and the recipes both ends
-  use (``Attester`` makes evidence, ``verify_session_evidence`` checks it).
+* ``evidence``: the attestation policy, sim-mode evidence, the hardware binding, and
+  the recipes both ends use (``Attester`` makes evidence, ``verify_session_evidence``
+  checks sim and TEE evidence alike).
+* ``hardware``: real TEE evidence (TDX, SEV-SNP, Nitro, SGX): attesters, verifiers
+  against pinned vendor roots, and the policy's per-platform expectations.
 * ``platform``: a trusted machine's platform key pair.
 
 Names are loaded on first use: importing ``farside.attestation.bundle`` does not load

@@ -7,10 +7,11 @@ identity: ``evidence(report_data)`` (what the client verifies, with report data
 binding its nonce and the session's channel) and ``sealing_keys()`` (what
 ``farside.trusted.seal`` uses). Enclave code cannot register another identity.
 
-``farside.attestation.agent.AgentAttester`` is the one proxies use: the platform key
-stays in the platform agent's process. ``KeyAttester`` holds a key itself (in-process
-tests); hardware attesters (configfs-tsm for TDX and SEV-SNP, the Nitro NSM) provide
-the same interface.
+``farside.attestation.agent.AgentAttester`` is the one proxies use in sim mode: the
+platform key stays in the platform agent's process. ``KeyAttester`` holds a key
+itself (in-process tests). ``farside.attestation.hardware.HardwareAttester`` is the
+same interface over a TEE's own evidence (configfs-tsm for TDX and SEV-SNP, the Nitro
+NSM): ``farside proxy --attester tsm|nsm``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class Attester(Protocol):
         ...
 
     def sealing_keys(self) -> SealingKeys | None:
-        """The registered identity's sealing keys; None on a platform with no identity."""
+        """The registered identity's sealing keys; None on a platform with no identity.
+
+        ``NotImplementedError`` (its message says why) where sealing would need the
+        TEE's own key derivation, which farside does not implement (hardware attesters).
+        """
         ...
 
     def close(self) -> None:

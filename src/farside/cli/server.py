@@ -108,7 +108,26 @@ def _add_proxy_parser(sub: Any) -> None:
         help="write status lines (measurement, calls served) to stdout",
     )
     _add_proxy_sandbox_arguments(proxy)
+    _add_attester_arguments(proxy)
     proxy.set_defaults(func=_cmd_proxy)
+
+
+def _add_attester_arguments(parser: Any, *, server: bool = False) -> None:
+    whose = "each proxy's" if server else "the"
+    parser.add_argument(
+        "--attester",
+        choices=("sim", "tsm", "nsm"),
+        default="sim",
+        help=f"what vouches for {whose} enclave: sim (default) the platform agent's key; tsm "
+        "the TEE itself through configfs-tsm (Intel TDX, AMD SEV-SNP confidential VMs); nsm "
+        "the Nitro Secure Module (AWS Nitro Enclaves). See docs/hardware.md",
+    )
+    parser.add_argument(
+        "--tsm-root",
+        metavar="DIR",
+        help="configfs-tsm's report directory (default /sys/kernel/config/tsm/report)",
+    )
+    parser.add_argument("--nsm-device", metavar="PATH", help="the NSM device (default /dev/nsm)")
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
@@ -144,6 +163,9 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         limits=SandboxConfig(
             memory=args.memory_limit, open_files=args.open_files_limit, cpu_seconds=args.cpu_limit
         ),
+        attester=args.attester,
+        tsm_root=args.tsm_root,
+        nsm_device=args.nsm_device,
     )
 
 
@@ -261,6 +283,7 @@ def _add_server_parser(sub: Any) -> None:
         "(repeatable)",
     )
     _add_proxy_sandbox_arguments(server)
+    _add_attester_arguments(server, server=True)
     fleet = server.add_argument_group("fleet mode (see docs/fleet.md)")
     fleet.add_argument(
         "--ray-address",
@@ -320,6 +343,9 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
                 open_files=args.open_files_limit,
                 cpu_seconds=args.cpu_limit,
             ),
+            proxy_attester=args.attester,
+            proxy_tsm_root=args.tsm_root,
+            proxy_nsm_device=args.nsm_device,
             ray_address=args.ray_address,
             ray_node_ip=args.ray_node_ip,
             ray_allow_plaintext=args.ray_allow_plaintext,

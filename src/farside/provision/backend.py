@@ -48,6 +48,7 @@ class ProxySpec:
     start_timeout: float = 30.0
     transport: str = "grpc"  # validated by the server against farside.transport.TRANSPORTS
     sandbox_args: tuple[str, ...] = ()  # the server's --sandbox and limit flags
+    attester_args: tuple[str, ...] = ()  # the server's --attester flags (single host only)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -76,6 +76,9 @@ class ProvisionServerConfig:
     python: str | None = None
     proxy_sandbox: SandboxMode = "best-effort"  # each proxy's --sandbox
     proxy_limits: SandboxConfig = field(default_factory=SandboxConfig)  # and its limit flags
+    proxy_attester: str = "sim"  # each proxy's --attester: sim (the agent), tsm, nsm
+    proxy_tsm_root: str | None = None  # and its --tsm-root
+    proxy_nsm_device: str | None = None  # and its --nsm-device
     ray_address: str | None = None  # fleet mode: place proxies through this Ray cluster
     ray_node_ip: str | None = None  # this machine's address in the Ray cluster
     ray_allow_plaintext: bool = False  # development only: Ray without TLS
@@ -83,6 +86,7 @@ class ProvisionServerConfig:
     operators: tuple[str, ...] = ()  # client identities ListEnclaves shows every enclave to
 
     def __post_init__(self) -> None:
+        self._check_attester()
         if self.ray_address is not None and self.platform_dir is not None:
             raise ValueError(
                 "in fleet mode each host signs with its own platform key (farside fleet join "
@@ -111,6 +115,41 @@ class ProvisionServerConfig:
                 "clients must authenticate: give --client-ca (mTLS) or --token-file, "
                 "or --insecure to accept anyone"
             )
+
+    def _check_attester(self) -> None:
+        kind = self.proxy_attester
+        if kind not in ("sim", "tsm", "nsm"):
+            raise ValueError(f"--attester is one of sim, tsm, nsm, not {kind!r}")
+        if (kind != "tsm" and self.proxy_tsm_root is not None) or (
+            kind != "nsm" and self.proxy_nsm_device is not None
+        ):
+            raise ValueError(
+                "--tsm-root goes with --attester tsm, --nsm-device with --attester nsm"
+            )
+        if kind == "sim":
+            return
+        if self.platform_dir is not None:
+            raise ValueError(
+                f"--attester {kind}: the TEE vouches for each enclave, no platform key is "
+                "used; do not give --platform-dir"
+            )
+        if self.ray_address is not None:
+            raise ValueError(
+                f"--attester {kind} is for a server whose proxies run on this machine; in "
+                "fleet mode each host's platform agent attests"
+            )
+
+    @property
+    def attester_args(self) -> tuple[str, ...]:
+        """The ``farside proxy`` flags that choose each proxy's attester (none for sim)."""
+        if self.proxy_attester == "sim":
+            return ()
+        args = ["--attester", self.proxy_attester]
+        if self.proxy_tsm_root is not None:
+            args += ["--tsm-root", self.proxy_tsm_root]
+        if self.proxy_nsm_device is not None:
+            args += ["--nsm-device", self.proxy_nsm_device]
+        return tuple(args)
 
 
 def _address_of(peer: str) -> str:
@@ -183,11 +222,13 @@ class ProvisionServer:
         from ._agent import PlatformAgent
         from .single_host import SingleHostBackend
 
-        try:
-            agent = PlatformAgent.start(platform_dir=config.platform_dir, python=config.python)
-        except EnclaveLoadError as exc:
-            raise ValueError(str(exc)) from None
-        if config.platform_dir is None:
+        agent = None
+        if config.proxy_attester == "sim":  # hardware attesters need no platform key
+            try:
+                agent = PlatformAgent.start(platform_dir=config.platform_dir, python=config.python)
+            except EnclaveLoadError as exc:
+                raise ValueError(str(exc)) from None
+        if config.platform_dir is None and agent is not None:
             log.warning(
                 "no --platform-dir: proxies sign their evidence with an ephemeral platform key "
                 "that no remote client trusts (run farside platform init --dir DIR and pass "
@@ -230,6 +271,7 @@ class ProvisionServer:
             start_timeout=config.proxy_start_timeout,
             transport=transport,
             sandbox_args=tuple(args),
+            attester_args=config.attester_args,
         )
 
     # ----------------------------------------------------------- lifecycle

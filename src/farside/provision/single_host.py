@@ -114,7 +114,7 @@ class SingleHostBackend:
         """A fresh private directory for one proxy, and the flags that point into it."""
         directory = Path(self._workdir) / spec.enclave_id
         directory.mkdir(mode=0o700)  # start_proxy removes it again if the proxy fails
-        extra = ["--report-status", *spec.sandbox_args]
+        extra = ["--report-status", *spec.sandbox_args, *spec.attester_args]
         if spec.tls:
             extra += ["--tls-ephemeral", self._host]
             if spec.client_ca_pem:

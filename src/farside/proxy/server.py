@@ -42,7 +42,7 @@ from ..transport.endpoint import Endpoint
 from ..trusted.runtime import EnclaveRuntime
 from .sandbox import Sandbox, enter_network_namespace
 
-__all__ = ["RemoteEnclaveProxyServer"]
+__all__ = ["ATTESTERS", "RemoteEnclaveProxyServer", "make_attester"]
 
 log = logging.getLogger("farside.proxy")
 
@@ -321,6 +321,62 @@ def _report_status(server: RemoteEnclaveProxyServer, fd: int) -> None:
         last = current
 
 
+ATTESTERS = ("sim", "tsm", "nsm")
+"""``farside proxy --attester``: the platform agent, configfs-tsm (TDX, SEV-SNP), the Nitro NSM."""
+
+
+def make_attester(
+    kind: str,
+    *,
+    agent_fd: int | None = None,
+    tsm_root: str | None = None,
+    nsm_device: str | None = None,
+) -> Attester | None:
+    """The attester ``farside proxy --attester KIND`` uses; ``ValueError`` saying what is wrong.
+
+    ``sim``: the platform agent's channel ``agent_fd`` (None without one: evidence
+    signed by a throwaway key no client trusts). ``tsm``/``nsm``: a
+    ``HardwareAttester`` over configfs-tsm at ``tsm_root`` or the NSM at
+    ``nsm_device``; it asks the TEE what it is now, so a machine without one fails
+    here and not at a client's load.
+    """
+    if kind not in ATTESTERS:
+        raise ValueError(f"--attester is one of {', '.join(ATTESTERS)}, not {kind!r}")
+    if kind == "sim":
+        if tsm_root is not None or nsm_device is not None:
+            raise ValueError("--tsm-root and --nsm-device go with --attester tsm or nsm")
+        if agent_fd is None:
+            return None
+        try:
+            return AgentAttester(socket.socket(fileno=agent_fd))
+        except OSError as exc:
+            raise ValueError(f"--agent-fd {agent_fd} is not a socket: {exc}") from None
+    if agent_fd is not None:
+        raise ValueError(
+            f"--agent-fd is the sim attester's channel to a platform agent; --attester {kind} "
+            "takes its evidence from the TEE itself"
+        )
+    from .._errors import AttestationError
+    from ..attestation.hardware.attester import HardwareAttester
+    from ..attestation.hardware.nsm import DEFAULT_NSM_DEVICE, NsmAttester
+    from ..attestation.hardware.tsm import DEFAULT_TSM_ROOT, TsmAttester
+
+    if (kind == "tsm" and nsm_device is not None) or (kind == "nsm" and tsm_root is not None):
+        raise ValueError("--tsm-root goes with --attester tsm, --nsm-device with --attester nsm")
+    device = nsm_device or DEFAULT_NSM_DEVICE
+    if kind == "nsm" and not os.path.exists(device):
+        raise ValueError(f"--attester nsm: there is no NSM at {device} (is this a Nitro enclave?)")
+    try:
+        if kind == "tsm":
+            hardware = HardwareAttester(TsmAttester(tsm_root or DEFAULT_TSM_ROOT))
+        else:
+            hardware = HardwareAttester(NsmAttester(device))
+    except AttestationError as exc:
+        raise ValueError(f"--attester {kind}: {exc}") from None
+    log.info("attester %s: this machine gives %s evidence", kind, hardware.format)
+    return hardware
+
+
 def run_proxy(
     listen: str,
     *,
@@ -339,6 +395,9 @@ def run_proxy(
     transport: str = "grpc",
     sandbox: SandboxMode = "best-effort",
     limits: SandboxConfig | None = None,
+    attester: str = "sim",
+    tsm_root: str | None = None,
+    nsm_device: str | None = None,
 ) -> int:
     """``farside proxy``: serve one session, printing one ready line on stdout.
 
@@ -348,7 +407,9 @@ def run_proxy(
         With ``report_status``, stdout stays open for status lines to the provisioner.
     ``agent_fd`` is this proxy's channel to the platform agent (inherited from the
     provisioner): the proxy never holds the platform key, and closes the channel once
-    its evidence and sealing keys are made, before enclave code runs.
+    its evidence and sealing keys are made, before enclave code runs. ``attester``
+    is ``make_attester``'s choice: "sim" (that channel), "tsm" or "nsm" (the TEE's
+    own evidence; ``tsm_root``/``nsm_device`` say where its interface is).
         ``sandbox`` and ``limits`` are the least confinement the enclave gets (a client may
         ask for more); a proxy on a Unix socket enters its own network namespace right away,
         while it has one thread. Returns only on a usage error; otherwise it ends the process
@@ -380,20 +441,20 @@ def run_proxy(
         tls = ephemeral_tls(tls_ephemeral, client_ca)
         assert isinstance(tls.cert, bytes)
         Path("tls-cert.pem").write_bytes(tls.cert)
-    attester = None
-    if agent_fd is not None:
-        try:
-            attester = AgentAttester(socket.socket(fileno=agent_fd))
-        except OSError as exc:
-            print(f"farside proxy: --agent-fd {agent_fd} is not a socket: {exc}", file=sys.stderr)
-            return 2
+    try:
+        chosen = make_attester(
+            attester, agent_fd=agent_fd, tsm_root=tsm_root, nsm_device=nsm_device
+        )
+    except ValueError as exc:
+        print(f"farside proxy: {exc}", file=sys.stderr)
+        return 2
     server = RemoteEnclaveProxyServer(
         listen,
         token,
         idle_timeout=idle_timeout,
         parent_pid=parent_pid,
         tls=tls,
-        attester=attester,
+        attester=chosen,
         max_workers=max_workers,
         worker_idle_timeout=worker_idle_timeout,
         transport=transport,

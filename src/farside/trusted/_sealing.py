@@ -240,6 +240,8 @@ def _enclave_secrets(what: str) -> tuple[SealingKeys, EnclaveIdentity]:
         )
     try:
         keys = runtime.sealing_keys
+    except NotImplementedError as exc:  # a hardware attester: its message says why
+        raise NotImplementedError(f"farside.trusted.{what}(): {exc}") from None
     except RuntimeError as exc:
         raise RuntimeError(
             f"farside.trusted.{what}() needs the platform's sealing secret, but this proxy "

@@ -111,6 +111,7 @@ class EnclaveRuntime:
         self._attester: Attester = attester if attester is not None else KeyAttester(None)
         self.tls_public_key = tls_public_key  # DER SubjectPublicKeyInfo of our TLS key, if any
         self._sealing_keys: SealingKeys | None = None
+        self._sealing_unavailable = ""  # why this platform cannot seal at all (hardware)
         self.identity: EnclaveIdentity | None = None  # set once the bundle is loaded
         self.calls_served = 0
         self._calls_lock = threading.Lock()
@@ -177,7 +178,10 @@ class EnclaveRuntime:
             proxy_nonce=proxy_nonce,
         )
         evidence = self._attester.evidence(report_data(event.nonce, binding))
-        self._sealing_keys = self._attester.sealing_keys()
+        try:
+            self._sealing_keys = self._attester.sealing_keys()
+        except NotImplementedError as exc:  # a hardware attester: no farside sealing there
+            self._sealing_unavailable = str(exc)
         self._attester.close()  # enclave code must hold no way to the platform
         return evidence, proxy_nonce
 
@@ -368,7 +372,10 @@ class EnclaveRuntime:
 
     @property
     def sealing_keys(self) -> SealingKeys:
-        """This enclave's sealing keys; ``RuntimeError`` if the proxy has no platform key."""
+        """This enclave's sealing keys; ``RuntimeError`` if the proxy has no platform key,
+        ``NotImplementedError`` (a ``RuntimeError``) under a hardware attester."""
+        if self._sealing_unavailable:
+            raise NotImplementedError(self._sealing_unavailable)
         if self._sealing_keys is None:
             raise RuntimeError("this proxy has no platform identity, so it cannot seal")
         return self._sealing_keys

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x61rside/v1/attestation.proto\x12\nfarside.v1\"Q\n\x08\x45vidence\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x14\n\x0cplatform_key\x18\x04 \x01(\x0c\"\xa7\x01\n\x0c\x45videnceBody\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x13\n\x0bmeasurement\x18\x02 \x01(\x0c\x12\x0e\n\x06signer\x18\x03 \x01(\x0c\x12\x12\n\nproduct_id\x18\x04 \x01(\r\x12\x18\n\x10security_version\x18\x05 \x01(\r\x12\r\n\x05\x64\x65\x62ug\x18\x06 \x01(\x08\x12\x13\n\x0breport_data\x18\x07 \x01(\x0c\x12\x0f\n\x07sandbox\x18\x08 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x61rside/v1/attestation.proto\x12\nfarside.v1\"e\n\x08\x45vidence\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x14\n\x0cplatform_key\x18\x04 \x01(\x0c\x12\x12\n\ncollateral\x18\x05 \x03(\x0c\"\xa7\x01\n\x0c\x45videnceBody\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x13\n\x0bmeasurement\x18\x02 \x01(\x0c\x12\x0e\n\x06signer\x18\x03 \x01(\x0c\x12\x12\n\nproduct_id\x18\x04 \x01(\r\x12\x18\n\x10security_version\x18\x05 \x01(\r\x12\r\n\x05\x64\x65\x62ug\x18\x06 \x01(\x08\x12\x13\n\x0breport_data\x18\x07 \x01(\x0c\x12\x0f\n\x07sandbox\x18\x08 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'farside.v1.attestation_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVIDENCE']._serialized_start=44
-  _globals['_EVIDENCE']._serialized_end=125
-  _globals['_EVIDENCEBODY']._serialized_start=128
-  _globals['_EVIDENCEBODY']._serialized_end=295
+  _globals['_EVIDENCE']._serialized_end=145
+  _globals['_EVIDENCEBODY']._serialized_start=148
+  _globals['_EVIDENCEBODY']._serialized_end=315
 # @@protoc_insertion_point(module_scope)

@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Evidence(_message.Message):
-    __slots__ = ("format", "body", "signature", "platform_key")
+    __slots__ = ("format", "body", "signature", "platform_key", "collateral")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_KEY_FIELD_NUMBER: _ClassVar[int]
+    COLLATERAL_FIELD_NUMBER: _ClassVar[int]
     format: str
     body: bytes
     signature: bytes
     platform_key: bytes
-    def __init__(self, format: _Optional[str] = ..., body: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., platform_key: _Optional[bytes] = ...) -> None: ...
+    collateral: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, format: _Optional[str] = ..., body: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., platform_key: _Optional[bytes] = ..., collateral: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class EvidenceBody(_message.Message):
     __slots__ = ("version", "measurement", "signer", "product_id", "security_version", "debug", "report_data", "sandbox")

@@ -4,7 +4,9 @@ Platforms: AWS Nitro Enclaves (NSM attestation documents), AMD SEV-SNP and Intel
 TDX confidential VMs (configfs-tsm), Intel SGX (DCAP quotes). One verifier entry
 point, ``verify_hardware_evidence``, returns a ``HardwareReport``;
 ``check_expectations`` holds it to a policy (``HardwareExpectations``) and to this
-session's report data. docs/hardware.md has the operator's side.
+session's report data. ``HardwareAttester`` is the proxy's side in a session (over
+``TsmAttester`` or ``NsmAttester``); ``farside.attestation.evidence.verify_evidence``
+the client's. docs/hardware.md has the operator's side.
 
 Names load on first use: importing this package (or ``farside.attestation``)
 loads no CBOR, no certificates and no roots.
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
         SgxClaims,
         TdxClaims,
     )
+    from .attester import HardwareAttester
     from .expectations import (
         HardwareExpectations,
         NitroExpectations,
@@ -50,6 +53,7 @@ __all__ = [
     "SevSnpExpectations",
     "TdxExpectations",
     "SgxExpectations",
+    "HardwareAttester",
     "NsmAttester",
     "TsmAttester",
 ]
@@ -68,6 +72,7 @@ _HOMES = {
     "SevSnpExpectations": ".expectations",
     "TdxExpectations": ".expectations",
     "SgxExpectations": ".expectations",
+    "HardwareAttester": ".attester",
     "NsmAttester": ".nsm",
     "TsmAttester": ".tsm",
 }

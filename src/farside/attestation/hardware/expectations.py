@@ -4,9 +4,11 @@
 a platform with no expectations object is not accepted at all, so a policy that
 pins a TDX MRTD cannot be satisfied by a Nitro document. ``check_expectations``
 compares a ``HardwareReport`` (already cryptographically verified) against them
-and against this session's 64-byte report data: SHA-256 of the client's nonce,
-then the channel binding (``farside.attestation.evidence.report_data``). For Nitro
-those 64 bytes are the document's ``user_data``, where ``NsmAttester`` puts them.
+and against the 64 bytes of report data the TEE was asked to sign: in a session,
+``farside.attestation.evidence.hardware_report_data`` (SHA-256 of the client's nonce,
+then a hash binding the channel and the evidence body), which ``verify_evidence``
+passes. For Nitro those 64 bytes are the document's ``user_data``, where
+``NsmAttester`` puts them.
 
 Every refusal raises ``AttestationError`` naming the check, as ``verify_evidence``
 does: "platform", "nonce", "channel binding", "measurement", "pcr", "rtmr",
@@ -77,17 +79,29 @@ class NitroExpectations:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SevSnpExpectations:
-    """Accepted launch measurements (48 bytes), HOST_DATA (32) and a minimum guest SVN."""
+    """Accepted launch measurements (48 bytes), HOST_DATA (32) and a minimum guest SVN.
+
+    ``collateral``: certificates the client holds for verifying reports in a session
+    (the VCEK or VLEK from AMD's KDS, as PEM or DER), used with whatever the evidence
+    carries (the host's certificate table): a report whose host provides no VCEK
+    verifies only with one given here. Certificates are not trust anchors: each must
+    still chain to a pinned AMD root.
+    """
 
     measurements: tuple[str | bytes, ...] = ()
     host_data: str | bytes | None = None
     min_guest_svn: int = 0
+    collateral: tuple[bytes, ...] = ()
     _measurements: frozenset[bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_measurements", _values(self.measurements, 48, "measurement"))
         if self.host_data is not None:
             _value(self.host_data, 32, "host data")
+        if isinstance(self.collateral, bytes | str) or not all(
+            isinstance(item, bytes) for item in self.collateral
+        ):
+            raise TypeError("SevSnpExpectations.collateral is a tuple of certificates as bytes")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,9 +231,9 @@ def check_expectations(
 ) -> None:
     """Raise ``AttestationError`` naming the first check ``report`` fails; return if it passes.
 
-    ``report_data``: this session's 64 bytes (``evidence.report_data(nonce, binding)``);
-    ``None`` skips the binding, for offline inspection only (``farside evidence verify``),
-    never for a session.
+    ``report_data``: the 64 bytes the TEE was asked to sign (in a session,
+    ``evidence.hardware_report_data``); ``None`` skips the binding, for offline
+    inspection only (``farside evidence verify``), never for a session.
     """
     if report_data is not None and len(report_data) != 64:
         raise ValueError("report_data is the session's 64 bytes")
