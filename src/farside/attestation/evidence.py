@@ -184,8 +184,12 @@ class AttestationPolicy:
         )
 
 
-def _failure(check: str, message: str) -> AttestationError:
-    return AttestationError(f"attestation failed ({check}): {message}", check=check)
+def _failure(
+    check: str, message: str, *, hint: str | None = None, setting: str | None = None
+) -> AttestationError:
+    return AttestationError(
+        f"attestation failed ({check}): {message}", check=check, hint=hint, setting=setting
+    )
 
 
 def _check_claims(identity: EnclaveIdentity, policy: AttestationPolicy) -> None:
@@ -234,8 +238,9 @@ def verify_evidence(
     if not policy.trust_any_platform and platform not in policy._platform_keys:
         raise fail(
             "platform signature",
-            "the evidence is signed by a platform key this client does not trust (add that "
-            "machine's platform.pub to AttestationPolicy(platform_keys=...))",
+            "the evidence is signed by a platform key this client does not trust",
+            hint="add that machine's platform.pub to AttestationPolicy(platform_keys=...)",
+            setting="policy.platform_keys",
         )
     if policy.trust_any_platform:
         log.warning(
