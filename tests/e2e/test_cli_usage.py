@@ -50,7 +50,9 @@ def test_a_number_argument_is_passed_as_a_number_and_said_so(tmp_path: Path) -> 
     assert json.loads(ok(done)) == {"args": [42, "hello", "7"], "kwargs": {}}
     notes = done.stderr.splitlines()
     assert len(notes) == 1
-    assert notes[0].startswith("farside run: note: argument 1 (42) is passed as int")
+    assert notes[0].startswith("farside run: note: argument 1 (42) is read as JSON and passed")
+    assert "as int" in notes[0]
+    assert "'\"42\"'" in notes[0]
     assert "--json-args" in notes[0]
 
 
@@ -317,3 +319,40 @@ def test_build_keygen_sign_measure_label_every_line_and_speak_json(tmp_path: Pat
     assert as_json["measure"]["signer"] == signer
     assert as_json["measure"]["measurement"] == measurement
     assert as_json["measure"]["name"] == "worker"
+
+
+def test_a_relative_workdir_serves(tmp_path: Path) -> None:
+    """Proxies start in directories of their own: the server makes --workdir absolute (a
+    relative one made every mTLS proxy fail to start: its client CA file was not found)."""
+    assert farside("platform", "init", "--dir", "platform", cwd=tmp_path).returncode == 0
+    assert farside("certs", "--out", "tls", "--host", "127.0.0.1", cwd=tmp_path).returncode == 0
+    (tmp_path / "work").mkdir()
+    tls = ["--tls-cert", "tls/server.pem", "--tls-key", "tls/server.key"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "farside", "provision-server", "--port", "0", *tls]
+        + ["--client-ca", "tls/ca.pem", "--workdir", "work", "--platform-dir", "platform"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        line = process.stdout.readline() if ready else ""
+        address = line.rsplit(" ", 1)[-1].strip()
+        assert address, line
+        done = farside(
+            "demo",
+            "--remote",
+            address,
+            *("--tls-ca", "tls/ca.pem", "--tls-cert", "tls/client.pem"),
+            *("--tls-key", "tls/client.key", "--platform-key", "platform/platform.pub"),
+            *("--message", "relative"),
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "Decrypted inside the enclave: relative"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)

@@ -372,10 +372,12 @@ def parse_call_args(words: Sequence[str], *, strict: bool) -> tuple[list[Any], l
                 ) from None
             value = word
         if not strict and not isinstance(value, str):
-            kind = "null" if value is None else type(value).__name__
+            kind = "None" if value is None else type(value).__name__
+            quoted = json.dumps(word) if len(word) <= 24 else '"..."'
             notes.append(
-                f"argument {number} ({word}) is passed as {kind}; "
-                f"write '\"{word}\"' for the string, or use --json-args to say it is JSON"
+                f"argument {number} ({word}) is read as JSON and passed as {kind}; for the "
+                f"string, write it as a JSON string ('{quoted}'); --json-args says every ARG "
+                "is JSON"
             )
         values.append(value)
     return values, notes

@@ -327,10 +327,11 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
         tls=tls,
         token=common.read_secret(args.token_file) if args.token_file else None,
         insecure=args.insecure,
-        platform_dir=Path(args.platform_dir) if args.platform_dir else None,
+        platform_dir=Path(args.platform_dir).absolute() if args.platform_dir else None,
         max_enclaves=args.max_enclaves,
         max_per_client=args.max_per_client,
-        workdir=Path(args.workdir) if args.workdir else None,
+        # Absolute: proxies start in directories of their own, where a relative one fails.
+        workdir=Path(args.workdir).absolute() if args.workdir else None,
         proxy_idle_timeout=args.proxy_idle_timeout,
         proxy_ports=_port_range(args.proxy_ports) if args.proxy_ports else None,
         proxy_sandbox=args.sandbox,
