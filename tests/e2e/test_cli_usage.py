@@ -327,10 +327,10 @@ def test_a_relative_workdir_serves(tmp_path: Path) -> None:
     assert farside("platform", "init", "--dir", "platform", cwd=tmp_path).returncode == 0
     assert farside("certs", "--out", "tls", "--host", "127.0.0.1", cwd=tmp_path).returncode == 0
     (tmp_path / "work").mkdir()
-    tls = ["--tls-cert", "tls/server.pem", "--tls-key", "tls/server.key"]
+    flags = ["--tls-cert", "tls/server.pem", "--tls-key", "tls/server.key"]
+    flags += ["--client-ca", "tls/ca.pem", "--workdir", "work", "--platform-dir", "platform"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "farside", "provision-server", "--port", "0", *tls]
-        + ["--client-ca", "tls/ca.pem", "--workdir", "work", "--platform-dir", "platform"],
+        [sys.executable, "-m", "farside", "provision-server", "--port", "0", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
