@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from farside.proxy.sandbox import probe
 
 import farside
+from farside.proxy.sandbox import probe
 
 from ._support import ENCLAVES
 
