@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOG_LEVELS",
+    "OUTPUT_FLAGS",
     "CommandError",
     "HelpFormatter",
     "add_parser",
@@ -37,7 +38,9 @@ __all__ = [
     "parse_arg",
     "parse_call_args",
     "policy",
+    "positive_float",
     "positive_int",
+    "print_json",
     "provisioner",
     "read_secret",
 ]
@@ -101,7 +104,8 @@ def add_parser(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def add_remote_flags(parser: argparse.ArgumentParser, *, connect_timeout: bool = True) -> None:
+def add_remote_flags(parser: argparse.ArgumentParser) -> None:
+    """How ``demo`` and ``run`` reach an enclave: a local proxy, or ``--remote``."""
     parser.add_argument(
         "--transport",
         choices=("grpc", "stream"),
@@ -109,15 +113,14 @@ def add_remote_flags(parser: argparse.ArgumentParser, *, connect_timeout: bool =
         help="the session's wire: gRPC (default, or $FARSIDE_TRANSPORT) or the faster "
         "stream transport (docs/performance.md)",
     )
-    if connect_timeout:
-        parser.add_argument(
-            "--connect-timeout",
-            type=positive_float,
-            default=30.0,
-            metavar="SECONDS",
-            help="give up when the provision server or the proxy has not answered, the "
-            "enclave loaded and attested within this many seconds",
-        )
+    parser.add_argument(
+        "--connect-timeout",
+        type=positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up when the provision server or the proxy has not answered, the "
+        "enclave loaded and attested within this many seconds",
+    )
     group = parser.add_argument_group("remote provisioning (default: a local proxy process)")
     group.add_argument("--remote", metavar="HOST:PORT", help="the provision server to use")
     group.add_argument("--tls-ca", metavar="FILE", help="CA bundle that signed the server's cert")
