@@ -8,8 +8,10 @@ and ``"runs"`` keeps every run as it was.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -251,5 +253,9 @@ def write(report: dict[str, Any], directory: Path = RESULTS) -> dict[str, Path]:
     }
     paths["md"].write_text(markdown(report), encoding="utf-8")
     paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    chart(report, paths["png"])
+    if importlib.util.find_spec("matplotlib") is None:  # the chart is the bench extra's
+        print("benchmarks: no matplotlib, no chart (pip install -e '.[bench]')", file=sys.stderr)
+        del paths["png"]
+    else:
+        chart(report, paths["png"])
     return paths

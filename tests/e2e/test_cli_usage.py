@@ -177,9 +177,9 @@ def test_every_option_that_takes_a_value_names_it_in_one_style() -> None:
                 f"{prog} {action.option_strings[0]} has no metavar"
             )
             if action.metavar is not None:
-                assert re.fullmatch(r"[A-Z0-9:=_-]+(\.[a-z]+)?|\{.*\}", str(action.metavar)), (
-                    f"{prog} {action.option_strings[0]}: {action.metavar}"
-                )
+                assert re.fullmatch(
+                    r"([a-z]+:)?[A-Z0-9:=_-]+(\.[a-z]+)?|\{.*\}", str(action.metavar)
+                ), f"{prog} {action.option_strings[0]}: {action.metavar}"
 
 
 def test_every_command_and_group_has_a_description() -> None:

@@ -226,7 +226,8 @@ def test_two_hosts(two_hosts: Hosts, scratch: Path, transport: str) -> None:
             running = farside_proxies(workdir, began)
             assert len(running) == 1, running
             assert proxy_transport(running[0].partition(": ")[2]) == transport, running
-            assert len(namespace_pids(two_hosts.server_ns)) == 2  # the server and its proxy
+            # the server, its platform agent (which alone holds the key) and its proxy
+            assert len(namespace_pids(two_hosts.server_ns)) == 3
             holder.kill()
             holder.communicate(timeout=10)
         finally:

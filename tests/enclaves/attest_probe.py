@@ -1,11 +1,11 @@
 """The attestation tests' witness: it reports whether its code ran and what it was given.
 
-Module-level code (which the proxy runs while loading, before the client has seen
-the evidence) writes ``<pid>.loaded`` into the directory named by the environment
-variable ``FARSIDE_TEST_PROBE_DIR`` (inherited from the test process); ``initialize``
-writes ``<pid>.initialized`` with the configuration it received and hands that
-configuration to the client's exit handler ``seen``. A refused load must leave a
-``.loaded`` marker (the enclave was really loaded) and nothing else.
+Module-level code (which the proxy runs only once the client accepted the evidence
+and calls initialize) writes ``<pid>.loaded`` into the directory named by the
+environment variable ``FARSIDE_TEST_PROBE_DIR`` (inherited from the test process);
+``initialize`` writes ``<pid>.initialized`` with the configuration it received and
+hands that configuration to the client's exit handler ``seen``. A refused load must
+leave no marker at all: no code of the enclave ran.
 
 ``TAG`` is what the tampering test changes by one byte.
 """

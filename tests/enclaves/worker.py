@@ -45,6 +45,15 @@ class Worker(TrustedApplication):
         return threading.get_ident()
 
     @ecall
+    def workers(self) -> list[str]:
+        """The enclave worker threads alive now (one per client thread it serves)."""
+        import threading
+
+        return sorted(
+            t.name for t in threading.enumerate() if t.name.startswith("farside-enclave-worker-")
+        )
+
+    @ecall
     def pid(self) -> int:
         return os.getpid()
 

@@ -61,6 +61,7 @@ from farside.protocol import (
     CallReceived,
     CancelReceived,
     CloseReceived,
+    DisposeReceived,
     Event,
     Limits,
     LoadedReceived,
@@ -564,7 +565,7 @@ class ProxyDriver:
     """A proxy core plus what a small enclave does with its events.
 
     It loads any bundle; answers entry calls at once, except ``nest`` (below depth 3), which
-    first makes an exit call ``h`` and a one-way exit call ``log`` and answers when the
+    first makes a one-way exit call ``log`` and an exit call ``h`` and answers when the
     exit call's result comes back; ``raise`` is answered with an error. Every call prints.
     """
 
@@ -582,13 +583,13 @@ class ProxyDriver:
             elif isinstance(event, CallReceived) and not event.oneway:
                 core.write_output(event.thread, Stream.STDOUT, f"{event.name}\n".encode())
                 if event.name == "nest" and event.depth < 3:
+                    core.start_call(event.thread, CallKind.EXIT, "log", ("n",), oneway=True)
                     try:  # the limits the client set in its Open may refuse the exit call
                         exit_id = core.start_call(event.thread, CallKind.EXIT, "h", (event.depth,))
                     except (EnclaveError, ValueError) as exc:
                         core.send_result(event.thread, event.call_id, error=fault(exc))
                         continue
                     self.exits[exit_id] = (event.thread, event.call_id)
-                    core.start_call(event.thread, CallKind.EXIT, "log", ("n",), oneway=True)
                 elif event.name == "raise":
                     error = RemoteError(code=StatusCode.INVALID_ARGUMENT, type="E", message="no")
                     core.send_result(event.thread, event.call_id, error=error)
@@ -602,7 +603,8 @@ class ProxyDriver:
 class ClientDriver:
     """A client core that opens ``BUNDLE``, makes four entry calls once it is loaded (one of
     them on thread 10, which it abandons at once), answers exit calls, and on thread 8 makes a
-    nested entry call from inside the first exit call before answering it."""
+    nested entry call from inside the first exit call before answering it; thread 9 is
+    disposed of once its call returned."""
 
     def __init__(self) -> None:
         self.core = SessionCore(Role.CLIENT, limits=SMALL_CHUNKS)
@@ -612,6 +614,8 @@ class ClientDriver:
     def react(self, events: list[Event]) -> None:
         core = self.core
         for event in events:
+            if isinstance(event, LoadedReceived) and core.state is State.ATTESTING:
+                core.accept_evidence()  # as a client does once the evidence verified
             if core.state is not State.READY:
                 return
             if isinstance(event, LoadedReceived):
@@ -633,6 +637,8 @@ class ClientDriver:
             elif isinstance(event, ResultReceived) and event.call_id in self.pending:
                 thread, exit_id = self.pending.pop(event.call_id)
                 core.send_result(thread, exit_id, event.value)
+            elif isinstance(event, ResultReceived) and event.thread == 9:
+                core.dispose_thread(9)  # thread 9 is done: its worker may go
 
 
 def run_session() -> tuple[list[pb.Frame], list[pb.Frame]]:
@@ -713,8 +719,22 @@ frames = st.one_of(random_frames, plausible_frames, near_misses)
 
 # ------------------------------------------------------------------ the invariant
 
-STATE_ORDER = [State.IDLE, State.RECEIVING_BUNDLE, State.LOADING, State.READY, State.CLOSED]
-PROXY_EVENTS = (BundleReceived, CallReceived, CancelReceived, CloseReceived, ResultReceived)
+STATE_ORDER = [
+    State.IDLE,
+    State.RECEIVING_BUNDLE,
+    State.LOADING,
+    State.ATTESTING,
+    State.READY,
+    State.CLOSED,
+]
+PROXY_EVENTS = (
+    BundleReceived,
+    CallReceived,
+    CancelReceived,
+    CloseReceived,
+    DisposeReceived,
+    ResultReceived,
+)
 CLIENT_EVENTS = (LoadedReceived, CallReceived, CloseReceived, OutputReceived, ResultReceived)
 
 
@@ -847,6 +867,7 @@ def setup_proxy_at_depth_limit() -> SessionCore:
     proxy.receive(wire(client.frames_to_send()))
     proxy.loaded(MEASUREMENT)
     client.receive(wire(proxy.frames_to_send()))
+    client.accept_evidence()
     client.start_call(7, CallKind.ECALL, "f")
     proxy.receive(wire(client.frames_to_send()))
     proxy.start_call(7, CallKind.EXIT, "h")
@@ -871,6 +892,7 @@ def setup_client_small_values() -> SessionCore:
     core.open(BUNDLE)
     core.frames_to_send()
     core.receive([pb.Frame(loaded=pb.Loaded(measurement=MEASUREMENT))])
+    core.accept_evidence()
     core.start_call(7, CallKind.ECALL, "f")
     core.frames_to_send()
     return core
@@ -902,9 +924,17 @@ def setup_client_loading() -> SessionCore:
     return core
 
 
-def setup_client_ready() -> SessionCore:
+def setup_client_attesting() -> SessionCore:
+    """Loaded arrived; the client has not accepted the evidence yet."""
     core = setup_client_loading()
     core.receive([pb.Frame(loaded=pb.Loaded(measurement=MEASUREMENT))])
+    assert core.state is State.ATTESTING
+    return core
+
+
+def setup_client_ready() -> SessionCore:
+    core = setup_client_attesting()
+    core.accept_evidence()
     assert core.state is State.READY
     return core
 
@@ -922,6 +952,7 @@ SETUPS: dict[str, Callable[[], SessionCore]] = {
     "proxy-at-depth-limit": setup_proxy_at_depth_limit,
     "proxy-small-values": setup_proxy_small_values,
     "client-loading": setup_client_loading,
+    "client-attesting": setup_client_attesting,
     "client-ready": setup_client_ready,
     "client-ready-calls-in-flight": setup_client_busy,
     "client-small-values": setup_client_small_values,

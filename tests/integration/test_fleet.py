@@ -39,6 +39,7 @@ if importlib.util.find_spec("ray") is None:  # found, not imported: Ray runs in 
 
 from benchmarks.fleet import SimulatedFleet
 
+from ._memory import found_in, secrets_of
 from ._support import QUICKSTART, process_gone, wait_until
 
 pytestmark = pytest.mark.timeout(150)
@@ -158,6 +159,9 @@ def test_a_label_places_on_the_labelled_host_only(fleet: SimulatedFleet) -> None
             assert not [v for v in environ if v.startswith(b"RAY_")], info
             assert not [v for v in environ if v.startswith(b"FARSIDE_FLEET_PLATFORM_DIR=")]
             assert f"FARSIDE_FLEET_SIM={fleet.marker}".encode() in environ  # the sweep's mark
+            # Nor the platform key itself, anywhere in its memory (the host's agent holds it).
+            if os.geteuid() == 0:
+                assert found_in(int(info["pid"]), secrets_of(fleet.platforms[SGX])) == []
         # The labelled host is full; the other host's free slots do not count.
         with pytest.raises(farside.EnclaveLoadError) as full:
             fleet.load("tee=sgx", load_timeout=3.0)

@@ -31,6 +31,7 @@ from farside.protocol import (
     CallReceived,
     CancelReceived,
     CloseReceived,
+    DisposeReceived,
     Event,
     Limits,
     LoadedReceived,
@@ -99,6 +100,8 @@ class CorePair:
         assert received.bundle == bundle
         self.proxy.loaded(bundle.measurement())
         assert self.to_client() == [LoadedReceived(measurement=bundle.measurement())]
+        assert self.client.state is State.ATTESTING
+        self.client.accept_evidence()
         assert self.client.state is self.proxy.state is State.READY
         return self
 
@@ -192,7 +195,61 @@ def test_loaded_reaches_the_client() -> None:
     p.proxy.loaded(b"\x01" * 32)
     assert p.proxy.state is State.READY
     assert p.to_client() == [LoadedReceived(measurement=b"\x01" * 32)]
+    assert p.client.state is State.ATTESTING  # until the client accepts the evidence
+    p.client.accept_evidence()
     assert p.client.state is State.READY
+
+
+def raw_call(thread: int, name: str, *, call_id: int = 0, oneway: bool = True) -> pb.Frame:
+    args = _values.encode([[], {}])
+    return pb.Frame(
+        call=pb.Call(call_id=call_id, thread=thread, kind=5, name=name, args=args, oneway=oneway)
+    )
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        raw_call(1, "farside.fs.open"),  # one-way
+        raw_call(1, "audit", call_id=2, oneway=False),
+        pb.Frame(output=pb.Output(thread=1, stream=1, data=b"PWNED\n")),
+        pb.Frame(result=pb.Result(call_id=1, value=_values.encode(None))),
+    ],
+    ids=["one-way call", "exit call", "output", "result"],
+)
+def test_nothing_but_close_is_accepted_before_the_evidence_is(frame: pb.Frame) -> None:
+    """The review's attack: frames right after Loaded, before the client checked the
+    evidence, reached its handlers, files and terminal. Now they end the session."""
+    p = CorePair()
+    p.client.open(BUNDLE)
+    p.to_proxy()
+    p.proxy.loaded(BUNDLE.measurement())
+    loaded = pb.Frame(loaded=pb.Loaded(measurement=BUNDLE.measurement()))
+    with pytest.raises(ProtocolError, match="attesting"):
+        p.client.receive([loaded, frame])
+    assert p.client.state is State.ERROR
+
+
+def test_a_one_way_call_for_a_thread_that_is_not_waiting_is_refused() -> None:
+    p = CorePair().open()
+    with pytest.raises(ProtocolError, match="not waiting"):
+        p.client.receive([raw_call(7, "audit")])
+
+
+def test_a_one_way_call_for_an_abandoned_thread_is_dropped() -> None:
+    p = CorePair().open()
+    p.entry(1)
+    p.client.abandon_thread(1)
+    assert p.client.receive([raw_call(1, "audit")]) == []
+    assert p.client.state is State.READY
+
+
+def test_the_proxy_makes_one_way_calls_only_from_an_entry_call() -> None:
+    p = CorePair().open()
+    with pytest.raises(RuntimeError, match="only while an entry call runs"):
+        p.proxy.start_call(1, CallKind.EXIT, "audit", oneway=True)
+    with pytest.raises(RuntimeError, match="cannot make calls"):
+        p.proxy.start_call(0, CallKind.EXIT, "audit", oneway=True)
 
 
 def test_failed_load_reaches_the_client_and_ends_the_session() -> None:
@@ -211,16 +268,15 @@ def test_failed_load_reaches_the_client_and_ends_the_session() -> None:
         p.client.start_call(T, CallKind.RUN)
 
 
-def test_output_while_loading_arrives_before_loaded() -> None:
+def test_output_before_loaded_is_a_protocol_error() -> None:
+    """No enclave code runs before the client accepted the evidence, so no output can
+    come before it either: a proxy that sends some is broken or hostile."""
     p = CorePair()
     p.client.open(BUNDLE)
     p.to_proxy()
-    p.proxy.write_output(0, Stream.STDOUT, b"importing\n")
-    p.proxy.loaded(BUNDLE.measurement())
-    assert p.to_client() == [
-        OutputReceived(thread=0, stream=Stream.STDOUT, data=b"importing\n"),
-        LoadedReceived(measurement=BUNDLE.measurement()),
-    ]
+    output = pb.Frame(output=pb.Output(thread=0, stream=1, data=b"importing\n"))
+    with pytest.raises(ProtocolError, match="output while the session is loading"):
+        p.client.receive([output])
 
 
 def test_open_twice_is_refused_locally() -> None:
@@ -516,14 +572,6 @@ def test_one_way_exit_call(pair: CorePair) -> None:
     assert pair.client.frames_to_send() == []  # nobody answers a one-way call
 
 
-def test_one_way_exit_call_needs_no_running_entry_call(pair: CorePair) -> None:
-    assert pair.proxy.start_call(0, CallKind.EXIT, "notify", (1,), oneway=True) == 0
-    [event] = pair.to_client()
-    assert isinstance(event, CallReceived)
-    assert (event.thread, event.oneway, event.name) == (0, True, "notify")
-    assert pair.client.busy_threads() == []
-
-
 def test_only_exit_calls_can_be_one_way(pair: CorePair) -> None:
     with pytest.raises(RuntimeError, match="one-way"):
         pair.client.start_call(T, CallKind.ECALL, "f", oneway=True)
@@ -636,11 +684,9 @@ def test_late_exit_calls_of_an_abandoned_thread_are_refused(pair: CorePair) -> N
     assert event.error is not None
     assert event.error.code is StatusCode.CANCELLED
     assert event.error.type == "CancelledError"
-    # One-way calls of the abandoned worker still arrive (nobody answers them anyway).
+    # One-way calls of the abandoned worker are dropped: nobody waits on that thread.
     pair.proxy.start_call(T, CallKind.EXIT, "log", oneway=True)
-    [oneway] = pair.to_client()
-    assert isinstance(oneway, CallReceived)
-    assert oneway.oneway
+    assert pair.to_client() == []
     pair.proxy.send_result(T, call_id, "late")
     assert pair.to_client() == []
     assert pair.client.state is pair.proxy.state is State.READY
@@ -1431,3 +1477,30 @@ def test_events_are_frozen() -> None:
 def test_events_validate_themselves(build: Callable[[], object]) -> None:
     with pytest.raises((ValueError, TypeError)):
         build()
+
+
+# -------------------------------------------------------------- disposal
+
+
+def test_a_disposed_thread_reaches_the_proxy(pair: CorePair) -> None:
+    call_id = pair.entry(T)
+    pair.proxy.send_result(T, call_id, None)
+    pair.to_client()
+    pair.client.dispose_thread(T)
+    assert pair.to_proxy() == [DisposeReceived(thread=T)]
+
+
+def test_a_thread_with_calls_in_flight_is_not_disposed(pair: CorePair) -> None:
+    pair.entry(T)
+    pair.client.dispose_thread(T)
+    assert pair.client.frames_to_send() == []
+
+
+def test_disposing_of_thread_zero_is_a_protocol_error(pair: CorePair) -> None:
+    with pytest.raises(ProtocolError, match="thread 0"):
+        pair.proxy.receive([pb.Frame(dispose=pb.Dispose(thread=0))])
+
+
+def test_only_the_proxy_receives_dispose(pair: CorePair) -> None:
+    with pytest.raises(ProtocolError, match="dispose frame, which a client never receives"):
+        pair.client.receive([pb.Frame(dispose=pb.Dispose(thread=T))])

@@ -34,7 +34,10 @@ def loaded_by(statement: str) -> set[str]:
     [
         "farside.protocol",
         "farside.trusted",
+        "farside.transport.sockets",
         "farside.transport.stream",
+        "farside.transport.vsock",
+        "farside.transport.relay",
         "farside.transport.endpoint",
         "farside.attestation.bundle",
         "farside.attestation.evidence",

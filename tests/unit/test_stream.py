@@ -43,14 +43,17 @@ class Proxy:
         self.opened = threading.Event()
         self.got = threading.Event()
         self.connection: StreamConnection | None = None
-        self.listener = StreamListener(
+        self.listener = self.make_listener(listen, tls)
+        self.address = self.listener.start()
+
+    def make_listener(self, listen: str, tls: TLSConfig | None) -> StreamListener:
+        return StreamListener(
             listen,
             admission=Admission(TOKEN),
             on_open=self._on_open,
             on_lost=self.lost.append,
             tls=tls.server_ssl_context() if tls is not None else None,
         )
-        self.address = self.listener.start()
 
     def _on_open(self, connection: StreamConnection) -> Any:
         self.connection = connection
@@ -68,8 +71,11 @@ class Client:
         self.frames: list[pb.Frame] = []
         self.lost: list[EnclaveError] = []
         self.done = threading.Event()
-        self.transport = StreamClientTransport(address, token=token, **kwargs)
+        self.transport = self.make_transport(address, token, **kwargs)
         self.transport.start(self.frames.extend, self._lost)
+
+    def make_transport(self, address: str, token: str, **kwargs: Any) -> StreamClientTransport:
+        return StreamClientTransport(address, token=token, **kwargs)
 
     def _lost(self, error: EnclaveError) -> None:
         self.lost.append(error)

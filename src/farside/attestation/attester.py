@@ -7,9 +7,10 @@ identity: ``evidence(report_data)`` (what the client verifies, with report data
 binding its nonce and the session's channel) and ``sealing_keys()`` (what
 ``farside.trusted.seal`` uses). Enclave code cannot register another identity.
 
-``KeyAttester`` is the simulation with a platform key in hand; hardware attesters
-(configfs-tsm for TDX and SEV-SNP, the Nitro NSM) and the platform agent, which keeps
-the key out of the proxy's process, provide the same interface.
+``farside.attestation.agent.AgentAttester`` is the one proxies use: the platform key
+stays in the platform agent's process. ``KeyAttester`` holds a key itself (in-process
+tests); hardware attesters (configfs-tsm for TDX and SEV-SNP, the Nitro NSM) provide
+the same interface.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class Attester(Protocol):
 
     def sealing_keys(self) -> SealingKeys | None:
         """The registered identity's sealing keys; None on a platform with no identity."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the platform: after the evidence and the sealing keys are made, enclave
+        code must hold no way to ask for more (the proxy calls this before running it)."""
         ...
 
 
@@ -78,3 +84,6 @@ class KeyAttester:
 
     def sealing_keys(self) -> SealingKeys | None:
         return self._sealing_keys
+
+    def close(self) -> None:
+        self._key = None

@@ -2,9 +2,10 @@
 
 ``farside platform init --dir DIR`` makes it once per trusted machine:
 ``platform.key`` (PKCS#8 PEM, mode 0600) and ``platform.pub`` (the public half,
-which clients trust). The provision server hands the private key's path to its
-proxies, which sign attestation evidence with it. Files are written to a
-temporary name and renamed, so a crash never leaves a half-written key.
+which clients trust). Only the platform agent (``farside.attestation.agent``) reads the
+private key; proxies get evidence and sealing keys from the agent and never hold it.
+Files are written to a temporary name and renamed, so a crash never leaves a
+half-written key.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ __all__ = [
     "PLATFORM_PUB",
     "init_platform",
     "load_platform_key",
-    "load_platform_key_pem",
-    "platform_key_pem",
     "load_platform_public_key",
 ]
 
@@ -71,26 +70,6 @@ def load_platform_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"the platform key {str(source)!r} is not an Ed25519 key")
     return key
-
-
-def load_platform_key_pem(data: bytes) -> Ed25519PrivateKey:
-    """Parse a platform private key from PEM bytes; ``ValueError`` if it is not one."""
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"not a PEM platform key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError("the platform key is not an Ed25519 key")
-    return key
-
-
-def platform_key_pem(key: Ed25519PrivateKey) -> bytes:
-    """PEM (PKCS#8) bytes of a platform private key, to hand to a proxy on its stdin."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def load_platform_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:

@@ -1,7 +1,7 @@
 """The ``farside`` command: one module per command group.
 
 * ``client``: ``demo``, ``run``, ``status``;
-* ``server``: ``proxy``, ``provision-server``, ``fleet``, ``doctor``;
+* ``server``: ``proxy``, ``provision-server``, ``fleet``, ``doctor``, ``vsock-relay``;
 * ``keys``: ``measure``, ``build``, ``keygen``, ``sign``, ``platform``, ``certs``;
 * ``evidence``: ``evidence verify`` (real TEE evidence, offline).
 
@@ -24,8 +24,13 @@ from . import _common, client, evidence, keys, server
 
 __all__ = ["build_parser", "main"]
 
-# Commands that run as daemons: they log from info, with timestamps.
-_SERVERS = {"proxy": "farside-proxy", "provision-server": "farside-provision"}
+# Commands that run as daemons: they log from info, with timestamps, under these names.
+_SERVERS = {
+    "proxy": "farside-proxy",
+    "provision-server": "farside-provision",
+    "platform agent": "farside-agent",
+    "vsock-relay": "farside-relay",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.args = [*args.args, *extra]
     name = _command_name(args)
-    prefix = _SERVERS.get(args.command)
-    if args.command == "proxy":
-        prefix = f"farside-proxy[{os.getpid()}]"
+    prefix = _SERVERS.get(name)
+    if prefix is not None and name in ("proxy", "platform agent"):
+        prefix = f"{prefix}[{os.getpid()}]"  # one of many on the machine
     _common.configure_logging(args, server=prefix is not None, name=prefix or "farside")
     try:
         code: int = args.func(args)

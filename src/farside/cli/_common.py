@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from farside.transport.factory import TRANSPORTS
+
 if TYPE_CHECKING:
     from farside import AttestationPolicy, Provisioner, TLSConfig
 
@@ -108,7 +110,7 @@ def add_remote_flags(parser: argparse.ArgumentParser) -> None:
     """How ``demo`` and ``run`` reach an enclave: a local proxy, or ``--remote``."""
     parser.add_argument(
         "--transport",
-        choices=("grpc", "stream"),
+        choices=TRANSPORTS,
         default=None,
         help="the session's wire: gRPC (default, or $FARSIDE_TRANSPORT) or the faster "
         "stream transport (docs/performance.md)",

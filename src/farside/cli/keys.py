@@ -218,6 +218,22 @@ def _add_key_parsers(sub: Any) -> None:
     init.add_argument("--force", action="store_true", help="replace an existing key pair")
     init.set_defaults(func=_cmd_platform_init)
 
+    agent = common.add_parser(
+        platform_sub,
+        "agent",
+        help="hold the platform key for this machine's proxies (started by provisioners)",
+        description="The platform agent: the only process that holds the platform key. It "
+        "takes channels for new proxies on --control-fd and answers each with evidence and "
+        "sealing keys for the identity the proxy registered before running enclave code. "
+        "Provisioners start it; it exits when its control socket closes.",
+    )
+    agent.add_argument("--control-fd", type=int, required=True, metavar="FD", help="its broker")
+    source = agent.add_mutually_exclusive_group(required=True)
+    source.add_argument("--platform-dir", type=Path, metavar="DIR", help="sign with DIR's key")
+    source.add_argument("--ephemeral", action="store_true", help="sign with a fresh key")
+    agent.add_argument("--parent-pid", type=int, metavar="PID", help="exit when it dies")
+    agent.set_defaults(func=_cmd_platform_agent)
+
     certs = common.add_parser(
         sub,
         "certs",
@@ -242,6 +258,14 @@ def _add_key_parsers(sub: Any) -> None:
     certs.add_argument("--days", type=int, default=365, metavar="N", help="validity in days")
     certs.add_argument("--force", action="store_true", help="replace existing files")
     certs.set_defaults(func=_cmd_certs)
+
+
+def _cmd_platform_agent(args: argparse.Namespace) -> int:
+    from farside.attestation.agent import agent_main
+
+    return agent_main(
+        control_fd=args.control_fd, platform_dir=args.platform_dir, parent_pid=args.parent_pid
+    )
 
 
 def _cmd_platform_init(args: argparse.Namespace) -> int:

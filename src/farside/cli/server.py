@@ -1,4 +1,5 @@
-"""Trusted-machine commands: ``proxy``, ``provision-server``, ``fleet`` and ``doctor``."""
+"""Trusted-machine commands: ``proxy``, ``provision-server``, ``fleet``, ``doctor`` and
+``vsock-relay`` (which runs on a Nitro Enclave's parent instance)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from farside.transport.factory import ALL_TRANSPORTS
+
 from . import _common as common
 
 __all__ = ["register"]
@@ -23,6 +26,7 @@ def register(sub: Any) -> None:
     _add_doctor_parser(sub)
     _add_server_parser(sub)
     _add_fleet_parsers(sub)
+    _add_relay_parser(sub)
 
 
 def _add_proxy_parser(sub: Any) -> None:
@@ -38,7 +42,8 @@ def _add_proxy_parser(sub: Any) -> None:
         "--listen",
         required=True,
         metavar="ADDRESS",
-        help="unix:/path/to.sock or host:port (port 0 picks one)",
+        help="unix:/path/to.sock, host:port (port 0 picks one), or vsock:any:PORT "
+        "with --transport vsock",
     )
     token = proxy.add_mutually_exclusive_group()
     token.add_argument(
@@ -83,10 +88,12 @@ def _add_proxy_parser(sub: Any) -> None:
     )
     proxy.add_argument(
         "--transport",
-        choices=("grpc", "stream"),
+        choices=ALL_TRANSPORTS,
         default="grpc",
         help="the session's wire: a gRPC stream (default), or length-prefixed frames "
-        "on a plain socket (TLS 1.3 on TCP), which is several times faster",
+        "on a plain socket (TLS 1.3 on TCP), which is several times faster; vsock is "
+        "those frames on a vsock port, for a proxy inside a Nitro Enclave whose parent "
+        "runs `farside vsock-relay` (docs/hardware.md)",
     )
     proxy.add_argument(
         "--tls-ephemeral",
@@ -97,7 +104,11 @@ def _add_proxy_parser(sub: Any) -> None:
         "--client-ca", metavar="FILE", help="require client certificates signed by this CA"
     )
     proxy.add_argument(
-        "--platform-key", metavar="FILE", help="the platform key that signs attestation evidence"
+        "--agent-fd",
+        type=int,
+        metavar="FD",
+        help="an inherited channel to the platform agent (provisioners pass it); without it "
+        "the evidence is signed by a throwaway key no client trusts",
     )
     proxy.add_argument(
         "--report-status",
@@ -127,7 +138,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         parent_pid=args.parent_pid,
         tls=tls,
-        platform_key=args.platform_key,
+        agent_fd=args.agent_fd,
         report_status=args.report_status,
         tls_ephemeral=args.tls_ephemeral,
         client_ca=args.client_ca,
@@ -277,6 +288,15 @@ def _add_server_parser(sub: Any) -> None:
         action="store_true",
         help="allow plaintext or unauthenticated clients off loopback",
     )
+    server.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="IDENTITY",
+        help="a client identity (as farside status --json shows it in 'caller', e.g. "
+        "cert:admin) that sees every client's enclaves; others see only their own "
+        "(repeatable)",
+    )
     _add_proxy_sandbox_arguments(server)
     fleet = server.add_argument_group("fleet mode (see docs/fleet.md)")
     fleet.add_argument(
@@ -344,6 +364,7 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
         ray_node_ip=args.ray_node_ip,
         ray_allow_plaintext=args.ray_allow_plaintext,
         placement_timeout=args.placement_timeout,
+        operators=tuple(args.operator),
     )
     server = ProvisionServer(config)
     done = threading.Event()
@@ -365,12 +386,6 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if tls is None:
         logging.warning("serving WITHOUT TLS: sessions can be read and changed on the network")
-    if args.platform_dir is None and args.ray_address is None:
-        logging.warning(
-            "no --platform-dir: each proxy signs its evidence with a key of its own, which no "
-            "remote client can trust (their loads fail attestation); make this machine's "
-            "key with `farside platform init --dir DIR` and give --platform-dir DIR"
-        )
     print(f"farside provision-server listening on {address}", flush=True)
     while not done.wait(0.5):
         pass
@@ -534,4 +549,76 @@ def _cmd_fleet_certs(args: argparse.Namespace) -> int:
     paths = make_fleet_certs(args.out, args.host, days=args.days, force=args.force)
     for path in paths:
         print(f"wrote {path}")
+    return 0
+
+
+def _add_relay_parser(sub: Any) -> None:
+    relay = common.add_parser(
+        sub,
+        "vsock-relay",
+        help="on a Nitro Enclave's parent: relay clients' TCP connections to its vsock port",
+        description="Accept TCP connections on --listen and pipe each one's bytes, both ways, "
+        "to the proxy listening on vsock in the enclave (farside proxy --transport vsock). "
+        "Clients use the stream transport to this address; TLS runs end to end, so the "
+        "relay sees ciphertext only and needs no keys. Prints one line once it listens; "
+        "SIGTERM or SIGINT closes every connection and stops. See docs/hardware.md.",
+    )
+    relay.add_argument("--listen", required=True, metavar="HOST:PORT", help="where clients dial")
+    relay.add_argument(
+        "--to", required=True, metavar="vsock:CID:PORT", help="the enclave's proxy, on vsock"
+    )
+    relay.add_argument(
+        "--max-connections",
+        type=common.positive_int,
+        default=64,
+        metavar="N",
+        help="connections relayed at once; more are closed at once",
+    )
+    relay.add_argument(
+        "--max-per-source",
+        type=common.positive_int,
+        default=8,
+        metavar="N",
+        help="of which from one client address",
+    )
+    relay.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="the longest reaching the enclave may take",
+    )
+    relay.add_argument(
+        "--linger",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="once one side of a connection has ended, how long the other may still "
+        "send before both are closed",
+    )
+    relay.set_defaults(func=_cmd_relay)
+
+
+def _cmd_relay(args: argparse.Namespace) -> int:
+    from farside.transport.relay import RelayLimits, VsockRelay
+
+    limits = RelayLimits(
+        max_connections=args.max_connections,
+        max_per_source=args.max_per_source,
+        connect_timeout=args.connect_timeout,
+        linger=args.linger,
+    )
+    relay = VsockRelay(args.listen, args.to, limits=limits)
+    address = relay.start()
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"farside vsock-relay listening on {address}, relaying to {args.to}", flush=True)
+    while not done.wait(0.5):
+        pass
+    relay.stop()
     return 0

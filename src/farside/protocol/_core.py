@@ -38,6 +38,7 @@ from ._events import (
     CallReceived,
     CancelReceived,
     CloseReceived,
+    DisposeReceived,
     Event,
     LoadedReceived,
     OutputReceived,
@@ -66,6 +67,7 @@ class State(enum.Enum):
     IDLE = "idle"  # client before open(); proxy waiting for Open
     RECEIVING_BUNDLE = "receiving bundle"  # proxy: Open arrived, chunks follow
     LOADING = "loading"  # bundle complete, Loaded not yet sent/received
+    ATTESTING = "attesting"  # client: Loaded arrived; its evidence is not yet accepted
     READY = "ready"
     CLOSED = "closed"
     ERROR = "error"
@@ -284,6 +286,18 @@ class SessionCore:
         )
         self.state = State.READY
 
+    def accept_evidence(self) -> None:
+        """(client) The proxy's evidence verified: from now on the session carries calls.
+
+        Until then (``ATTESTING``) the client accepts nothing from the proxy but Close:
+        an exit call, output or result is a ``ProtocolError``.
+        """
+        self._require_role(Role.CLIENT, "accept_evidence")
+        self._check_usable()
+        if self.state is not State.ATTESTING:
+            raise RuntimeError(f"accept_evidence() in state {self.state.value}")
+        self.state = State.READY
+
     def start_call(
         self,
         thread: int,
@@ -306,11 +320,13 @@ class SessionCore:
         if kind.is_entry != (self.role is Role.CLIENT):
             raise RuntimeError(f"the {self.role.value} cannot make a {kind.name} call")
         stack = self._stacks.get(thread)
-        if thread < 0 or (thread == 0 and not oneway) or thread in self._abandoned:
+        if thread <= 0 or thread in self._abandoned:
             raise RuntimeError(f"thread tag {thread} cannot make calls")
         if oneway:
             if kind is not CallKind.EXIT:
                 raise RuntimeError("only exit calls can be one-way")
+            if not stack or stack[-1].outgoing:
+                raise RuntimeError("one-way exit calls can be made only while an entry call runs")
         elif stack and stack[-1].outgoing:
             raise RuntimeError(f"thread {thread} is already waiting for call {stack[-1].call_id}")
         elif not stack and self.role is Role.PROXY:
@@ -462,6 +478,19 @@ class SessionCore:
         if ids and self.state is State.READY and self.error is None:
             self._emit(pb.Frame(cancel=pb.Cancel(call_id=ids[0])))
         return ids
+
+    def dispose_thread(self, thread: int) -> None:
+        """(client) The client thread ``thread`` ended: tell the proxy its worker may go.
+
+        Nothing is sent for a thread with calls in flight (it has not ended), or once the
+        session is not ready; the tag must not be used again.
+        """
+        self._require_role(Role.CLIENT, "dispose_thread")
+        if self.state is not State.READY or self.error is not None or thread <= 0:
+            return
+        if self._stacks.get(thread):
+            return
+        self._emit(pb.Frame(dispose=pb.Dispose(thread=thread)))
 
     def close(self, error: RemoteError | None = None) -> None:
         """End the session from this side; idempotent."""
@@ -622,7 +651,9 @@ class SessionCore:
             return
         if len(frame.measurement) != 32:
             raise ProtocolError("peer sent a measurement that is not 32 bytes")
-        self.state = State.READY
+        # Nothing but Close is accepted until the client has checked the evidence and
+        # called accept_evidence(): no exit call, output or result reaches anything.
+        self.state = State.ATTESTING
         events.append(
             LoadedReceived(
                 measurement=frame.measurement,
@@ -679,19 +710,7 @@ class SessionCore:
         args, kwargs = tuple(decoded[0]), decoded[1]
         thread = frame.thread
         if frame.oneway:
-            if frame.call_id != 0 or kind is not CallKind.EXIT:
-                raise ProtocolError("peer sent a malformed one-way call")
-            events.append(
-                CallReceived(
-                    thread=thread,
-                    call_id=0,
-                    kind=kind,
-                    name=frame.name,
-                    args=args,
-                    kwargs=kwargs,
-                    oneway=True,
-                )
-            )
+            self._on_oneway(frame, kind, args, kwargs, events)
             return
         self._check_peer_id(frame.call_id)
         if thread in self._abandoned:
@@ -747,6 +766,38 @@ class SessionCore:
                 args=args,
                 kwargs=kwargs,
                 depth=len(stack),
+            )
+        )
+
+    def _on_oneway(
+        self,
+        frame: pb.Call,
+        kind: CallKind,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        events: list[Event],
+    ) -> None:
+        """A one-way exit call: legal only for a thread waiting for its entry call."""
+        thread = frame.thread
+        if frame.call_id != 0 or kind is not CallKind.EXIT:
+            raise ProtocolError("peer sent a malformed one-way call")
+        if thread in self._abandoned:
+            return  # the client gave up on that thread: nobody is there to serve it
+        waiting = self._stacks.get(thread)
+        if not waiting or not waiting[-1].outgoing:
+            raise ProtocolError(
+                f"peer sent a one-way call on thread {thread}, which is not waiting "
+                "for an entry call"
+            )
+        events.append(
+            CallReceived(
+                thread=thread,
+                call_id=0,
+                kind=kind,
+                name=frame.name,
+                args=args,
+                kwargs=kwargs,
+                oneway=True,
             )
         )
 
@@ -816,7 +867,7 @@ class SessionCore:
             self._abandoned_stacks.pop(thread, None)
 
     def _on_output(self, frame: pb.Output, events: list[Event]) -> None:
-        self._expect_state(State.READY, State.LOADING, what="output")
+        self._expect_state(State.READY, what="output")
         try:
             stream = Stream(frame.stream)
         except ValueError:
@@ -830,6 +881,12 @@ class SessionCore:
                 events.append(CancelReceived(thread=thread, call_id=frame.call_id))
                 return
         # The call may have finished while the cancel was on its way: nothing to do.
+
+    def _on_dispose(self, frame: pb.Dispose, events: list[Event]) -> None:
+        self._expect_state(State.READY, what="a dispose")
+        if frame.thread == 0:
+            raise ProtocolError("peer disposed of thread 0, the session itself")
+        events.append(DisposeReceived(thread=frame.thread))
 
     def _on_close(self, frame: pb.Close, events: list[Event]) -> None:
         error = _remote_error_from_pb(frame.error) if frame.HasField("error") else None
@@ -852,6 +909,7 @@ _HANDLERS: dict[tuple[Role, str | None], Any] = {
     (Role.PROXY, "result"): SessionCore._on_result,
     (Role.CLIENT, "output"): SessionCore._on_output,
     (Role.PROXY, "cancel"): SessionCore._on_cancel,
+    (Role.PROXY, "dispose"): SessionCore._on_dispose,
     (Role.CLIENT, "chunk"): SessionCore._on_chunk,
     (Role.PROXY, "chunk"): SessionCore._on_chunk,
     (Role.CLIENT, "close"): SessionCore._on_close,

@@ -28,6 +28,7 @@ __all__ = [
     "CallReceived",
     "CancelReceived",
     "CloseReceived",
+    "DisposeReceived",
     "Event",
     "LoadedReceived",
     "OutputReceived",
@@ -154,6 +155,13 @@ class CancelReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DisposeReceived:
+    """(proxy) The client thread ``thread`` ended: its worker may exit once idle."""
+
+    thread: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BundleReceived:
     """(proxy) The whole bundle arrived; load it and answer with ``loaded``."""
 
@@ -190,6 +198,7 @@ Event = (
     | ResultReceived
     | OutputReceived
     | CancelReceived
+    | DisposeReceived
     | BundleReceived
     | LoadedReceived
     | CloseReceived

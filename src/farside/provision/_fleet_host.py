@@ -2,9 +2,11 @@
 
 Ray runs an ``EnclaveSlot`` on the host it chose (the actor holds one unit of
 that host's ``enclave`` resource for as long as it lives). ``start`` spawns the
-proxy there, signing with *this host's* platform key, which it reads from the
-directory ``farside fleet join --platform-dir`` named (``FARSIDE_FLEET_PLATFORM_DIR``
-in the node's environment): no key ever travels through Ray. ``wait`` returns
+proxy there, with a channel to a platform agent of the slot's own that signs with
+*this host's* platform key: the agent reads it from the directory ``farside fleet
+join --platform-dir`` named (``FARSIDE_FLEET_PLATFORM_DIR`` in the node's
+environment). No key travels through Ray, and neither the actor nor the proxy ever
+holds it. ``wait`` returns
 once the proxy has exited (session end, release, client gone), after which the
 provision server ends the actor and the slot is free again.
 
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import EnclaveLoadError
-from ..attestation.platform import PLATFORM_KEY, load_platform_key, platform_key_pem
+from ._agent import PlatformAgent
 from ._spawn import ProxyProcess, proxy_command, read_statuses, reap, start_proxy
 from .backend import ProxySpec, Started
 from .local import _spawner
@@ -111,6 +113,7 @@ class EnclaveSlot:
         self._ended = threading.Event()
         self._code: int | None = None
         self._status: tuple[str, int] = ("", 0)
+        self._agent: PlatformAgent | None = None
 
     def start(self, spec: ProxySpec) -> Started:
         """Spawn the proxy on this host; ``HostError`` with the reason if it cannot."""
@@ -123,19 +126,34 @@ class EnclaveSlot:
                 f"(farside fleet join --platform-dir DIR sets {PLATFORM_DIR_VAR})"
             )
         try:
-            key_pem = platform_key_pem(load_platform_key(Path(platform_dir) / PLATFORM_KEY))
-        except (OSError, ValueError) as exc:
-            raise HostError(f"host {self._host} cannot read its platform key: {exc}") from None
+            agent = PlatformAgent.start(
+                platform_dir=Path(platform_dir),
+                launch=_spawner.run,
+                environ=proxy_environment(os.environ),
+            )
+        except EnclaveLoadError as exc:
+            raise HostError(f"host {self._host} cannot sign evidence: {exc}") from None
+        try:
+            started = self._start(spec, agent)
+        except BaseException:
+            agent.close()
+            raise
+        self._agent = agent  # until the proxy exits: it attests when its client arrives
+        threading.Thread(target=self._watch, daemon=True, name="farside-slot-watch").start()
+        return started
+
+    def _start(self, spec: ProxySpec, agent: PlatformAgent) -> Started:
         workdir = Path(os.environ.get(WORKDIR_VAR) or tempfile.gettempdir())
         remove_stale_directories(workdir)
         try:
             directory = Path(tempfile.mkdtemp(prefix=DIRECTORY_PREFIX, dir=workdir))  # 0700
         except OSError as exc:
             raise HostError(f"host {self._host} cannot make a proxy directory: {exc}") from None
+        channel = agent.channel()
         extra = [
             "--report-status",
-            "--platform-key",
-            "-",
+            "--agent-fd",
+            str(channel.fileno()),
             "--private-dir",
             str(directory),
             *spec.sandbox_args,
@@ -162,12 +180,14 @@ class EnclaveSlot:
                 timeout=spec.start_timeout,
                 name=spec.name,
                 launch=_spawner.run,  # a long-lived thread: see the module docstring
-                secret_input=key_pem,
+                pass_fds=(channel.fileno(),),
                 environ=proxy_environment(os.environ),
             )
         except EnclaveLoadError as exc:
             shutil.rmtree(directory, ignore_errors=True)
             raise HostError(str(exc)) from None
+        finally:
+            channel.close()
         certificate = b""
         if spec.tls:
             try:
@@ -178,7 +198,6 @@ class EnclaveSlot:
                 reap(proxy, grace=0.0)
                 raise HostError("the enclave proxy ended before it could be handed over")
         self._proxy = proxy
-        threading.Thread(target=self._watch, daemon=True, name="farside-slot-watch").start()
         return Started(
             address=proxy.address,
             token=token,
@@ -197,6 +216,8 @@ class EnclaveSlot:
             read_statuses(proxy.process.stdout, self._set_status)
         finally:
             self._code = reap(proxy, grace=STOP_GRACE)
+            if self._agent is not None:
+                self._agent.close()
             self._ended.set()
 
     def _set_status(self, measurement: str, calls: int) -> None:

@@ -156,13 +156,14 @@ def start_proxy(
     timeout: float,
     name: str,
     launch: Launcher | None = None,
-    secret_input: bytes = b"",
+    pass_fds: Sequence[int] = (),
     environ: Mapping[str, str] | None = None,
 ) -> ProxyProcess:
     """Start ``command`` in ``directory`` and wait until it listens (``EnclaveLoadError`` if not).
 
     The directory must exist (mode 0700); it is removed by ``reap``. ``launch``
-    runs the fork (``LocalProvision`` forks from one long-lived thread).
+    runs the fork (``LocalProvision`` forks from one long-lived thread); ``pass_fds``
+    are descriptors the proxy inherits (its channel to the platform agent).
     ``environ`` replaces this process's environment for the proxy (enclave code
     runs there and can read it).
     """
@@ -176,6 +177,7 @@ def start_proxy(
             stderr=log_fd,
             start_new_session=True,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
             cwd=directory,
             env={**(os.environ if environ is None else environ), "PYTHONUNBUFFERED": "1"},
         )
@@ -191,7 +193,7 @@ def start_proxy(
     try:
         assert process.stdin is not None
         assert process.stdout is not None
-        process.stdin.write(token.encode() + b"\n" + secret_input)
+        process.stdin.write(token.encode() + b"\n")
         process.stdin.close()
         line = read_line(process.stdout, timeout)
     except OSError:

@@ -5,14 +5,19 @@ its one-time session token on stdin, so neither appears on a command line or in
 the environment. It dies with this process: the kernel's parent-death signal
 (armed from a spawner thread that lives as long as the process, because Linux
 ties that signal to the forking thread) and the broken session stream each
-suffice. Each client process has an ephemeral platform identity: its proxies sign
-their evidence with it, and this process trusts it automatically (sealed data does
-not outlive the process's platform key). ``release`` reaps the proxy: it waits for
-it to exit after the session closed, then terminates and finally kills it.
+suffice. ``release`` reaps the proxy: it waits for it to exit after the session
+closed, then terminates and finally kills it.
+
+The platform key is held by a platform agent this process starts on first use
+(``farside.attestation.agent``), never by this process or a proxy: each proxy gets a
+channel to the agent for its evidence and sealing keys. By default the agent makes an
+ephemeral key, which this process trusts automatically (sealed data does not outlive
+the agent); ``platform_dir`` makes it sign with a platform key on disk instead.
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import os
 import queue
@@ -24,12 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from .._config import SANDBOX_MODES, SandboxMode
-from ..attestation.evidence import public_key_bytes
-from ..attestation.platform import platform_key_pem
 from ..transport.factory import choose_transport
+from ._agent import PlatformAgent
 from ._spawn import ProxyProcess, proxy_command, reap, start_proxy
 from .base import ProxyLease
 
@@ -66,17 +68,31 @@ class _Spawner:
 
 
 _spawner = _Spawner()
-_platform: Ed25519PrivateKey | None = None
-_platform_lock = threading.Lock()
+_agents: dict[Path | None, PlatformAgent] = {}
+_agents_lock = threading.Lock()
 
 
-def _platform_key() -> Ed25519PrivateKey:
-    """This process's ephemeral platform identity: its local proxies sign evidence with it."""
-    global _platform  # noqa: PLW0603 (one per process, made on first use)
-    with _platform_lock:
-        if _platform is None:
-            _platform = Ed25519PrivateKey.generate()
-        return _platform
+@atexit.register
+def _close_agents() -> None:
+    """Stop this process's agents (they would exit with it anyway) and reap them."""
+    with _agents_lock:
+        agents = list(_agents.values())
+        _agents.clear()
+    for agent in agents:
+        agent.close()
+
+
+def _agent(platform_dir: Path | None, python: str) -> PlatformAgent:
+    """This process's platform agent for ``platform_dir`` (None: ephemeral), started once
+    (again if it died)."""
+    with _agents_lock:
+        agent = _agents.get(platform_dir)
+        if agent is None or not agent.alive:
+            agent = PlatformAgent.start(
+                platform_dir=platform_dir, python=python, launch=_spawner.run
+            )
+            _agents[platform_dir] = agent
+        return agent
 
 
 class LocalProvision:
@@ -92,7 +108,9 @@ class LocalProvision:
     socket, which is several times faster (docs/performance.md).
     ``sandbox`` is the proxies' own sandbox mode (``farside proxy --sandbox``): the
     least they apply whatever a load config asks; ``"off"`` only for measurements and
-    debugging.
+    debugging. ``platform_dir`` (``farside platform init``) makes the platform agent sign
+    with that key, so sealed data outlives this process; by default it makes an
+    ephemeral key of its own.
     """
 
     def __init__(
@@ -105,6 +123,7 @@ class LocalProvision:
         worker_idle_timeout: float = 30.0,
         transport: str | None = None,
         sandbox: SandboxMode = "best-effort",
+        platform_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if sandbox not in SANDBOX_MODES:
             raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_MODES)}, not {sandbox!r}")
@@ -117,15 +136,17 @@ class LocalProvision:
         self.python = python or sys.executable
         self.idle_timeout = idle_timeout
         self.stop_timeout = stop_timeout
+        self.platform_dir = Path(platform_dir).resolve() if platform_dir is not None else None
 
     def __repr__(self) -> str:
         return f"LocalProvision(transport={self.transport!r})"
 
     def provision(self, *, name: str, timeout: float) -> ProxyLease:
         """Start a proxy and return its lease once it listens (within ``timeout`` s)."""
+        agent = _agent(self.platform_dir, self.python)
         directory = Path(tempfile.mkdtemp(prefix="farside-"))  # mode 0700
         token = secrets.token_urlsafe(32)
-        key = _platform_key()
+        channel = agent.channel()
         command = proxy_command(
             f"unix:{directory / 'proxy.sock'}",
             python=self.python,
@@ -133,8 +154,8 @@ class LocalProvision:
             parent_pid=os.getpid(),
             transport=self.transport,
             extra=[
-                "--platform-key",
-                "-",
+                "--agent-fd",
+                str(channel.fileno()),
                 "--max-workers",
                 str(self.max_workers),
                 "--worker-idle-timeout",
@@ -145,19 +166,20 @@ class LocalProvision:
                 self.sandbox,
             ],
         )
-        proxy = start_proxy(
-            command,
-            token=token,
-            directory=directory,
-            timeout=timeout,
-            name=name,
-            launch=_spawner.run,
-            secret_input=platform_key_pem(key),
-        )
+        with channel:  # the proxy has its own copy once started
+            proxy = start_proxy(
+                command,
+                token=token,
+                directory=directory,
+                timeout=timeout,
+                name=name,
+                launch=_spawner.run,
+                pass_fds=(channel.fileno(),),
+            )
         return ProxyLease(
             address=proxy.address,
             token=token,
-            platform_keys=(public_key_bytes(key),),
+            platform_keys=(agent.public_key,),
             transport=self.transport,
             handle=proxy,
         )

@@ -36,10 +36,9 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .._config import SandboxConfig, SandboxMode
-from .._errors import StatusCode
+from .._errors import EnclaveLoadError, StatusCode
 from .._proto.v1 import provision_pb2 as pb, provision_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
-from ..attestation.platform import PLATFORM_KEY, load_platform_key, platform_key_pem
 from ..transport.factory import TRANSPORTS
 from ..transport.grpc import server_credentials
 from .backend import Placement, ProvisionBackend, ProxySpec, RefusedError, Started
@@ -81,6 +80,7 @@ class ProvisionServerConfig:
     ray_node_ip: str | None = None  # this machine's address in the Ray cluster
     ray_allow_plaintext: bool = False  # development only: Ray without TLS
     placement_timeout: float = 30.0  # fleet mode: the longest a Provision waits for a slot
+    operators: tuple[str, ...] = ()  # client identities ListEnclaves shows every enclave to
 
     def __post_init__(self) -> None:
         if self.ray_address is not None and self.platform_dir is not None:
@@ -111,6 +111,15 @@ class ProvisionServerConfig:
                 "clients must authenticate: give --client-ca (mTLS) or --token-file, "
                 "or --insecure to accept anyone"
             )
+
+
+def _address_of(peer: str) -> str:
+    """A gRPC peer (``ipv4:10.0.0.7:53211``) without its port: an unauthenticated client is
+    one address, however many connections (source ports) it opens."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return f"{kind}:{rest.rpartition(':')[0]}"
+    return peer
 
 
 def _is_loopback(host: str) -> bool:
@@ -171,18 +180,26 @@ class ProvisionServer:
                 node_ip=config.ray_node_ip,
                 allow_plaintext=config.ray_allow_plaintext,
             )
+        from ._agent import PlatformAgent
         from .single_host import SingleHostBackend
 
-        platform_pem = b""
-        if config.platform_dir is not None:
-            platform_pem = platform_key_pem(load_platform_key(config.platform_dir / PLATFORM_KEY))
+        try:
+            agent = PlatformAgent.start(platform_dir=config.platform_dir, python=config.python)
+        except EnclaveLoadError as exc:
+            raise ValueError(str(exc)) from None
+        if config.platform_dir is None:
+            log.warning(
+                "no --platform-dir: proxies sign their evidence with an ephemeral platform key "
+                "that no remote client trusts (run farside platform init --dir DIR and pass "
+                "--platform-dir DIR; clients pin DIR/platform.pub)"
+            )
         return SingleHostBackend(
             host=config.advertise or config.host,
             workdir=self._workdir,
             slots=config.max_enclaves,
             ports=config.proxy_ports,
             python=config.python,
-            platform_pem=platform_pem,
+            agent=agent,
             grace=config.grace,
         )
 
@@ -290,7 +307,7 @@ class ProvisionServer:
             if not identity:
                 digest = hashlib.sha256(self.config.token.encode()).hexdigest()[:12]
                 identity = f"token:{digest}"
-        return identity or f"peer:{context.peer()}"
+        return identity or f"peer:{_address_of(context.peer())}"
 
     def provision(
         self,
@@ -396,10 +413,20 @@ class ProvisionServer:
         self.backend.release(placement)
         enclave.gone.wait(RELEASE_WAIT)
 
-    def list_enclaves(self) -> list[pb.EnclaveInfo]:
-        """The running enclaves, with what their proxies last reported."""
+    def is_operator(self, client: str) -> bool:
+        """True when ``client`` is one of the identities ``--operator`` names."""
+        return client in self.config.operators
+
+    def list_enclaves(self, client: str | None = None) -> list[pb.EnclaveInfo]:
+        """The running enclaves of ``client`` (every client's for None or an operator), with
+        what their proxies last reported."""
+        every = client is None or self.is_operator(client)
         with self._lock:
-            placed = [(e, e.placement) for e in self._enclaves.values() if e.placement]
+            placed = [
+                (e, e.placement)
+                for e in self._enclaves.values()
+                if e.placement and (every or e.client == client)
+            ]
         statuses = self.backend.statuses([p for _, p in placed])
         now = time.monotonic()
         return [
@@ -516,10 +543,15 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
     def ListEnclaves(  # noqa: N802
         self, request: pb.ListEnclavesRequest, context: Any
     ) -> pb.ListEnclavesResponse:
-        self._server.authenticate(context)
+        client = self._server.authenticate(context)
         _check_parsed(request, context)
         try:
             hosts = self._server.list_hosts()
         except RefusedError as exc:
             _abort(context, exc)
-        return pb.ListEnclavesResponse(enclaves=self._server.list_enclaves(), hosts=hosts)
+        return pb.ListEnclavesResponse(
+            enclaves=self._server.list_enclaves(client),
+            hosts=hosts,
+            caller=client,
+            operator=self._server.is_operator(client),
+        )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .._errors import EnclaveLoadError, StatusCode
 from .._proto.v1 import provision_pb2 as pb
+from ._agent import PlatformAgent
 from ._spawn import ProxyProcess, proxy_command, read_statuses, reap, start_proxy
 from .backend import Placement, ProxySpec, RefusedError, Started
 
@@ -43,8 +44,9 @@ class SingleHostBackend:
 
     ``host`` is the address clients dial (``--advertise``); ``workdir`` holds the
     proxies' private directories; ``ports`` is ``--proxy-ports`` (None: any free port);
-    ``platform_pem`` the platform key handed to each proxy; ``slots`` the server's
-    ``--max-enclaves`` (for listings); ``grace`` how long a proxy told to stop may take.
+    ``agent`` the machine's platform agent, to which each proxy gets a channel (it never
+    gets the key); ``slots`` the server's ``--max-enclaves`` (for listings); ``grace``
+    how long a proxy told to stop may take.
     """
 
     def __init__(
@@ -55,7 +57,7 @@ class SingleHostBackend:
         slots: int,
         ports: tuple[int, int] | None = None,
         python: str | None = None,
-        platform_pem: bytes = b"",
+        agent: PlatformAgent | None = None,
         grace: float = 5.0,
     ) -> None:
         self._host = host
@@ -63,7 +65,7 @@ class SingleHostBackend:
         self._slots = slots
         self._ports = ports
         self._python = python
-        self._platform_pem = platform_pem
+        self._agent = agent
         self._grace = grace
         self._lock = threading.Lock()
         self._ports_used: set[int] = set()
@@ -72,7 +74,9 @@ class SingleHostBackend:
         """Nothing to connect to: proxies start here."""
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Stop the platform agent (running proxies have what they need from it)."""
+        if self._agent is not None:
+            self._agent.close()
 
     # ----------------------------------------------------------- placing
 
@@ -119,8 +123,6 @@ class SingleHostBackend:
                 with os.fdopen(fd, "wb") as f:
                     f.write(spec.client_ca_pem)
                 extra += ["--client-ca", str(ca_path)]
-        if self._platform_pem:
-            extra += ["--platform-key", "-"]  # on stdin: proxies never see the key's file
         return directory, extra
 
     def _start(
@@ -136,6 +138,9 @@ class SingleHostBackend:
                 transport=spec.transport,
                 extra=extra,
             )
+            channel = self._agent.channel() if self._agent is not None else None
+            if channel is not None:
+                command += ["--agent-fd", str(channel.fileno())]
             try:  # start_proxy removes the directory when it fails
                 proxy = start_proxy(
                     command,
@@ -143,7 +148,7 @@ class SingleHostBackend:
                     directory=directory,
                     timeout=min(timeout, spec.start_timeout),
                     name=spec.name,
-                    secret_input=self._platform_pem,
+                    pass_fds=(channel.fileno(),) if channel is not None else (),
                 )
             except EnclaveLoadError as exc:
                 self._give_back(port)
@@ -151,6 +156,9 @@ class SingleHostBackend:
                 if "cannot listen" in str(exc):
                     continue  # that port is taken by someone else: try the next one
                 break
+            finally:
+                if channel is not None:
+                    channel.close()  # the proxy has its own copy
             return proxy, port
         log.error("the proxy for %s failed to start: %s", spec.name, error)
         if self._ports is not None and (error is None or "cannot listen" in str(error)):

@@ -8,13 +8,15 @@ signalled, or when the provisioner that started it dies.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import datetime
 import ipaddress
 import logging
 import os
+import resource
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -25,14 +27,14 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from .._config import SandboxConfig, SandboxMode
 from .._errors import EnclaveError, HostCallError
+from .._process import set_parent_death_signal
 from .._tls import TLSConfig
-from ..attestation.attester import KeyAttester
-from ..attestation.platform import load_platform_key, load_platform_key_pem
+from ..attestation.agent import AgentAttester
+from ..attestation.attester import Attester
 from ..protocol import Role, SessionCore
 from ..transport import factory
 from ..transport.base import Admission, FrameSender, FrameSink
@@ -45,16 +47,9 @@ __all__ = ["RemoteEnclaveProxyServer"]
 log = logging.getLogger("farside.proxy")
 
 FINALIZE_GRACE = 5.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _set_parent_death_signal(sig: int) -> None:
-    """Ask Linux to signal us when our parent dies (best effort, Linux only)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except (OSError, AttributeError):
-        log.debug("prctl(PR_SET_PDEATHSIG) is not available here")
+_MAX_TOKEN_BYTES = 1024
+MAX_FILE_BYTES = 16 * 2**20
+"""The most any file the proxy writes may hold: its log, written by it or by enclave code."""
 
 
 def tls_public_key_of(tls: TLSConfig) -> bytes:
@@ -109,7 +104,7 @@ class RemoteEnclaveProxyServer:
         idle_timeout: float = 30.0,
         parent_pid: int | None = None,
         tls: TLSConfig | None = None,
-        platform_key: Ed25519PrivateKey | None = None,
+        attester: Attester | None = None,
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
         transport: str = "grpc",
@@ -118,7 +113,7 @@ class RemoteEnclaveProxyServer:
         self.sandbox = sandbox  # None: no sandbox at all (in-process tests)
         self._listen = listen
         self._tls = tls
-        self.platform_key = platform_key
+        self._attester = attester  # the session's; None: a throwaway key (in-process tests)
         self._max_workers = max_workers
         self._worker_idle_timeout = worker_idle_timeout
         self.tls_public_key = tls_public_key_of(tls) if tls is not None else b""
@@ -143,7 +138,7 @@ class RemoteEnclaveProxyServer:
         """Bind and start serving; return the address clients dial."""
         self.address = self._listener.start()
         if self._parent_pid is not None:
-            _set_parent_death_signal(signal.SIGTERM)
+            set_parent_death_signal(signal.SIGTERM)
             if os.getppid() != self._parent_pid:  # it died before prctl took effect
                 self.stop("the provisioner that started this proxy is gone")
         return self.address
@@ -163,16 +158,14 @@ class RemoteEnclaveProxyServer:
     # ----------------------------------------------------------- session
 
     def _on_open(self, sender: FrameSender) -> FrameSink:
-        # Hand the key over: after it signs this session's evidence nothing may hold it.
-        key, self.platform_key = self.platform_key, None
+        attester, self._attester = self._attester, None  # one session, one attestation
         runtime = EnclaveRuntime(
-            attester=KeyAttester(key) if key is not None else None,
+            attester=attester,
             tls_public_key=self.tls_public_key,
             max_workers=self._max_workers,
             worker_idle_timeout=self._worker_idle_timeout,
             confine=self.sandbox.confine if self.sandbox is not None else None,
         )
-        del key
         endpoint = Endpoint(
             SessionCore(Role.PROXY),
             sender,
@@ -268,18 +261,39 @@ class RemoteEnclaveProxyServer:
             log.warning("finalize() did not return within %g s; exiting anyway", FINALIZE_GRACE)
 
 
-def _read_pem_block(stream: Any) -> bytes:
-    lines = []
-    for line in stream:
-        lines.append(line)
-        if line.startswith("-----END"):
+def _cap_file_writes() -> None:
+    """No file this process writes grows past ``MAX_FILE_BYTES``: its log (stderr) above all.
+
+    Enclave code can write to the inherited stderr descriptor directly; without a cap it
+    grew a provision server's ``proxy.log`` to 300 MB. With ``RLIMIT_FSIZE`` a write past
+    the cap fails with ``EFBIG`` (``SIGXFSZ`` is ignored, so it does not kill the proxy);
+    seccomp later refuses raising the limit again.
+    """
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        cap = MAX_FILE_BYTES if hard == resource.RLIM_INFINITY else min(MAX_FILE_BYTES, hard)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
+
+
+def _read_token_line(fd: int) -> str:
+    """The first line on ``fd``, read with ``os.read`` (no Python buffer keeps a copy of
+    what follows), then the descriptor is pointed at /dev/null."""
+    data = b""
+    while not data.endswith(b"\n") and len(data) <= _MAX_TOKEN_BYTES:
+        chunk = os.read(fd, 1)
+        if not chunk:
             break
-    return "".join(lines).encode()
+        data += chunk
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return data.decode("utf-8", "replace").strip() if len(data) <= _MAX_TOKEN_BYTES else ""
 
 
 def _read_token(token_file: str | None, token_stdin: bool) -> str:
     if token_stdin:
-        return sys.stdin.readline().strip()
+        return _read_token_line(0)
     if token_file:
         with open(token_file, encoding="utf-8") as f:
             return f.read().strip()
@@ -315,7 +329,7 @@ def run_proxy(
     idle_timeout: float,
     parent_pid: int | None,
     tls: TLSConfig | None = None,
-    platform_key: str | None = None,
+    agent_fd: int | None = None,
     report_status: bool = False,
     tls_ephemeral: str | None = None,
     client_ca: str | None = None,
@@ -328,20 +342,24 @@ def run_proxy(
 ) -> int:
     """``farside proxy``: serve one session, printing one ready line on stdout.
 
-    With ``tls_ephemeral`` (the host clients dial), the proxy serves TLS with a fresh
-    key and self-signed certificate of its own, written to ``tls-cert.pem`` in its
-    working directory for the provisioner to hand to the client, which pins it.
-    With ``report_status``, stdout stays open for status lines to the provisioner.
-    ``sandbox`` and ``limits`` are the least confinement the enclave gets (a client may
-    ask for more); a proxy on a Unix socket enters its own network namespace right away,
-    while it has one thread. Returns only on a usage error; otherwise it ends the process
-    itself.
+        With ``tls_ephemeral`` (the host clients dial), the proxy serves TLS with a fresh
+        key and self-signed certificate of its own, written to ``tls-cert.pem`` in its
+        working directory for the provisioner to hand to the client, which pins it.
+        With ``report_status``, stdout stays open for status lines to the provisioner.
+    ``agent_fd`` is this proxy's channel to the platform agent (inherited from the
+    provisioner): the proxy never holds the platform key, and closes the channel once
+    its evidence and sealing keys are made, before enclave code runs.
+        ``sandbox`` and ``limits`` are the least confinement the enclave gets (a client may
+        ask for more); a proxy on a Unix socket enters its own network namespace right away,
+        while it has one thread. Returns only on a usage error; otherwise it ends the process
+        itself.
     """
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format=f"farside-proxy[{os.getpid()}] %(levelname)s %(message)s",
     )
+    _cap_file_writes()
     token = _read_token(token_file, token_stdin)
     if not token:
         print(
@@ -362,27 +380,25 @@ def run_proxy(
         tls = ephemeral_tls(tls_ephemeral, client_ca)
         assert isinstance(tls.cert, bytes)
         Path("tls-cert.pem").write_bytes(tls.cert)
-    try:
-        if platform_key == "-":  # a PEM block after the token on stdin: never in a file
-            key: Ed25519PrivateKey | None = load_platform_key_pem(_read_pem_block(sys.stdin))
-        else:
-            key = load_platform_key(platform_key) if platform_key else None
-    except ValueError as exc:
-        print(f"farside proxy: {exc}", file=sys.stderr)
-        return 2
+    attester = None
+    if agent_fd is not None:
+        try:
+            attester = AgentAttester(socket.socket(fileno=agent_fd))
+        except OSError as exc:
+            print(f"farside proxy: --agent-fd {agent_fd} is not a socket: {exc}", file=sys.stderr)
+            return 2
     server = RemoteEnclaveProxyServer(
         listen,
         token,
         idle_timeout=idle_timeout,
         parent_pid=parent_pid,
         tls=tls,
-        platform_key=key,
+        attester=attester,
         max_workers=max_workers,
         worker_idle_timeout=worker_idle_timeout,
         transport=transport,
         sandbox=confinement,
     )
-    del key  # the server holds it until the session takes it
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         server.stop(f"received {signal.Signals(signum).name}", from_signal=True)

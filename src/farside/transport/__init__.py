@@ -3,8 +3,10 @@
 * ``Endpoint`` drives a ``farside.protocol.SessionCore`` from many threads (both ends).
 * ``base`` is the seam every transport implements: ``ClientTransport``, ``Listener``,
   ``FrameSender`` (with backpressure), ``Admission`` and ``refusal_error``.
-* ``connect``/``listen`` choose a transport by name (``factory``): ``"grpc"`` or
-  ``"stream"``; each lives in its own module and is imported only when used.
+* ``connect``/``listen`` choose a transport by name (``factory``): ``"grpc"``,
+  ``"stream"`` or ``"vsock"`` (``ALL_TRANSPORTS``; provisioners use ``TRANSPORTS``, the
+  first two); each lives in its own module and is imported only when used.
+* ``relay.VsockRelay`` is a Nitro Enclave parent's relay (``farside vsock-relay``).
 
 Names are loaded on first use: the stream transport never loads gRPC.
 """
@@ -26,6 +28,7 @@ if _typing.TYPE_CHECKING:
         Handler as Handler,
     )
     from .factory import (
+        ALL_TRANSPORTS as ALL_TRANSPORTS,
         TRANSPORTS as TRANSPORTS,
         choose_transport as choose_transport,
         connect as connect,
@@ -40,6 +43,7 @@ _EXPORTS = {
     "FrameSender": ".base",
     "Listener": ".base",
     "Refusal": ".base",
+    "ALL_TRANSPORTS": ".factory",
     "TRANSPORTS": ".factory",
     "choose_transport": ".factory",
     "connect": ".factory",

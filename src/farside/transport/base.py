@@ -2,7 +2,7 @@
 
 A transport moves ``Batch``es of session frames between a client and its proxy and
 nothing else; what a frame means is ``farside.protocol``'s. Each transport module
-(``farside.transport.grpc``, ``farside.transport.stream``) provides two functions,
+(``farside.transport.grpc``, ``.stream``, ``.vsock``) provides two functions,
 reached by name through ``farside.transport.connect`` and ``farside.transport.listen``:
 
 * ``connect(address, *, token, tls) -> ClientTransport``: the client's end, which the

@@ -35,6 +35,7 @@ from ..protocol import (
     CallKind,
     CallReceived,
     CloseReceived,
+    DisposeReceived,
     Event,
     LoadedReceived,
     RemoteError,
@@ -79,7 +80,12 @@ class _Stop:
     pass
 
 
-Mail = CallReceived | ResultReceived | LoadedReceived | _Failure | _Stop
+@dataclass(frozen=True, slots=True)
+class _Dispose:
+    """(proxy) The client thread this worker serves ended: exit once idle."""
+
+
+Mail = CallReceived | ResultReceived | LoadedReceived | _Failure | _Stop | _Dispose
 
 
 class Endpoint:
@@ -157,6 +163,19 @@ class Endpoint:
             self._send_queued()
         return self._wait(thread, box, call_id, deadline)
 
+    def dispose(self, thread: int) -> None:
+        """(client) The client thread ``thread`` ended: let the proxy's worker for it go.
+
+        Never raises: it runs from thread-exit finalizers, when the session may be gone.
+        """
+        with self._lock:
+            if self._failure is None:
+                try:
+                    self.core.dispose_thread(thread)
+                finally:
+                    self._send_queued()
+            self._mailboxes.pop(thread, None)
+
     def notify(
         self, thread: int, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None
     ) -> None:
@@ -169,8 +188,8 @@ class Endpoint:
     def write_output(self, thread: int, stream: Stream, data: bytes) -> None:
         """Buffer one-way output; a background flusher sends it within ``output_delay``."""
         with self._lock:
-            if self._failure is not None or self.core.state in (State.CLOSED, State.ERROR):
-                return  # nobody to tell; output of a dead session is dropped
+            if self._failure is not None or self.core.state is not State.READY:
+                return  # a dead session has nobody to tell (and none is READY before)
             self.core.write_output(thread, stream, data)
             self._send_queued()  # write_output may have flushed a full chunk
             if self.core.pending_output and self._flusher is None:
@@ -233,6 +252,12 @@ class Endpoint:
                 continue
             if isinstance(mail, CallReceived):
                 self._serve_call(mail)
+            elif isinstance(mail, _Dispose):
+                with self._lock:
+                    if self._mailboxes.get(thread) is box and box.empty():
+                        del self._mailboxes[thread]
+                        return
+                # a call came after all (a peer that disposed too early): serve it
             elif isinstance(mail, _Failure | _Stop):
                 box.put(mail)  # sticky
                 if isinstance(mail, _Failure):
@@ -263,23 +288,30 @@ class Endpoint:
     def _wait(
         self, thread: int, box: queue.SimpleQueue[Mail], call_id: int | None, deadline: float | None
     ) -> Any:
-        while True:
-            mail = self._next_mail(thread, box, call_id, deadline)
-            if isinstance(mail, ResultReceived):
-                if mail.call_id != call_id:  # the core routes results by call id
-                    raise ProtocolError(f"result {mail.call_id} reached the wrong waiter")
-                if mail.error is not None:
-                    raise self._to_exception(mail.error)
-                return mail.value
-            if isinstance(mail, CallReceived):
-                self._serve_call(mail)
-            elif isinstance(mail, LoadedReceived):
-                raise ProtocolError("a Loaded frame reached a call's waiter")
-            else:  # _Failure or _Stop: sticky, so every waiter on this thread sees it
-                box.put(mail)
-                if isinstance(mail, _Failure):
-                    raise mail.error
-                return None
+        disposed = False  # the client thread ended while this call unwinds: serve() exits after
+        try:
+            while True:
+                mail = self._next_mail(thread, box, call_id, deadline)
+                if isinstance(mail, ResultReceived):
+                    if mail.call_id != call_id:  # the core routes results by call id
+                        raise ProtocolError(f"result {mail.call_id} reached the wrong waiter")
+                    if mail.error is not None:
+                        raise self._to_exception(mail.error)
+                    return mail.value
+                if isinstance(mail, CallReceived):
+                    self._serve_call(mail)
+                elif isinstance(mail, _Dispose):
+                    disposed = True
+                elif isinstance(mail, LoadedReceived):
+                    raise ProtocolError("a Loaded frame reached a call's waiter")
+                else:  # _Failure or _Stop: sticky, so every waiter on this thread sees it
+                    box.put(mail)
+                    if isinstance(mail, _Failure):
+                        raise mail.error
+                    return None
+        finally:
+            if disposed:
+                box.put(_Dispose())
 
     def _abandon(self, thread: int, box: queue.SimpleQueue[Mail]) -> None:
         with self._lock:
@@ -362,18 +394,22 @@ class Endpoint:
             self.fail(error)
         elif isinstance(event, LoadedReceived):
             self._mailboxes[0].put(event)
+        elif isinstance(event, DisposeReceived):
+            with self._lock:
+                box = self._mailboxes.get(event.thread)
+            if box is not None:
+                box.put(_Dispose())  # after whatever it still has to serve
+            self._handler.handle_event(event)
         else:
             self._handler.handle_event(event)
 
     def _route_call(self, event: CallReceived) -> None:
-        box = self._mailboxes.get(event.thread)
-        if event.oneway and (
-            box is None
-            or event.thread == 0
-            or not self.core.depth(event.thread)
-            or self.core.is_abandoned(event.thread)
-        ):
-            self._serve_call(event)  # nobody waits on that thread: serve it here
+        if event.oneway:
+            # The core passes one-way calls only for a thread waiting for its call: that
+            # thread serves them, in order with the rest, never the reader thread.
+            box = self._mailboxes.get(event.thread)
+            if box is not None:
+                box.put(event)
             return
         with self._lock:  # under the lock: an idle worker may be dropping this mailbox
             box = self._mailboxes.get(event.thread)

@@ -3,6 +3,9 @@
 The same session core and the same frames as the gRPC transport, without HTTP/2
 and without gRPC's threads between a call and the wire. A connection is a Unix
 socket (local proxies) or TCP with TLS 1.3 (remote proxies), opened by the client.
+The socket family is a seam (``farside.transport.sockets.SocketScheme``):
+``farside.transport.vsock`` runs this same code on vsock, for a proxy inside a Nitro
+Enclave.
 
 On the wire, after TLS: the client sends ``PREFACE`` and its session token as one
 message; the proxy answers with an empty message (accepted) or a ``Batch`` holding
@@ -35,6 +38,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -51,12 +55,21 @@ from .base import (
     batches,
     refusal_error,
 )
+from .sockets import (
+    HOST_SOCKETS,
+    SocketAddress,
+    SocketScheme,
+    SourceShares,
+    accept_loop,
+    listening_socket,
+)
 
 __all__ = [
     "PREFACE",
     "StreamClientTransport",
     "StreamConnection",
     "StreamListener",
+    "client_context",
     "connect",
     "listen",
 ]
@@ -73,25 +86,6 @@ _LEN = struct.Struct(">I")
 _RECV_BYTES = 1 << 18
 _SENDMSG_PARTS = 64
 
-# Dead peers and cut networks are noticed within about 7 s, as with gRPC's keepalive:
-# probes after 4 s idle, every second, three unanswered ones end the connection, and
-# data unacknowledged for 7 s does too.
-_KEEPALIVE = (4, 1, 3)
-_USER_TIMEOUT_MS = 7_000
-
-
-def _tune(sock: socket.socket) -> None:
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    idle, interval, count = _KEEPALIVE
-    with contextlib.suppress(AttributeError, OSError):  # Linux names; elsewhere the defaults
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, _USER_TIMEOUT_MS)
-
 
 def _within(sock: socket.socket, deadline: float) -> None:
     """Give the socket's next blocking call what is left until ``deadline`` (a handshake
@@ -100,18 +94,6 @@ def _within(sock: socket.socket, deadline: float) -> None:
     if left <= 0:
         raise TimeoutError("timed out during the handshake")
     sock.settimeout(left)
-
-
-def _address(target: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
-    """``unix:/path`` or ``host:port`` (IPv6 hosts in brackets) as a socket address."""
-    if target.startswith("unix:"):
-        return socket.AF_UNIX, target[len("unix:") :]
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"a stream address is unix:/path or host:port, not {target!r}")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return family, (host, int(port))
 
 
 class _TLS:
@@ -522,7 +504,9 @@ class StreamClientTransport:
     """The client's end: ``start`` connects and starts reading; ``send`` queues frames.
 
     ``tls`` is the client context (pinned to the proxy's certificate) for TCP
-    targets; ``server_hostname`` is the name that certificate carries.
+    targets; ``server_hostname`` is the name that certificate carries (default: the
+    target's host). ``sockets`` turns the target into a socket (``HOST_SOCKETS``:
+    Unix or TCP).
     """
 
     def __init__(
@@ -533,8 +517,10 @@ class StreamClientTransport:
         tls: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         connect_timeout: float = HANDSHAKE_TIMEOUT,
+        sockets: SocketScheme = HOST_SOCKETS,
     ) -> None:
         self.target = target
+        self._sockets = sockets
         self._token = token.encode()
         self._tls_context = tls
         self._server_hostname = server_hostname
@@ -564,18 +550,16 @@ class StreamClientTransport:
         self._connection.start(sink, lost)
 
     def _connect(self) -> StreamConnection:
-        family, address = _address(self.target)
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        where = self._sockets.resolve(self.target, listening=False)
+        sock = socket.socket(where.family, socket.SOCK_STREAM)
         deadline = time.monotonic() + self._connect_timeout
         try:
             sock.settimeout(self._connect_timeout)
-            sock.connect(address)
-            _tune(sock)
+            sock.connect(where.address)
+            self._sockets.tune(sock)
             tls, early = None, b""
             if self._tls_context is not None:
-                hostname = self._server_hostname
-                if hostname is None and isinstance(address, tuple):
-                    hostname = address[0]
+                hostname = self._server_hostname or where.tls_name
                 tls = _TLS(self._tls_context, server_side=False, server_hostname=hostname)
                 early = tls.handshake(sock, deadline)
             connection = StreamConnection(
@@ -624,6 +608,7 @@ class StreamListener:
     ``on_open(connection)`` returns the sink for the session's frames and
     ``on_lost(error)`` is called if it breaks. A refused connection (a wrong token, or
     any after the session's) is told why and closed; it never disturbs the session.
+    ``sockets`` turns ``listen`` into a socket (``HOST_SOCKETS``: Unix or TCP).
     """
 
     def __init__(
@@ -634,82 +619,53 @@ class StreamListener:
         on_open: OnOpen,
         on_lost: LostCallback,
         tls: ssl.SSLContext | None = None,
+        sockets: SocketScheme = HOST_SOCKETS,
     ) -> None:
         self._listen = listen
+        self._sockets = sockets
+        self._bound: SocketAddress | None = None
         self._admission = admission
         self._on_open = on_open
         self._on_lost = on_lost
         self._tls = tls
         self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
         self._vetting = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
-        self._pending_from: dict[str, int] = {}  # TCP source address -> connections vetted
+        self._pending = SourceShares(MAX_PENDING_PER_SOURCE)  # connections being vetted
         self._connection: StreamConnection | None = None
         self._stopped = False
 
     def start(self) -> str:
         """Bind and accept in the background; return the address clients dial."""
-        family, address = _address(self._listen)
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            if family != socket.AF_UNIX:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(MAX_PENDING_HANDSHAKES)
-        except OSError:
-            sock.close()
-            raise
+        where = self._sockets.resolve(self._listen, listening=True)
+        sock = listening_socket(where, MAX_PENDING_HANDSHAKES)
         self._sock = sock
+        self._bound = where
         accept = threading.Thread(
-            target=self._accept_loop, name="farside-stream-accept", daemon=True
+            target=accept_loop,
+            args=(sock, lambda: self._stopped, self._take),
+            name="farside-stream-accept",
+            daemon=True,
         )
         accept.start()
-        if family == socket.AF_UNIX:
-            return self._listen
-        host, port = sock.getsockname()[:2]
-        shown = self._listen.rpartition(":")[0]
-        return f"{shown}:{port}" if shown else f"{host}:{port}"
+        return self._sockets.shown(self._listen, sock)
 
-    def _accept_loop(self) -> None:
-        assert self._sock is not None
-        while not self._stopped:
-            try:
-                conn, peer = self._sock.accept()
-            except OSError:
-                if self._stopped:
-                    return
-                time.sleep(0.05)  # EMFILE and friends: do not spin
-                continue
-            # One source may not take every vetting slot: a flood from one address
-            # would otherwise keep the real client out. (A Unix socket's peers are the
-            # client's own user: its directory is private.)
-            source = peer[0] if isinstance(peer, tuple) else ""
-            with self._lock:
-                busy = source and self._pending_from.get(source, 0) >= MAX_PENDING_PER_SOURCE
-                if not busy and source:
-                    self._pending_from[source] = self._pending_from.get(source, 0) + 1
-            if busy:
-                conn.close()
-                continue
-            if not self._vetting.acquire(blocking=False):
-                self._vetted(source)
-                conn.close()  # too many half-open connections at once
-                continue
-            threading.Thread(
-                target=self._admit,
-                args=(conn, source),
-                name="farside-stream-admit",
-                daemon=True,
-            ).start()
-
-    def _vetted(self, source: str) -> None:
-        if source:
-            with self._lock:
-                left = self._pending_from[source] - 1
-                if left:
-                    self._pending_from[source] = left
-                else:
-                    del self._pending_from[source]
+    def _take(self, conn: socket.socket, peer: Any) -> None:
+        # One source may not take every vetting slot: a flood from one address
+        # would otherwise keep the real client out.
+        source = self._sockets.source(peer)
+        if not self._pending.take(source):
+            conn.close()
+            return
+        if not self._vetting.acquire(blocking=False):
+            self._pending.give_back(source)
+            conn.close()  # too many half-open connections at once
+            return
+        threading.Thread(
+            target=self._admit,
+            args=(conn, source),
+            name="farside-stream-admit",
+            daemon=True,
+        ).start()
 
     def _admit(self, conn: socket.socket, source: str) -> None:
         try:
@@ -722,12 +678,12 @@ class StreamListener:
             conn.close()
         finally:
             self._vetting.release()
-            self._vetted(source)
+            self._pending.give_back(source)
 
     def _vet(self, conn: socket.socket) -> None:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT  # for all of it, not each recv
         conn.settimeout(HANDSHAKE_TIMEOUT)
-        _tune(conn)
+        self._sockets.tune(conn)
         tls = None
         head = b""
         if self._tls is not None:
@@ -775,20 +731,24 @@ class StreamListener:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
-            if self._sock.family == socket.AF_UNIX:
-                with contextlib.suppress(OSError):
-                    Path(self._listen[len("unix:") :]).unlink()
+            if self._bound is not None and isinstance(self._bound.address, str):
+                with contextlib.suppress(OSError):  # a Unix socket's path
+                    Path(self._bound.address).unlink()
         if self._connection is not None:
             self._connection.close(grace)
 
 
-def connect(address: str, *, token: str, tls: TLSConfig | None) -> StreamClientTransport:
-    """The client's end of a stream session with the proxy at ``address``."""
+def client_context(tls: TLSConfig | None) -> ssl.SSLContext | None:
+    """The client's ``ssl`` context for ``tls``; ``EnclaveLoadError`` if it cannot be used."""
     try:
-        context = tls.client_ssl_context() if tls is not None else None
+        return tls.client_ssl_context() if tls is not None else None
     except ValueError as exc:
         raise EnclaveLoadError(str(exc), code=StatusCode.INVALID_ARGUMENT) from exc
-    return StreamClientTransport(address, token=token, tls=context)
+
+
+def connect(address: str, *, token: str, tls: TLSConfig | None) -> StreamClientTransport:
+    """The client's end of a stream session with the proxy at ``address``."""
+    return StreamClientTransport(address, token=token, tls=client_context(tls))
 
 
 def listen(
@@ -798,12 +758,15 @@ def listen(
     on_open: OnOpen,
     on_lost: LostCallback,
     tls: TLSConfig | None = None,
+    sockets: SocketScheme = HOST_SOCKETS,
 ) -> StreamListener:
-    """The proxy's stream end on ``address`` (TLS 1.3 when ``tls`` is given)."""
+    """The proxy's stream end on ``address`` (TLS 1.3 when ``tls`` is given); ``sockets``
+    turns ``address`` into a socket (``HOST_SOCKETS``: Unix or TCP)."""
     return StreamListener(
         address,
         admission=admission,
         on_open=on_open,
         on_lost=on_lost,
         tls=tls.server_ssl_context() if tls is not None else None,
+        sockets=sockets,
     )

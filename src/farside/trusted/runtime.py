@@ -34,6 +34,7 @@ from ..protocol import (
     CallReceived,
     CancelReceived,
     CloseReceived,
+    DisposeReceived,
     Event,
     RemoteError,
     Stream,
@@ -118,6 +119,7 @@ class EnclaveRuntime:
         self.bundle: Bundle | None = None
         self.measurement = b""
         self.debug = False
+        self.initializing = False  # the initialize call arrived (it runs at most once)
         self.initialized = False
         self.finalized = False
         self.ended = threading.Event()
@@ -176,6 +178,7 @@ class EnclaveRuntime:
         )
         evidence = self._attester.evidence(report_data(event.nonce, binding))
         self._sealing_keys = self._attester.sealing_keys()
+        self._attester.close()  # enclave code must hold no way to the platform
         return evidence, proxy_nonce
 
     def _start_enclave_home(self, event: BundleReceived) -> None:
@@ -221,7 +224,11 @@ class EnclaveRuntime:
         return False
 
     def _load(self, event: BundleReceived) -> bool:
-        """Confine, attest, run the bundle's code; answer ``Loaded``. True if it loaded."""
+        """Confine, measure and attest; answer ``Loaded``. True if it did.
+
+        No code of the bundle runs here: it is imported by the client's ``initialize``
+        call, which comes only once the client has accepted the evidence.
+        """
         bundle = event.bundle
         self.bundle = bundle
         self.debug = bundle.manifest.debug
@@ -241,38 +248,37 @@ class EnclaveRuntime:
             return self._refuse_load(
                 RemoteError(code=StatusCode.PERMISSION_DENIED, type="BundleError", message=str(exc))
             )
-        try:
-            module = load_package(bundle, open_function=self.open)
-            build = getattr(module, "build_trusted_application", None)
-            if not callable(build):
-                raise LookupError(
-                    f"the bundle {bundle.manifest.entry!r} defines no "
-                    "build_trusted_application() function"
+        except Exception as exc:  # the platform agent is gone or refused
+            return self._refuse_load(
+                RemoteError(
+                    code=StatusCode.UNAVAILABLE,
+                    type=type(exc).__name__,
+                    message=f"the proxy cannot attest: {exc}",
                 )
-            app = build()
-            if not isinstance(app, TrustedApplication):
-                raise TypeError(
-                    "build_trusted_application() returned "
-                    f"{type(app).__name__}, not a TrustedApplication"
-                )
-        except BaseException as exc:
-            error = RemoteError.from_exception(exc, debug=self.debug)
-            if isinstance(exc, SyntaxError) and self.debug:
-                error = RemoteError(
-                    code=error.code,
-                    type=error.type,
-                    message=error.message,
-                    traceback="".join(traceback.format_exception_only(exc)),
-                )
-            self._refuse_load(error)
-            if not isinstance(exc, Exception):
-                raise
-            return False
-        self.app = app
+            )
         self._endpoint().run_locked(
             lambda core: core.loaded(self.measurement, evidence=evidence, proxy_nonce=proxy_nonce)
         )
         return True
+
+    def _build_app(self) -> TrustedApplication:
+        """Import the bundle and build its ``TrustedApplication`` (the enclave's code runs)."""
+        bundle = self.bundle
+        assert bundle is not None
+        module = load_package(bundle, open_function=self.open)
+        build = getattr(module, "build_trusted_application", None)
+        if not callable(build):
+            raise LookupError(
+                f"the bundle {bundle.manifest.entry!r} defines no "
+                "build_trusted_application() function"
+            )
+        app = build()
+        if not isinstance(app, TrustedApplication):
+            raise TypeError(
+                f"build_trusted_application() returned {type(app).__name__}, "
+                "not a TrustedApplication"
+            )
+        return app
 
     # ------------------------------------------------------------- Handler
 
@@ -282,6 +288,8 @@ class EnclaveRuntime:
             self._start_enclave_home(event)
         elif isinstance(event, CancelReceived):
             self._cancelled.add(event.thread)
+        elif isinstance(event, DisposeReceived):
+            pass  # the endpoint tells the worker; _work forgets the thread as it exits
         elif isinstance(event, CloseReceived):
             self.close_received = True
             self.ended.set()
@@ -318,21 +326,24 @@ class EnclaveRuntime:
 
     def handle_call(self, event: CallReceived) -> Any:
         """Run one entry call on the current (worker) thread."""
-        app = self.app
-        if app is None:
-            raise EnclaveError("the enclave is not loaded", code=StatusCode.FAILED_PRECONDITION)
         with self._calls_lock:
             self.calls_served += 1
         kind, args = event.kind, event.args
         if kind is CallKind.INITIALIZE:
-            if self.initialized:
-                raise EnclaveError("initialize() already ran", code=StatusCode.FAILED_PRECONDITION)
+            with self._calls_lock:
+                if self.initializing:
+                    raise EnclaveError(
+                        "initialize() already ran", code=StatusCode.FAILED_PRECONDITION
+                    )
+                self.initializing = True
             config = EnclaveConfig.from_wire(*args)
+            self.app = self._build_app()
             os.environ.update(config.environment)
-            app.initialize(config)
+            self.app.initialize(config)
             self.initialized = True
             return None
-        if not self.initialized or self.finalized:
+        app = self.app
+        if app is None or not self.initialized or self.finalized:
             raise EnclaveError(
                 "the enclave is not initialized, or already finalized",
                 code=StatusCode.FAILED_PRECONDITION,
@@ -363,8 +374,15 @@ class EnclaveRuntime:
         return self._sealing_keys
 
     def error_from_exception(self, exc: BaseException) -> RemoteError:
-        """Endpoint hook: describe an exception for the client."""
-        return RemoteError.from_exception(exc, debug=self.debug)
+        """Endpoint hook: describe an exception for the client (a debug enclave's
+        ``SyntaxError`` shows the offending line, not the importer's frames)."""
+        error = RemoteError.from_exception(exc, debug=self.debug)
+        if isinstance(exc, SyntaxError) and self.debug:
+            only = "".join(traceback.format_exception_only(exc))
+            error = RemoteError(
+                code=error.code, type=error.type, message=error.message, traceback=only
+            )
+        return error
 
     # ------------------------------------------------------------- ways out
 
@@ -393,8 +411,9 @@ class EnclaveRuntime:
         return self._endpoint().call(thread, CallKind.EXIT, name, args, kwargs)
 
     def notify(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """One-way exit call: no result, no waiting."""
-        self._endpoint().notify(getattr(_local, "thread", 0), name, args, kwargs)
+        """One-way exit call: no result, no waiting; only from a thread running an entry
+        call (the client serves it on the thread waiting for that call)."""
+        self._endpoint().notify(self._thread(), name, args, kwargs)
 
     def write_output(self, stream: Stream, data: bytes) -> None:
         """Queue stdout/stderr bytes for the client."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import queue
 import threading
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -28,6 +30,12 @@ __all__ = ["EnclaveClient"]
 log = logging.getLogger("farside")
 
 FINALIZE_TIMEOUT = 30.0
+
+
+class _ThreadEnd:
+    """Kept in a client thread's local storage: it is freed when the thread ends."""
+
+    __slots__ = ("__weakref__",)
 
 
 class EnclaveClient:
@@ -65,6 +73,13 @@ class EnclaveClient:
         self._tags = itertools.count(1)
         self._closed = False
         self._close_lock = threading.Lock()
+        # Tags of client threads that ended, for the disposer to tell the proxy about
+        # (a SimpleQueue: its put is safe from the finalizers that feed it).
+        self._ended: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._disposer = threading.Thread(
+            target=self._dispose_ended_threads, daemon=True, name=f"farside-dispose-{name}"
+        )
+        self._disposer.start()
 
     def __repr__(self) -> str:
         state = "destroyed" if self._closed else "loaded"
@@ -101,7 +116,26 @@ class EnclaveClient:
         tag: int | None = getattr(self._threads, "tag", None)
         if tag is None:
             tag = self._threads.tag = next(self._tags)
+            # The thread's local storage goes when the thread does, and the sentinel with
+            # it: then the proxy's worker for this tag may go too (Asylo's DisposeOfThread).
+            sentinel = _ThreadEnd()
+            self._threads.sentinel = sentinel
+            self._threads.farewell = weakref.finalize(sentinel, self._ended.put, tag)
         return tag
+
+    def _give_up_tag(self, tag: int) -> None:
+        """After a timeout: this thread's next call gets a fresh tag (hence a fresh worker),
+        and the old tag's worker goes once its abandoned call unwinds."""
+        if getattr(self._threads, "tag", None) == tag:
+            self._threads.tag = None
+            self._threads.farewell.detach()
+            self._ended.put(tag)
+
+    def _dispose_ended_threads(self) -> None:
+        """Tell the proxy about each client thread that ended (see ``_thread_tag``)."""
+        while (tag := self._ended.get()) is not None:
+            self._endpoint.dispose(tag)
+            self._exits.output.forget(tag)
 
     def _call(
         self,
@@ -122,8 +156,8 @@ class EnclaveClient:
             return self._endpoint.call(tag, kind, name, args, kwargs, timeout=timeout)
         except (DeadlineExceededError, KeyboardInterrupt):
             # The abandoned worker finishes in the background; this thread gets a fresh one.
-            if self._endpoint.core.is_abandoned(tag) and getattr(self._threads, "tag", None) == tag:
-                self._threads.tag = None
+            if self._endpoint.core.is_abandoned(tag):
+                self._give_up_tag(tag)
             raise
         finally:
             self._exits.output.flush(tag)  # the call's output, ending mid-line or not
@@ -181,6 +215,7 @@ class EnclaveClient:
             self._endpoint.fail(ClientClosedError(f"enclave {self._name!r} was destroyed"))
             self._provisioner.release(self._lease)
             self._exits.files.close_all()
+            self._ended.put(None)  # the disposer's end
             self._on_destroyed(self)
         if finalize_error is not None:
             raise finalize_error

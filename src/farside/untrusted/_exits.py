@@ -106,6 +106,13 @@ class OutputSink:
             for key in [k for k in self._partial if thread is None or k[0] == thread]:
                 self._emit(key[1], "".join(self._partial.pop(key).pieces))
 
+    def forget(self, thread: int) -> None:
+        """The client thread ``thread`` ended: write what it left unfinished, drop its state."""
+        self.flush(thread)
+        with self._lock:
+            for key in [k for k in self._decoders if k[0] == thread]:
+                del self._decoders[key]
+
     @staticmethod
     def _emit(stream: Stream, text: str) -> None:
         target: IO[str] = sys.stdout if stream is Stream.STDOUT else sys.stderr

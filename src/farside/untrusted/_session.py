@@ -3,7 +3,11 @@
 The order is the security argument: the client sends its bundle and a fresh nonce,
 the proxy answers with evidence, and only once that evidence verifies against the
 client's policy does the client send anything else (the ``EnclaveConfig``, any
-input). Whatever fails on the way leaves nothing running.
+input) or accept anything from the proxy but its evidence: until then the session
+core refuses every exit call, output and result (``SessionCore.accept_evidence``),
+so nothing reaches the client's handlers, files or terminal. The proxy runs no
+enclave code before the client's ``initialize`` call. Whatever fails on the way
+leaves nothing running.
 """
 
 from __future__ import annotations
@@ -105,7 +109,9 @@ def _load(
             f"{detail}",
             code=loaded.error.code,
         )
-    return _attest(load_config, bundle.measurement(), loaded, lease, nonce, client_nonce)
+    identity = _attest(load_config, bundle.measurement(), loaded, lease, nonce, client_nonce)
+    endpoint.run_locked(lambda c: c.accept_evidence())  # only now may the proxy reach us
+    return identity
 
 
 def open_session(
@@ -150,9 +156,10 @@ def open_session(
                 (load_config.config.to_wire(),),
                 timeout=proxy_config.load_timeout,
             )
-        except EnclaveCallError as exc:
+        except EnclaveCallError as exc:  # importing the bundle, or its initialize()
             raise EnclaveLoadError(
-                f"the enclave's initialize() failed: {exc}", code=exc.code
+                f"the enclave bundle {str(sim.enclave_path)!r} did not start: {exc}",
+                code=exc.code,
             ) from exc
     except BaseException as exc:
         with contextlib.suppress(EnclaveError):

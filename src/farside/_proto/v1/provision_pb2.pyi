@@ -89,9 +89,13 @@ class HostInfo(_message.Message):
     def __init__(self, address: _Optional[str] = ..., node_id: _Optional[str] = ..., alive: _Optional[bool] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListEnclavesResponse(_message.Message):
-    __slots__ = ("enclaves", "hosts")
+    __slots__ = ("enclaves", "hosts", "caller", "operator")
     ENCLAVES_FIELD_NUMBER: _ClassVar[int]
     HOSTS_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
     enclaves: _containers.RepeatedCompositeFieldContainer[EnclaveInfo]
     hosts: _containers.RepeatedCompositeFieldContainer[HostInfo]
-    def __init__(self, enclaves: _Optional[_Iterable[_Union[EnclaveInfo, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[HostInfo, _Mapping]]] = ...) -> None: ...
+    caller: str
+    operator: bool
+    def __init__(self, enclaves: _Optional[_Iterable[_Union[EnclaveInfo, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[HostInfo, _Mapping]]] = ..., caller: _Optional[str] = ..., operator: _Optional[bool] = ...) -> None: ...

@@ -70,7 +70,7 @@ class ProvisionerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEnclaves(self, request, context):
-        """The running enclaves (all of them, for this server's operator view).
+        """The hosts, and the caller's own running enclaves (every client's, for an operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

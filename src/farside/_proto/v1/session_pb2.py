@@ -26,49 +26,51 @@ _sym_db = _symbol_database.Default()
 from . import attestation_pb2 as farside_dot_v1_dot_attestation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61rside/v1/session.proto\x12\nfarside.v1\x1a\x1c\x66\x61rside/v1/attestation.proto\"*\n\x05\x42\x61tch\x12!\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x11.farside.v1.Frame\"\xde\x02\n\x05\x46rame\x12 \n\x04open\x18\x01 \x01(\x0b\x32\x10.farside.v1.OpenH\x00\x12)\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x17.farside.v1.BundleChunkH\x00\x12$\n\x06loaded\x18\x03 \x01(\x0b\x32\x12.farside.v1.LoadedH\x00\x12 \n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32\x10.farside.v1.CallH\x00\x12$\n\x06result\x18\x05 \x01(\x0b\x32\x12.farside.v1.ResultH\x00\x12$\n\x06output\x18\x06 \x01(\x0b\x32\x12.farside.v1.OutputH\x00\x12$\n\x06\x63\x61ncel\x18\x07 \x01(\x0b\x32\x12.farside.v1.CancelH\x00\x12\"\n\x05\x63lose\x18\x08 \x01(\x0b\x32\x11.farside.v1.CloseH\x00\x12\"\n\x05\x63hunk\x18\t \x01(\x0b\x32\x11.farside.v1.ChunkH\x00\x42\x06\n\x04kind\"\x15\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"d\n\x08Manifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65ntry\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\r\x12\x18\n\x10security_version\x18\x04 \x01(\r\x12\r\n\x05\x64\x65\x62ug\x18\x05 \x01(\x08\"\'\n\tFileEntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"8\n\x0f\x42undleSignature\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x9b\x02\n\x04Open\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12&\n\x08manifest\x18\x02 \x01(\x0b\x32\x14.farside.v1.Manifest\x12$\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x15.farside.v1.FileEntry\x12\x11\n\tmax_depth\x18\x04 \x01(\r\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63lient_nonce\x18\x06 \x01(\x0c\x12.\n\tsignature\x18\x07 \x01(\x0b\x32\x1b.farside.v1.BundleSignature\x12\x16\n\x0emax_value_size\x18\x08 \x01(\x04\x12+\n\x07sandbox\x18\t \x01(\x0b\x32\x1a.farside.v1.SandboxRequest\"]\n\x0eSandboxRequest\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x12\n\nopen_files\x18\x03 \x01(\x04\x12\x13\n\x0b\x63pu_seconds\x18\x04 \x01(\x04\"\x1b\n\x0b\x42undleChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x8b\x01\n\x06Loaded\x12\x15\n\x0bmeasurement\x18\x01 \x01(\x0cH\x00\x12\"\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.farside.v1.ErrorH\x00\x12&\n\x08\x65vidence\x18\x03 \x01(\x0b\x32\x14.farside.v1.Evidence\x12\x13\n\x0bproxy_nonce\x18\x04 \x01(\x0c\x42\t\n\x07outcome\"w\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0e\n\x06thread\x18\x02 \x01(\x04\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.farside.v1.CallKind\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x05 \x01(\x0c\x12\x0e\n\x06oneway\x18\x06 \x01(\x08\"G\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"Y\n\x06Result\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0f\n\x05value\x18\x02 \x01(\x0cH\x00\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.farside.v1.ErrorH\x00\x42\t\n\x07outcome\"J\n\x06Output\x12\x0e\n\x06thread\x18\x01 \x01(\x04\x12\"\n\x06stream\x18\x02 \x01(\x0e\x32\x12.farside.v1.Stream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x19\n\x06\x43\x61ncel\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\")\n\x05\x43lose\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.farside.v1.Error*\x93\x01\n\x08\x43\x61llKind\x12\x19\n\x15\x43\x41LL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41LL_KIND_INITIALIZE\x10\x01\x12\x11\n\rCALL_KIND_RUN\x10\x02\x12\x13\n\x0f\x43\x41LL_KIND_ECALL\x10\x03\x12\x16\n\x12\x43\x41LL_KIND_FINALIZE\x10\x04\x12\x12\n\x0e\x43\x41LL_KIND_EXIT\x10\x05*F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\x32\x45\n\x0e\x45nclaveSession\x12\x33\n\x07Session\x12\x11.farside.v1.Batch\x1a\x11.farside.v1.Batch(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61rside/v1/session.proto\x12\nfarside.v1\x1a\x1c\x66\x61rside/v1/attestation.proto\"*\n\x05\x42\x61tch\x12!\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x11.farside.v1.Frame\"\x86\x03\n\x05\x46rame\x12 \n\x04open\x18\x01 \x01(\x0b\x32\x10.farside.v1.OpenH\x00\x12)\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x17.farside.v1.BundleChunkH\x00\x12$\n\x06loaded\x18\x03 \x01(\x0b\x32\x12.farside.v1.LoadedH\x00\x12 \n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32\x10.farside.v1.CallH\x00\x12$\n\x06result\x18\x05 \x01(\x0b\x32\x12.farside.v1.ResultH\x00\x12$\n\x06output\x18\x06 \x01(\x0b\x32\x12.farside.v1.OutputH\x00\x12$\n\x06\x63\x61ncel\x18\x07 \x01(\x0b\x32\x12.farside.v1.CancelH\x00\x12\"\n\x05\x63lose\x18\x08 \x01(\x0b\x32\x11.farside.v1.CloseH\x00\x12\"\n\x05\x63hunk\x18\t \x01(\x0b\x32\x11.farside.v1.ChunkH\x00\x12&\n\x07\x64ispose\x18\x0f \x01(\x0b\x32\x13.farside.v1.DisposeH\x00\x42\x06\n\x04kind\"\x19\n\x07\x44ispose\x12\x0e\n\x06thread\x18\x01 \x01(\x04\"\x15\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"d\n\x08Manifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65ntry\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\r\x12\x18\n\x10security_version\x18\x04 \x01(\r\x12\r\n\x05\x64\x65\x62ug\x18\x05 \x01(\x08\"\'\n\tFileEntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"8\n\x0f\x42undleSignature\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x9b\x02\n\x04Open\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12&\n\x08manifest\x18\x02 \x01(\x0b\x32\x14.farside.v1.Manifest\x12$\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x15.farside.v1.FileEntry\x12\x11\n\tmax_depth\x18\x04 \x01(\r\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63lient_nonce\x18\x06 \x01(\x0c\x12.\n\tsignature\x18\x07 \x01(\x0b\x32\x1b.farside.v1.BundleSignature\x12\x16\n\x0emax_value_size\x18\x08 \x01(\x04\x12+\n\x07sandbox\x18\t \x01(\x0b\x32\x1a.farside.v1.SandboxRequest\"]\n\x0eSandboxRequest\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x12\n\nopen_files\x18\x03 \x01(\x04\x12\x13\n\x0b\x63pu_seconds\x18\x04 \x01(\x04\"\x1b\n\x0b\x42undleChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x8b\x01\n\x06Loaded\x12\x15\n\x0bmeasurement\x18\x01 \x01(\x0cH\x00\x12\"\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.farside.v1.ErrorH\x00\x12&\n\x08\x65vidence\x18\x03 \x01(\x0b\x32\x14.farside.v1.Evidence\x12\x13\n\x0bproxy_nonce\x18\x04 \x01(\x0c\x42\t\n\x07outcome\"w\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0e\n\x06thread\x18\x02 \x01(\x04\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.farside.v1.CallKind\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x05 \x01(\x0c\x12\x0e\n\x06oneway\x18\x06 \x01(\x08\"G\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"Y\n\x06Result\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0f\n\x05value\x18\x02 \x01(\x0cH\x00\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.farside.v1.ErrorH\x00\x42\t\n\x07outcome\"J\n\x06Output\x12\x0e\n\x06thread\x18\x01 \x01(\x04\x12\"\n\x06stream\x18\x02 \x01(\x0e\x32\x12.farside.v1.Stream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x19\n\x06\x43\x61ncel\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\")\n\x05\x43lose\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.farside.v1.Error*\x93\x01\n\x08\x43\x61llKind\x12\x19\n\x15\x43\x41LL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41LL_KIND_INITIALIZE\x10\x01\x12\x11\n\rCALL_KIND_RUN\x10\x02\x12\x13\n\x0f\x43\x41LL_KIND_ECALL\x10\x03\x12\x16\n\x12\x43\x41LL_KIND_FINALIZE\x10\x04\x12\x12\n\x0e\x43\x41LL_KIND_EXIT\x10\x05*F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\x32\x45\n\x0e\x45nclaveSession\x12\x33\n\x07Session\x12\x11.farside.v1.Batch\x1a\x11.farside.v1.Batch(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'farside.v1.session_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CALLKIND']._serialized_start=1675
-  _globals['_CALLKIND']._serialized_end=1822
-  _globals['_STREAM']._serialized_start=1824
-  _globals['_STREAM']._serialized_end=1894
+  _globals['_CALLKIND']._serialized_start=1742
+  _globals['_CALLKIND']._serialized_end=1889
+  _globals['_STREAM']._serialized_start=1891
+  _globals['_STREAM']._serialized_end=1961
   _globals['_BATCH']._serialized_start=70
   _globals['_BATCH']._serialized_end=112
   _globals['_FRAME']._serialized_start=115
-  _globals['_FRAME']._serialized_end=465
-  _globals['_CHUNK']._serialized_start=467
-  _globals['_CHUNK']._serialized_end=488
-  _globals['_MANIFEST']._serialized_start=490
-  _globals['_MANIFEST']._serialized_end=590
-  _globals['_FILEENTRY']._serialized_start=592
-  _globals['_FILEENTRY']._serialized_end=631
-  _globals['_BUNDLESIGNATURE']._serialized_start=633
-  _globals['_BUNDLESIGNATURE']._serialized_end=689
-  _globals['_OPEN']._serialized_start=692
-  _globals['_OPEN']._serialized_end=975
-  _globals['_SANDBOXREQUEST']._serialized_start=977
-  _globals['_SANDBOXREQUEST']._serialized_end=1070
-  _globals['_BUNDLECHUNK']._serialized_start=1072
-  _globals['_BUNDLECHUNK']._serialized_end=1099
-  _globals['_LOADED']._serialized_start=1102
-  _globals['_LOADED']._serialized_end=1241
-  _globals['_CALL']._serialized_start=1243
-  _globals['_CALL']._serialized_end=1362
-  _globals['_ERROR']._serialized_start=1364
-  _globals['_ERROR']._serialized_end=1435
-  _globals['_RESULT']._serialized_start=1437
-  _globals['_RESULT']._serialized_end=1526
-  _globals['_OUTPUT']._serialized_start=1528
-  _globals['_OUTPUT']._serialized_end=1602
-  _globals['_CANCEL']._serialized_start=1604
-  _globals['_CANCEL']._serialized_end=1629
-  _globals['_CLOSE']._serialized_start=1631
-  _globals['_CLOSE']._serialized_end=1672
-  _globals['_ENCLAVESESSION']._serialized_start=1896
-  _globals['_ENCLAVESESSION']._serialized_end=1965
+  _globals['_FRAME']._serialized_end=505
+  _globals['_DISPOSE']._serialized_start=507
+  _globals['_DISPOSE']._serialized_end=532
+  _globals['_CHUNK']._serialized_start=534
+  _globals['_CHUNK']._serialized_end=555
+  _globals['_MANIFEST']._serialized_start=557
+  _globals['_MANIFEST']._serialized_end=657
+  _globals['_FILEENTRY']._serialized_start=659
+  _globals['_FILEENTRY']._serialized_end=698
+  _globals['_BUNDLESIGNATURE']._serialized_start=700
+  _globals['_BUNDLESIGNATURE']._serialized_end=756
+  _globals['_OPEN']._serialized_start=759
+  _globals['_OPEN']._serialized_end=1042
+  _globals['_SANDBOXREQUEST']._serialized_start=1044
+  _globals['_SANDBOXREQUEST']._serialized_end=1137
+  _globals['_BUNDLECHUNK']._serialized_start=1139
+  _globals['_BUNDLECHUNK']._serialized_end=1166
+  _globals['_LOADED']._serialized_start=1169
+  _globals['_LOADED']._serialized_end=1308
+  _globals['_CALL']._serialized_start=1310
+  _globals['_CALL']._serialized_end=1429
+  _globals['_ERROR']._serialized_start=1431
+  _globals['_ERROR']._serialized_end=1502
+  _globals['_RESULT']._serialized_start=1504
+  _globals['_RESULT']._serialized_end=1593
+  _globals['_OUTPUT']._serialized_start=1595
+  _globals['_OUTPUT']._serialized_end=1669
+  _globals['_CANCEL']._serialized_start=1671
+  _globals['_CANCEL']._serialized_end=1696
+  _globals['_CLOSE']._serialized_start=1698
+  _globals['_CLOSE']._serialized_end=1739
+  _globals['_ENCLAVESESSION']._serialized_start=1963
+  _globals['_ENCLAVESESSION']._serialized_end=2032
 # @@protoc_insertion_point(module_scope)
