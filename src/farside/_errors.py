@@ -4,7 +4,7 @@ Every failure that crosses the enclave boundary or a process boundary surfaces a
 one of these; lower layers (grpc, OSError, msgpack, protobuf) are mapped at the
 layer boundary with ``raise ... from``, never leaked::
 
-    EnclaveError                    .code (StatusCode), .message
+    EnclaveError                    .code (StatusCode), .message, .hint, .setting
      ├─ EnclaveLoadError            bundle missing/invalid, initialize() failed, provisioning failed
      │   └─ AttestationError        evidence missing or bad, policy mismatch
      ├─ EnclaveCallError            code on the other side raised: .remote_type, .remote_traceback
@@ -16,6 +16,15 @@ layer boundary with ``raise ... from``, never leaked::
 
     ClientClosedError(RuntimeError) a call on an EnclaveClient that was destroyed
     EnclaveNameError(ValueError)    get_client() of an unknown name, or a load under a name in use
+
+An error's ``message`` says what went wrong; ``hint``, when there is one, says what to
+change, in Python terms, and ``str(error)`` is both. ``setting`` names the setting that
+fixes it ("tls.ca", "tls.cert", "tls", "policy.platform_keys", "address", "token") so
+that a front end such as the ``farside`` command can say it in its own terms (a flag).
+
+The public classes read as ``farside.EnclaveError`` (their ``__module__`` is
+``farside``, where they are exported), in tracebacks, ``repr`` and the type names
+that cross the boundary.
 
 This module owns only the types; it imports nothing else from farside.
 """
@@ -71,17 +80,30 @@ class StatusCode(enum.IntEnum):
 
 
 class EnclaveError(Exception):
-    """Base of every error farside raises about an enclave; carries a status code."""
+    """Base of every error farside raises about an enclave; carries a status code.
+
+    ``hint`` (what to change, in Python terms) and ``setting`` (which setting that is)
+    are ``None`` unless the fix is known; see the module docstring.
+    """
 
     default_code = StatusCode.UNKNOWN
 
-    def __init__(self, message: str, *, code: StatusCode | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: StatusCode | None = None,
+        hint: str | None = None,
+        setting: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = self.default_code if code is None else code
+        self.hint = hint
+        self.setting = setting
 
     def __str__(self) -> str:
-        return self.message
+        return f"{self.message}: {self.hint}" if self.hint else self.message
 
 
 class EnclaveLoadError(EnclaveError):
@@ -103,8 +125,16 @@ class AttestationError(EnclaveLoadError):
 
     default_code = StatusCode.PERMISSION_DENIED
 
-    def __init__(self, message: str, *, check: str = "", code: StatusCode | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self,
+        message: str,
+        *,
+        check: str = "",
+        code: StatusCode | None = None,
+        hint: str | None = None,
+        setting: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, hint=hint, setting=setting)
         self.check = check
 
 
@@ -113,6 +143,9 @@ class EnclaveCallError(EnclaveError):
 
     ``remote_type`` is the qualified name of the exception raised there;
     ``remote_traceback`` is its formatted traceback for debug enclaves, else ``None``.
+    ``str()`` names the remote type unless it is farside's generic ``EnclaveError``
+    (the enclave runtime's own refusals, such as an unknown entry point), so no error
+    name is said twice.
     """
 
     def __init__(
@@ -128,7 +161,8 @@ class EnclaveCallError(EnclaveError):
         self.remote_traceback = remote_traceback
 
     def __str__(self) -> str:
-        text = f"{self.remote_type}: {self.message}" if self.remote_type else self.message
+        named = self.remote_type and self.remote_type not in _GENERIC_REMOTE_TYPES
+        text = f"{self.remote_type}: {self.message}" if named else self.message
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
@@ -183,3 +217,25 @@ class ClientClosedError(RuntimeError):
 
 class EnclaveNameError(ValueError):
     """An enclave name is unknown to the EnclaveManager, or already in use."""
+
+
+# The generic error's names on the wire (a peer of an older farside says farside._errors).
+_GENERIC_REMOTE_TYPES = frozenset({"farside.EnclaveError", "farside._errors.EnclaveError"})
+
+# Exported as farside.X: say so wherever a class name is printed.
+for _public in (
+    EnclaveError,
+    EnclaveLoadError,
+    AttestationError,
+    EnclaveCallError,
+    HostCallError,
+    EnclaveUnavailableError,
+    UnsealError,
+    DeadlineExceededError,
+    ProtocolError,
+    ClientClosedError,
+    EnclaveNameError,
+    StatusCode,
+):
+    _public.__module__ = "farside"
+del _public

@@ -203,10 +203,14 @@ def test_measure(tmp_path: Path) -> None:
     done = farside("measure", str(WORKER), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert re.fullmatch(r"[0-9a-f]{64}", lines[-1])
-    assert "worker" in lines[0]
+    assert re.fullmatch(r"measurement: [0-9a-f]{64}", lines[-1])
+    assert lines[0].startswith("bundle: worker")
+    assert lines[1] == "signer: unsigned"
     non_debug = farside("measure", "--no-debug", str(WORKER), cwd=tmp_path)
     assert non_debug.stdout.splitlines()[-1] != lines[-1]
+    as_json = json.loads(farside("measure", "--json", str(WORKER), cwd=tmp_path).stdout)
+    assert f"measurement: {as_json['measurement']}" == lines[-1]
+    assert (as_json["name"], as_json["signer"], as_json["debug"]) == ("worker", None, True)
     missing = farside("measure", str(tmp_path / "gone.py"))
     assert missing.returncode == 1
     assert "gone.py" in missing.stderr

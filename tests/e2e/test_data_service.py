@@ -223,10 +223,13 @@ def trusted_machine() -> Iterator[Machine]:
     try:
         (root / "examples").symlink_to(EXAMPLE.parent)
         signer = farside("keygen", "--out", "signer.key", cwd=root).splitlines()[-1]
+        signer = signer.removeprefix("signer: ")
         farside("build", "examples/data_service/enclave", "--out", "ds.fsb", cwd=root)
-        assert farside("sign", "ds.fsb", "--key", "signer.key", cwd=root).splitlines()[-1] == signer
+        signed = farside("sign", "ds.fsb", "--key", "signer.key", cwd=root).splitlines()
+        assert signed[-1] == f"signer: {signer}"
         measured = farside("measure", "ds.fsb", cwd=root).splitlines()
         assert measured[-2] == f"signer: {signer}"
+        assert measured[-1].startswith("measurement: ")
         assert "product_id=1, security_version=1, debug=False" in measured[0]
         farside("certs", "--out", "tls", "--host", "127.0.0.1", cwd=root)
         farside("platform", "init", "--dir", "platform", cwd=root)

@@ -15,7 +15,7 @@ from ._support import PACKAGE, QUICKSTART, WORKER, long_form_config, proxy_pid, 
 
 
 def measure(path: Path, *extra: str) -> str:
-    """``farside measure PATH``'s measurement (its last line)."""
+    """``farside measure PATH``'s measurement (its last line, 'measurement: HEX')."""
     done = subprocess.run(
         [sys.executable, "-m", "farside", "measure", str(path), *extra],
         capture_output=True,
@@ -23,7 +23,7 @@ def measure(path: Path, *extra: str) -> str:
         timeout=30,
         check=True,
     )
-    return done.stdout.strip().splitlines()[-1]
+    return done.stdout.strip().splitlines()[-1].removeprefix("measurement: ")
 
 
 def test_quickstart_long_form(capsys: pytest.CaptureFixture[str]) -> None:

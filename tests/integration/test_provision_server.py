@@ -188,6 +188,16 @@ def test_tls_refusals(servers: ServerFactory, spawns: list[str], case: str) -> N
     message = str(caught.value)
     assert server.address in message
     assert "TLS" in message
+    # The cause in words, and the setting that fixes it (the CLI names its flag).
+    cause, setting = {
+        "wrong CA": ("not signed by the CA this client trusts", "tls.ca"),
+        "no client certificate": ("requires a client certificate", "tls.cert"),
+        "client certificate from another CA": ("did not accept this client's", "tls.cert"),
+    }[case]
+    assert cause in message
+    assert caught.value.setting == setting
+    assert caught.value.hint is not None
+    assert caught.value.hint in message
     assert spawns == []
     assert server.enclave_count() == 0
     servers.assert_serves(server)

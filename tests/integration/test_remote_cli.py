@@ -8,6 +8,7 @@ check covers them; each test also checks explicitly), and ``farside demo
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -373,6 +374,7 @@ def test_remote_demo_refusals(
     assert unreachable.returncode == 1
     assert address in unreachable.stderr
     assert "unreachable" in unreachable.stderr
+    assert "check the address" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
 
     # The server is unharmed.
@@ -472,6 +474,17 @@ def test_sigint_stops_an_idle_server(start_server: ServerStarter) -> None:
     assert "Traceback" not in server.stderr()
 
 
+def _calls_reported(address: str, tls_flags: list[str], name: str, calls: int) -> bool:
+    """Whether ``farside status`` comes to show ``calls`` for ``name`` (within 10 s)."""
+
+    def shown() -> bool:
+        done = farside_cli("status", address, *tls_flags, "--json")
+        enclaves = json.loads(done.stdout).get("enclaves", [])
+        return any(e["name"] == name and int(e.get("callsServed", 0)) == calls for e in enclaves)
+
+    return wait_until(shown, timeout=10, interval=0.2)
+
+
 def test_status_lists_this_host_its_slots_and_enclaves(
     start_server: ServerStarter, keys: tuple[CertSet, Path]
 ) -> None:
@@ -481,8 +494,11 @@ def test_status_lists_this_host_its_slots_and_enclaves(
     tls_flags += ["--tls-key", str(certs.client_key)]
     idle = farside_cli("status", server.address, *tls_flags)
     assert idle.returncode == 0, idle.stderr
-    assert re.search(r"127\.0\.0\.1 +alive slots 3/3 free", idle.stdout), idle.stdout
-    assert "enclaves (0):" in idle.stdout
+    lines = idle.stdout.splitlines()
+    assert lines[:3] == ["hosts (1):", lines[1], lines[2]]
+    assert lines[1].split() == ["ADDRESS", "STATE", "FREE/SLOTS", "LABELS"]
+    assert lines[2].split() == ["127.0.0.1", "alive", "3/3", "-"]
+    assert lines[3] == "enclaves (0):"
 
     provision = farside.RemoteProvision(server.address, tls=certs.client_tls())
     policy = farside.AttestationPolicy(platform_keys=(platform / "platform.pub",), allow_debug=True)
@@ -490,9 +506,19 @@ def test_status_lists_this_host_its_slots_and_enclaves(
     try:
         busy = farside_cli("status", server.address, *tls_flags)
         assert busy.returncode == 0, busy.stderr
-        assert "slots 2/3 free" in busy.stdout, busy.stdout
-        assert "enclaves (1):" in busy.stdout
-        assert client.name in busy.stdout
+        lines = busy.stdout.splitlines()
+        assert lines[2].split()[2] == "2/3", busy.stdout
+        assert lines[3] == "enclaves (1):"
+        header = lines[4].split()
+        assert header == ["ID", "NAME", "HOST", "ADDRESS", "CLIENT", "UPTIME", "CALLS"]
+        row = dict(zip(header, lines[5].split(), strict=True))
+        assert row["NAME"] == client.name
+        assert row["CLIENT"] == "cert:farside-client"
+        # CALLS is what the proxy last reported (a change once a second): initialize()
+        # and the two calls below, once the report is in.
+        client.call("encrypt", "a")
+        client.call("encrypt", "b")
+        assert _calls_reported(server.address, tls_flags, client.name, 3)
     finally:
         farside.EnclaveManager.instance().destroy_enclave(client)
         provision.close()

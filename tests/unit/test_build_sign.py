@@ -565,6 +565,8 @@ def test_sign_refuses_what_is_not_an_archive(package: Path, signer_key: Path) ->
 
 
 def test_attestation_all_is_exact() -> None:
+    for name in farside.attestation.__all__:  # names load lazily: load them all first
+        getattr(farside.attestation, name)
     public = {
         name
         for name, value in vars(farside.attestation).items()
@@ -643,26 +645,35 @@ def test_cli_build_keygen_sign_measure(package: Path, tmp_path: Path) -> None:
         name="svc", entry="__init__.py", product_id=5, security_version=2, debug=False
     )
     measurement = Bundle(manifest=manifest, files=load_bundle(package).files).measurement()
-    assert built.stdout.splitlines()[-1] == measurement.hex()
+    assert built.stdout.splitlines()[-1] == f"measurement: {measurement.hex()}"
 
     key = tmp_path / "signer.key"
     made = run_cli("keygen", "--out", key)
     assert made.returncode == 0, made.stderr
     identity = hashlib.sha256(raw_public(load_signer_key(key))).hexdigest()
-    assert made.stdout.splitlines()[-1] == identity
+    assert made.stdout.splitlines()[-1] == f"signer: {identity}"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
     measured = run_cli("measure", out)
     assert measured.returncode == 0, measured.stderr
-    assert measured.stdout.splitlines()[-2:] == ["signer: unsigned", measurement.hex()]
+    assert measured.stdout.splitlines()[-2:] == [
+        "signer: unsigned",
+        f"measurement: {measurement.hex()}",
+    ]
 
     signed = run_cli("sign", out, "--key", key)
     assert signed.returncode == 0, signed.stderr
-    assert signed.stdout.splitlines()[-1] == identity
+    assert signed.stdout.splitlines()[-2:] == [
+        f"measurement: {measurement.hex()}",
+        f"signer: {identity}",
+    ]
 
     measured = run_cli("measure", out, "--no-debug")
     assert measured.returncode == 0, measured.stderr
-    assert measured.stdout.splitlines()[-2:] == [f"signer: {identity}", measurement.hex()]
+    assert measured.stdout.splitlines()[-2:] == [
+        f"signer: {identity}",
+        f"measurement: {measurement.hex()}",
+    ]
     # Without --no-debug, measure takes the archive's own flag; a contradicting flag fails.
     assert "debug=False" in run_cli("measure", out).stdout
     debug_build = tmp_path / "debug.fsb"
@@ -674,7 +685,8 @@ def test_cli_measure_of_a_source_says_unsigned(package: Path) -> None:
     done = run_cli("measure", package)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[-2:] == ["signer: unsigned", load_bundle(package).measurement().hex()]
+    measurement = load_bundle(package).measurement().hex()
+    assert lines[-2:] == ["signer: unsigned", f"measurement: {measurement}"]
 
 
 def test_cli_build_errors_leave_no_file(package: Path, tmp_path: Path) -> None:

@@ -1430,7 +1430,7 @@ def test_remote_error_from_an_enclave_error_keeps_its_code() -> None:
     error = RemoteError.from_exception(EnclaveError("gone", code=StatusCode.NOT_FOUND))
     assert (error.code, error.type, error.message) == (
         StatusCode.NOT_FOUND,
-        "farside._errors.EnclaveError",
+        "farside.EnclaveError",
         "gone",
     )
 

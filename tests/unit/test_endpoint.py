@@ -226,7 +226,7 @@ def test_enclave_error_reaches_the_client_as_enclave_call_error(session: Session
         session.call(T, "fail")
     assert type(excinfo.value) is EnclaveCallError
     assert excinfo.value.code is StatusCode.NOT_FOUND
-    assert excinfo.value.remote_type == "farside._errors.EnclaveError"
+    assert excinfo.value.remote_type == "farside.EnclaveError"
     assert excinfo.value.message == "no such thing"
     assert excinfo.value.remote_traceback is not None  # the proxy side is a debug enclave
     # The session carries on.

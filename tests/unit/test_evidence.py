@@ -166,6 +166,10 @@ def test_unknown_platform_key() -> None:
     error = refused(evidence(key=OTHER_PLATFORM))
     assert error.check == "platform signature"
     assert "platform_keys" in str(error)  # tells the user how to trust a machine
+    # ... in Python terms (hint), and which setting it is, for the CLI's own words
+    assert error.hint == "add that machine's platform.pub to AttestationPolicy(platform_keys=...)"
+    assert error.setting == "policy.platform_keys"
+    assert "platform_keys" not in error.message
 
 
 def test_no_trusted_platform_at_all() -> None:

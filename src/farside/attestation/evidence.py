@@ -243,8 +243,12 @@ class AttestationPolicy:
         return replace(self, platform_keys=(*self.platform_keys, *keys))
 
 
-def _failure(check: str, message: str) -> AttestationError:
-    return AttestationError(f"attestation failed ({check}): {message}", check=check)
+def _failure(
+    check: str, message: str, *, hint: str | None = None, setting: str | None = None
+) -> AttestationError:
+    return AttestationError(
+        f"attestation failed ({check}): {message}", check=check, hint=hint, setting=setting
+    )
 
 
 def _check_claims(identity: EnclaveIdentity, policy: AttestationPolicy) -> None:
@@ -277,8 +281,9 @@ def _verify_sim_signature(evidence: pb.Evidence, policy: AttestationPolicy) -> N
     if not policy.trust_any_platform and platform not in policy._platform_keys:
         raise _failure(
             "platform signature",
-            "the evidence is signed by a platform key this client does not trust (add that "
-            "machine's platform.pub to AttestationPolicy(platform_keys=...))",
+            "the evidence is signed by a platform key this client does not trust",
+            hint="add that machine's platform.pub to AttestationPolicy(platform_keys=...)",
+            setting="policy.platform_keys",
         )
     if policy.trust_any_platform:
         log.warning(

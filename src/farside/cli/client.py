@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _common as common
@@ -19,129 +23,209 @@ def register(sub: Any) -> None:
 
 
 def _add_demo(sub: Any) -> None:
-    from farside.examples.quickstart.demo_driver import DEFAULT_ENCLAVE
-
-    demo = sub.add_parser(
+    demo = common.add_parser(
+        sub,
         "demo",
         help="run the quickstart: encrypt a message in an enclave",
         description="Load the quickstart enclave (a local proxy, or --remote), encrypt "
         "--message inside it, print the ciphertext from inside the enclave, decrypt it there "
         "to prove the round trip, and destroy it.",
     )
-    demo.add_argument("--message", required=True, help="the message to encrypt")
+    demo.add_argument("--message", required=True, metavar="TEXT", help="the message to encrypt")
     demo.add_argument(
-        "--enclave_path",
         "--enclave-path",
-        default=str(DEFAULT_ENCLAVE),
-        help="the enclave bundle (default: the packaged demo enclave)",
+        "--enclave_path",
+        dest="enclave_path",
+        metavar="PATH",
+        help="the enclave bundle (default: the packaged demo enclave, "
+        "farside.examples.quickstart.DEMO_ENCLAVE)",
     )
     common.add_remote_flags(demo)
     demo.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import farside
-    from farside.examples.quickstart import demo_driver
+    from farside.examples.quickstart import DEMO_ENCLAVE, demo_driver
 
-    try:
-        demo_driver.run(
-            args.enclave_path,
-            args.message,
-            provision=common.provisioner(args),
-            policy=common.policy(args, debug=True),
-            decrypt=True,
-        )
-    except (farside.EnclaveError, ValueError) as exc:
-        return common.fail("demo", exc)
+    demo_driver.run(
+        args.enclave_path or str(DEMO_ENCLAVE),
+        args.message,
+        provision=common.provisioner(args),
+        policy=common.policy(args, debug=True),
+        decrypt=True,
+        load_timeout=args.connect_timeout,
+    )
     return 0
 
 
 def _add_run(sub: Any) -> None:
-    run = sub.add_parser(
+    run = common.add_parser(
+        sub,
         "run",
         help="load an enclave and call it from the shell",
-        description="Load ENCLAVE (a .py file or package directory), call its @ecall NAME "
-        "(or run() without --call) with ARGs, print the result as JSON, and destroy it. Each "
-        "ARG is parsed as JSON when it is valid JSON and passed as a string otherwise.",
+        description="Load ENCLAVE (a .py file, package directory or .fsb archive), call its "
+        "@ecall NAME (or run() without --call) with ARGs, print the result as JSON, and "
+        "destroy it. Each ARG is read as JSON when it is valid JSON (42 is a number, "
+        "'\"42\"' the string) and as a string otherwise; a note on stderr says when an ARG "
+        "was read as something other than a string. With --json-args every ARG must be JSON.",
     )
-    run.add_argument("enclave", help="the enclave bundle")
+    run.add_argument("enclave", metavar="ENCLAVE", help="the enclave bundle")
     run.add_argument("--call", metavar="NAME", help="the @ecall entry point (default: run())")
     run.add_argument("args", nargs="*", metavar="ARG", help="arguments (JSON or string)")
+    run.add_argument(
+        "--json-args", action="store_true", help="every ARG is JSON: a bare word is an error"
+    )
     run.add_argument("--no-debug", action="store_true", help="load as a non-debug enclave")
+    run.add_argument(
+        "--files-root",
+        metavar="DIR",
+        help="the directory whose files the enclave may open (open(), host.open); "
+        "default: the working directory",
+    )
+    run.add_argument(
+        "--exit-handler",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:FUNCTION",
+        help="serve the enclave's host.call(NAME, ...) with FUNCTION of the Python module "
+        "MODULE (imported from the working directory or sys.path); repeatable",
+    )
     common.add_remote_flags(run)
     run.set_defaults(func=_cmd_run)
+
+
+def _import_handler(spec: str) -> tuple[str, Callable[..., Any]]:
+    """``NAME=MODULE:FUNCTION`` -> (NAME, the function), imported the way ``python -m`` would."""
+    name, _, target = spec.partition("=")
+    module_name, _, attribute = target.partition(":")
+    if not (name and module_name and attribute):
+        raise common.CommandError(
+            f"--exit-handler takes NAME=MODULE:FUNCTION (e.g. audit=handlers:audit), not {spec!r}"
+        )
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise common.CommandError(
+            f"--exit-handler {spec}: cannot import {module_name}: {exc}"
+        ) from None
+    function = module
+    for part in attribute.split("."):
+        function = getattr(function, part, None)  # type: ignore[assignment]
+        if function is None:
+            raise common.CommandError(f"--exit-handler {spec}: {module_name} has no {attribute}")
+    if not callable(function):
+        raise common.CommandError(f"--exit-handler {spec}: {attribute} is not callable")
+    return name, function
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import farside
 
-    call_args = [common.parse_arg(a) for a in args.args]
-    try:
-        with farside.load(
-            args.enclave,
-            debug=not args.no_debug,
-            provision=common.provisioner(args),
-            policy=common.policy(args, debug=not args.no_debug),
-        ) as enclave:
-            if args.call:
-                result = enclave.call(args.call, *call_args)
-            else:
-                result = enclave.enter_and_run(call_args[0] if call_args else None)
-    except (farside.EnclaveError, TypeError, ValueError) as exc:
-        return common.fail("run", exc)
+    call_args, notes = common.parse_call_args(args.args, strict=args.json_args)
+    for note in notes:
+        print(f"farside run: note: {note}", file=sys.stderr)
+    handlers = dict(_import_handler(spec) for spec in args.exit_handler)
+    if args.files_root is not None and not os.path.isdir(args.files_root):
+        raise common.CommandError(f"--files-root {args.files_root!r} is not a directory")
+    with farside.load(
+        args.enclave,
+        debug=not args.no_debug,
+        provision=common.provisioner(args),
+        policy=common.policy(args, debug=not args.no_debug),
+        exit_handlers=handlers,
+        files_root=args.files_root,
+        load_timeout=args.connect_timeout,
+    ) as enclave:
+        if args.call:
+            result = enclave.call(args.call, *call_args)
+        else:
+            if len(call_args) > 1:
+                raise common.CommandError(
+                    f"run() takes one input, not {len(call_args)} ARGs (give a JSON list, or "
+                    "--call NAME)"
+                )
+            result = enclave.enter_and_run(call_args[0] if call_args else None)
     print(json.dumps(common.jsonable(result)))
     return 0
 
 
 def _add_status(sub: Any) -> None:
-    status = sub.add_parser(
+    status = common.add_parser(
+        sub,
         "status",
         help="list a provision server's hosts, free slots and running enclaves",
-        description="Ask the provision server at ADDRESS (a fleet-mode server lists every "
-        "trusted host of its fleet) for its hosts, their free slots, and its enclaves.",
+        description="Ask the provision server at HOST:PORT (a fleet-mode server lists every "
+        "trusted host of its fleet) for its hosts, their free slots, and the enclaves it "
+        "shows this client. CALLS counts the entry calls each enclave has served, "
+        "initialize() included, as its proxy last reported them: proxies report a change "
+        "once a second, so a call made in the last second may not be counted yet.",
     )
     status.add_argument("address", metavar="HOST:PORT", help="the provision server")
     status.add_argument("--tls-ca", metavar="FILE", help="CA bundle that signed the server's cert")
     status.add_argument("--tls-cert", metavar="FILE", help="client certificate (mTLS)")
     status.add_argument("--tls-key", metavar="FILE", help="client key (mTLS)")
     status.add_argument("--token-file", metavar="FILE", help="the server's bearer token")
-    status.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    status.add_argument(
+        "--timeout", type=common.positive_float, default=10.0, metavar="SECONDS", help="seconds"
+    )
     status.add_argument("--json", action="store_true", help="print the reply as JSON")
     status.set_defaults(func=_cmd_status)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = []
+    for row in [headers, *rows]:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    return lines
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     import farside
 
+    provision = farside.RemoteProvision(
+        args.address,
+        tls=common.client_tls(args),
+        token=common.read_secret(args.token_file) if args.token_file else None,
+    )
     try:
-        provision = farside.RemoteProvision(
-            args.address,
-            tls=common.client_tls(args),
-            token=common.read_secret(args.token_file) if args.token_file else None,
-        )
-        try:
-            reply = provision.server_status(timeout=args.timeout)
-        finally:
-            provision.close()
-    except (farside.EnclaveError, ValueError) as exc:
-        return common.fail("status", exc)
+        reply = provision.server_status(timeout=args.timeout)
+    finally:
+        provision.close()
     if args.json:
         from google.protobuf.json_format import MessageToDict
 
         print(json.dumps(MessageToDict(reply), indent=2))
         return 0
     print(f"hosts ({len(reply.hosts)}):")
-    for host in reply.hosts:
-        labels = ",".join(f"{k}={v}" for k, v in sorted(host.labels.items())) or "-"
-        state = "alive" if host.alive else "DEAD"
-        print(
-            f"  {host.address:<20} {state:<5} slots {host.slots_free}/{host.slots_total} free"
-            f"  labels {labels}"
+    hosts = [
+        (
+            host.address,
+            "alive" if host.alive else "DEAD",
+            f"{host.slots_free}/{host.slots_total}",
+            ",".join(f"{k}={v}" for k, v in sorted(host.labels.items())) or "-",
         )
+        for host in reply.hosts
+    ]
+    if hosts:
+        print("\n".join(_table(("ADDRESS", "STATE", "FREE/SLOTS", "LABELS"), hosts)))
     print(f"enclaves ({len(reply.enclaves)}):")
-    for e in reply.enclaves:
-        print(
-            f"  {e.enclave_id}  {e.name:<24} {e.host or '-':<16} {e.address:<22} "
-            f"{e.client:<24} up {e.uptime_seconds:7.1f} s  calls {e.calls_served}"
+    enclaves = [
+        (
+            e.enclave_id,
+            e.name,
+            e.host or "-",
+            e.address,
+            e.client,
+            f"{e.uptime_seconds:.1f}s",
+            str(e.calls_served),
         )
+        for e in reply.enclaves
+    ]
+    if enclaves:
+        headers = ("ID", "NAME", "HOST", "ADDRESS", "CLIENT", "UPTIME", "CALLS")
+        print("\n".join(_table(headers, enclaves)))
     return 0

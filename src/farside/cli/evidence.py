@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from farside._errors import AttestationError
 
+from . import _common as common
+
 if TYPE_CHECKING:
     from farside.attestation.hardware import HardwareReport
 
@@ -36,7 +38,8 @@ def register(sub: Any) -> None:
         description="Work with hardware attestation evidence; see docs/hardware.md.",
     )
     actions = evidence.add_subparsers(dest="evidence_command", required=True, metavar="ACTION")
-    verify = actions.add_parser(
+    verify = common.add_parser(
+        actions,
         "verify",
         help="verify evidence to its vendor's pinned root",
         description="Verify FILE (a Nitro attestation document, raw CBOR or base64; an SEV-SNP "

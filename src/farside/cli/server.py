@@ -30,7 +30,8 @@ def register(sub: Any) -> None:
 
 
 def _add_proxy_parser(sub: Any) -> None:
-    proxy = sub.add_parser(
+    proxy = common.add_parser(
+        sub,
         "proxy",
         help="serve one enclave session (started by provisioners)",
         description="The RemoteEnclaveProxyServer: listen on --listen, accept the one session "
@@ -40,6 +41,7 @@ def _add_proxy_parser(sub: Any) -> None:
     proxy.add_argument(
         "--listen",
         required=True,
+        metavar="ADDRESS",
         help="unix:/path/to.sock, host:port (port 0 picks one), or vsock:any:PORT "
         "with --transport vsock",
     )
@@ -49,20 +51,22 @@ def _add_proxy_parser(sub: Any) -> None:
         action="store_true",
         help="read the session token from the first line of stdin",
     )
-    token.add_argument("--token-file", help="read the session token from this file")
+    token.add_argument("--token-file", metavar="FILE", help="read the session token from this file")
     proxy.add_argument(
         "--idle-timeout",
         type=float,
         default=30.0,
-        help="exit if no client connects within this many seconds (default 30)",
+        metavar="SECONDS",
+        help="exit if no client connects within this many seconds",
     )
     proxy.add_argument(
         "--parent-pid",
         type=int,
+        metavar="PID",
         help="exit when this process (the provisioner) is no longer the parent",
     )
-    proxy.add_argument("--tls-cert", help="serve TLS with this certificate")
-    proxy.add_argument("--tls-key", help="the certificate's key")
+    proxy.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate")
+    proxy.add_argument("--tls-key", metavar="FILE", help="the certificate's key")
     proxy.add_argument(
         "--private-dir",
         metavar="DIR",
@@ -72,13 +76,15 @@ def _add_proxy_parser(sub: Any) -> None:
         "--max-workers",
         type=int,
         default=256,
-        help="enclave worker threads at once, one per client thread (default 256)",
+        metavar="N",
+        help="enclave worker threads at once, one per client thread",
     )
     proxy.add_argument(
         "--worker-idle-timeout",
         type=float,
         default=30.0,
-        help="an idle worker (its client thread may have ended) exits after this (s)",
+        metavar="SECONDS",
+        help="an idle worker (its client thread may have ended) exits after this",
     )
     proxy.add_argument(
         "--transport",
@@ -94,7 +100,9 @@ def _add_proxy_parser(sub: Any) -> None:
         metavar="HOST",
         help="serve TLS with a fresh self-signed certificate for HOST (written to tls-cert.pem)",
     )
-    proxy.add_argument("--client-ca", help="require client certificates signed by this CA")
+    proxy.add_argument(
+        "--client-ca", metavar="FILE", help="require client certificates signed by this CA"
+    )
     proxy.add_argument(
         "--agent-fd",
         type=int,
@@ -138,12 +146,10 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key) or args.tls_ephemeral:
-            return common.fail("proxy", "give --tls-cert with --tls-key, or --tls-ephemeral")
+            raise common.CommandError("give --tls-cert with --tls-key, or --tls-ephemeral")
         tls = TLSConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
     elif args.client_ca and not args.tls_ephemeral:
-        return common.fail(
-            "proxy", "--client-ca needs TLS (--tls-cert/--tls-key or --tls-ephemeral)"
-        )
+        raise common.CommandError("--client-ca needs TLS (--tls-cert/--tls-key or --tls-ephemeral)")
     return run_proxy(
         args.listen,
         token_file=args.token_file,
@@ -203,7 +209,8 @@ def _add_proxy_sandbox_arguments(proxy: Any) -> None:
 
 
 def _add_doctor_parser(sub: Any) -> None:
-    doctor = sub.add_parser(
+    doctor = common.add_parser(
+        sub,
         "doctor",
         help="print which sandbox layers this machine supports",
         description="Probe this machine for what `farside proxy --sandbox` uses: Landlock "
@@ -233,35 +240,65 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _add_server_parser(sub: Any) -> None:
-    server = sub.add_parser(
+    server = common.add_parser(
+        sub,
         "provision-server",
         help="the trusted machine's daemon: spawn a proxy per enclave",
         description="Serve the Provisioner service: authenticate clients (mTLS and/or a "
         "bearer token), spawn one proxy per enclave on --advertise (TLS like this server), "
         "and reap each when its session ends. Prints one line once it listens; SIGTERM or "
-        "SIGINT finalizes running enclaves within a grace period, then stops. See "
-        "docs/deploy.md.",
+        "SIGINT finalizes running enclaves within a grace period, then stops. Every flag "
+        "can also be set in a --config file. See docs/deploy.md.",
     )
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    server.add_argument("--port", type=int, default=4321, help="port (0 picks a free one)")
+    server.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read settings from this TOML file: each key is a flag's name without its "
+        'dashes (port = 4321, tls-cert = "...", insecure = true); flags given on the '
+        "command line win",
+    )
+    server.add_argument("--host", default="127.0.0.1", metavar="HOST", help="address to listen on")
+    server.add_argument(
+        "--port", type=int, default=4321, metavar="PORT", help="port (0 picks a free one)"
+    )
     server.add_argument(
         "--advertise",
         metavar="HOST",
         help="the host clients dial for proxies, when it differs from --host",
     )
-    server.add_argument("--tls-cert", help="server certificate (its SANs name --advertise)")
-    server.add_argument("--tls-key", help="the certificate's key")
-    server.add_argument("--client-ca", help="require client certificates from this CA (mTLS)")
-    server.add_argument("--token-file", help="require this bearer token (alternative to mTLS)")
-    server.add_argument("--platform-dir", help="this host's platform identity (platform init)")
-    server.add_argument("--max-enclaves", type=int, default=16, help="total (default 16)")
-    server.add_argument("--max-per-client", type=int, default=4, help="per client (default 4)")
-    server.add_argument("--workdir", help="where private proxy directories go (default: tmp)")
+    server.add_argument(
+        "--tls-cert", metavar="FILE", help="server certificate (its SANs name --advertise)"
+    )
+    server.add_argument("--tls-key", metavar="FILE", help="the certificate's key")
+    server.add_argument(
+        "--client-ca", metavar="FILE", help="require client certificates from this CA (mTLS)"
+    )
+    server.add_argument(
+        "--token-file", metavar="FILE", help="require this bearer token (alternative to mTLS)"
+    )
+    server.add_argument(
+        "--platform-dir",
+        metavar="DIR",
+        help="this host's platform identity (platform init): without it, proxies sign with "
+        "a key no remote client has, and every remote load fails attestation",
+    )
+    server.add_argument(
+        "--max-enclaves", type=int, default=16, metavar="N", help="enclaves at once, in total"
+    )
+    server.add_argument(
+        "--max-per-client", type=int, default=4, metavar="N", help="enclaves at once per client"
+    )
+    server.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="where private proxy directories go (default: a fresh temporary directory)",
+    )
     server.add_argument(
         "--proxy-idle-timeout",
         type=float,
         default=30.0,
-        help="a proxy exits if its client does not connect in time (s)",
+        metavar="SECONDS",
+        help="a proxy exits if its client does not connect in time",
     )
     server.add_argument(
         "--proxy-ports",
@@ -305,9 +342,10 @@ def _add_server_parser(sub: Any) -> None:
         "--placement-timeout",
         type=float,
         default=30.0,
-        help="the longest a request waits for a free slot (s, default 30)",
+        metavar="SECONDS",
+        help="the longest a request waits for a free slot",
     )
-    server.set_defaults(func=_cmd_provision_server)
+    server.set_defaults(func=_cmd_provision_server, config_parser=server)
 
 
 def _cmd_provision_server(args: argparse.Namespace) -> int:
@@ -315,48 +353,46 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
     from farside._config import SandboxConfig
     from farside.provision.server import ProvisionServer, ProvisionServerConfig
 
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="farside-provision %(levelname)s %(message)s"
+    common.check_tls_files(
+        cert=("--tls-cert", args.tls_cert),
+        key=("--tls-key", args.tls_key),
+        cas=[("--client-ca", args.client_ca)],
     )
-    try:
-        tls = None
-        if args.tls_cert or args.tls_key:
-            tls = TLSConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
-        elif args.client_ca:
-            raise ValueError("--client-ca needs --tls-cert and --tls-key")
-        config = ProvisionServerConfig(
-            host=args.host,
-            port=args.port,
-            advertise=args.advertise,
-            tls=tls,
-            token=common.read_secret(args.token_file) if args.token_file else None,
-            insecure=args.insecure,
-            platform_dir=Path(args.platform_dir) if args.platform_dir else None,
-            max_enclaves=args.max_enclaves,
-            max_per_client=args.max_per_client,
-            workdir=Path(args.workdir) if args.workdir else None,
-            proxy_idle_timeout=args.proxy_idle_timeout,
-            proxy_ports=_port_range(args.proxy_ports) if args.proxy_ports else None,
-            proxy_sandbox=args.sandbox,
-            proxy_limits=SandboxConfig(
-                memory=args.memory_limit,
-                open_files=args.open_files_limit,
-                cpu_seconds=args.cpu_limit,
-            ),
-            proxy_attester=args.attester,
-            proxy_tsm_root=args.tsm_root,
-            proxy_nsm_device=args.nsm_device,
-            ray_address=args.ray_address,
-            ray_node_ip=args.ray_node_ip,
-            ray_allow_plaintext=args.ray_allow_plaintext,
-            placement_timeout=args.placement_timeout,
-            operators=tuple(args.operator),
-        )
-        server = ProvisionServer(config)
-    except (ValueError, OSError) as exc:
-        return common.fail("provision-server", exc)
-    if tls is None:
-        logging.warning("serving WITHOUT TLS: sessions can be read and changed on the network")
+    tls = None
+    if args.tls_cert:
+        tls = TLSConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
+    elif args.client_ca:
+        raise common.CommandError("--client-ca needs --tls-cert and --tls-key")
+    config = ProvisionServerConfig(
+        host=args.host,
+        port=args.port,
+        advertise=args.advertise,
+        tls=tls,
+        token=common.read_secret(args.token_file) if args.token_file else None,
+        insecure=args.insecure,
+        platform_dir=Path(args.platform_dir).absolute() if args.platform_dir else None,
+        max_enclaves=args.max_enclaves,
+        max_per_client=args.max_per_client,
+        # Absolute: proxies start in directories of their own, where a relative one fails.
+        workdir=Path(args.workdir).absolute() if args.workdir else None,
+        proxy_idle_timeout=args.proxy_idle_timeout,
+        proxy_ports=_port_range(args.proxy_ports) if args.proxy_ports else None,
+        proxy_sandbox=args.sandbox,
+        proxy_limits=SandboxConfig(
+            memory=args.memory_limit,
+            open_files=args.open_files_limit,
+            cpu_seconds=args.cpu_limit,
+        ),
+        ray_address=args.ray_address,
+        ray_node_ip=args.ray_node_ip,
+        ray_allow_plaintext=args.ray_allow_plaintext,
+        proxy_attester=args.attester,
+        proxy_tsm_root=args.tsm_root,
+        proxy_nsm_device=args.nsm_device,
+        placement_timeout=args.placement_timeout,
+        operators=tuple(args.operator),
+    )
+    server = ProvisionServer(config)
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -368,11 +404,14 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
         address = server.start()
     except OSError as exc:
         server.stop()
-        return common.fail("provision-server", exc)
+        why = _why_not_listening(args.host, args.port) if args.ray_address is None else None
+        raise common.CommandError(why or _without_grpc_advice(str(exc))) from None
     # Joining Ray (fleet mode) installs Ray's own SIGTERM handler, which kills the process
     # without stopping the server: ours must win.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if tls is None:
+        logging.warning("serving WITHOUT TLS: sessions can be read and changed on the network")
     print(f"farside provision-server listening on {address}", flush=True)
     while not done.wait(0.5):
         pass
@@ -381,17 +420,66 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _why_not_listening(host: str, port: int) -> str | None:
+    """Why gRPC could not listen on host:port, found by trying it ourselves."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return f"cannot listen on {host}:{port}: {host!r} is not a known address: check --host"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"cannot listen on {host}:{port}: the port is in use (another provision "
+                    "server?): stop it, or choose another --port"
+                )
+            if exc.errno == errno.EACCES:
+                return (
+                    f"cannot listen on {host}:{port}: permission denied (ports below 1024 "
+                    "need privileges): choose another --port"
+                )
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return (
+                    f"cannot listen on {host}:{port}: {host} is not an address of this "
+                    "machine: check --host"
+                )
+            return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return None
+
+
+def _without_grpc_advice(text: str) -> str:
+    """gRPC's errors end with advice on its own variables; ours is --log-level debug."""
+    marker = "; set GRPC_VERBOSITY"
+    if marker in text:
+        text = text[: text.index(marker)] + " (--log-level debug shows gRPC's reason)"
+    return text
+
+
 def _port_range(text: str) -> tuple[int, int]:
     low, _, high = text.partition("-")
     if not (low.isdigit() and high.isdigit()):
-        raise ValueError(f"--proxy-ports takes LOW-HIGH, not {text!r}")
+        raise common.CommandError(f"--proxy-ports takes LOW-HIGH, not {text!r}")
     return int(low), int(high)
 
 
 def _add_fleet_parsers(sub: Any) -> None:
-    fleet = sub.add_parser("fleet", help="fleets of trusted machines (Ray); see docs/fleet.md")
+    fleet = sub.add_parser(
+        "fleet",
+        help="fleets of trusted machines (Ray); see docs/fleet.md",
+        description="Many trusted machines behind one provision server: join this machine "
+        "to a fleet's Ray cluster (join), or make development TLS certificates for that "
+        "cluster (certs). The provision server itself runs with --ray-address. See "
+        "docs/fleet.md.",
+    )
     fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
-    join = fleet_sub.add_parser(
+    join = common.add_parser(
+        fleet_sub,
         "join",
         help="offer this trusted machine's enclave slots to a fleet",
         description="Run ray start so that this machine joins the fleet's Ray cluster "
@@ -400,9 +488,14 @@ def _add_fleet_parsers(sub: Any) -> None:
         "RAY_AUTH_MODE=token, a token, and Ray's TLS variables in the environment.",
     )
     join.add_argument("--ray-address", required=True, metavar="HOST:PORT", help="the head")
-    join.add_argument("--slots", type=int, required=True, help="enclaves this host may run")
     join.add_argument(
-        "--platform-dir", required=True, help="this host's platform identity (platform init)"
+        "--slots", type=int, required=True, metavar="N", help="enclaves this host may run"
+    )
+    join.add_argument(
+        "--platform-dir",
+        required=True,
+        metavar="DIR",
+        help="this host's platform identity (platform init)",
     )
     join.add_argument(
         "--label",
@@ -411,10 +504,14 @@ def _add_fleet_parsers(sub: Any) -> None:
         help="a node label requests can ask for, e.g. tee=sgx (repeatable)",
     )
     join.add_argument("--node-ip", metavar="IP", help="this host's address on the trusted network")
-    join.add_argument("--num-cpus", type=int, default=1, help="CPUs offered to Ray (default 1)")
-    join.add_argument("--temp-dir", help="Ray's temporary directory on this host")
+    join.add_argument("--num-cpus", type=int, default=1, metavar="N", help="CPUs offered to Ray")
+    join.add_argument("--temp-dir", metavar="DIR", help="Ray's temporary directory on this host")
     join.add_argument("--object-store-memory", type=int, metavar="BYTES", help="Ray's store")
-    join.add_argument("--workdir", help="where proxies' private directories go (default: tmp)")
+    join.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="where proxies' private directories go (default: a temporary directory)",
+    )
     join.add_argument("--block", action="store_true", help="stay in the foreground (systemd)")
     join.add_argument(
         "--ray-allow-plaintext",
@@ -423,18 +520,23 @@ def _add_fleet_parsers(sub: Any) -> None:
     )
     join.set_defaults(func=_cmd_fleet_join)
 
-    certs = fleet_sub.add_parser(
+    certs = common.add_parser(
+        fleet_sub,
         "certs",
         help="make development TLS certificates for the fleet's Ray cluster",
         description="Write ca.pem, node.pem and node.key (0600): one node certificate for "
         "both serving and connecting, as Ray's TLS uses it, whose SANs are every --host. "
         "Point RAY_TLS_CA_CERT, RAY_TLS_SERVER_CERT and RAY_TLS_SERVER_KEY at them.",
     )
-    certs.add_argument("--out", required=True, help="output directory")
+    certs.add_argument("--out", required=True, metavar="DIR", help="output directory")
     certs.add_argument(
-        "--host", action="append", required=True, help="a node's address (repeatable)"
+        "--host",
+        action="append",
+        required=True,
+        metavar="HOST",
+        help="a node's address (repeatable)",
     )
-    certs.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    certs.add_argument("--days", type=int, default=365, metavar="N", help="validity in days")
     certs.add_argument("--force", action="store_true", help="replace existing files")
     certs.set_defaults(func=_cmd_fleet_certs)
 
@@ -460,27 +562,25 @@ def _cmd_fleet_join(args: argparse.Namespace) -> int:
             block=args.block,
         )
     except FleetConfigError as exc:
-        return common.fail("fleet join", exc)
+        raise common.CommandError(str(exc)) from None
     try:
         return subprocess.call(command, env=env)
     except OSError as exc:
-        return common.fail("fleet join", f"cannot run {command[0]}: {exc}")
+        raise common.CommandError(f"cannot run {command[0]}: {exc}") from None
 
 
 def _cmd_fleet_certs(args: argparse.Namespace) -> int:
     from farside._devcerts import make_fleet_certs
 
-    try:
-        paths = make_fleet_certs(args.out, args.host, days=args.days, force=args.force)
-    except (OSError, ValueError) as exc:
-        return common.fail("fleet certs", exc)
+    paths = make_fleet_certs(args.out, args.host, days=args.days, force=args.force)
     for path in paths:
         print(f"wrote {path}")
     return 0
 
 
 def _add_relay_parser(sub: Any) -> None:
-    relay = sub.add_parser(
+    relay = common.add_parser(
+        sub,
         "vsock-relay",
         help="on a Nitro Enclave's parent: relay clients' TCP connections to its vsock port",
         description="Accept TCP connections on --listen and pipe each one's bytes, both ways, "
@@ -497,26 +597,30 @@ def _add_relay_parser(sub: Any) -> None:
         "--max-connections",
         type=common.positive_int,
         default=64,
-        help="connections relayed at once; more are closed at once (default 64)",
+        metavar="N",
+        help="connections relayed at once; more are closed at once",
     )
     relay.add_argument(
         "--max-per-source",
         type=common.positive_int,
         default=8,
-        help="of which from one client address (default 8)",
+        metavar="N",
+        help="of which from one client address",
     )
     relay.add_argument(
         "--connect-timeout",
         type=float,
         default=5.0,
-        help="the longest reaching the enclave may take (s, default 5)",
+        metavar="SECONDS",
+        help="the longest reaching the enclave may take",
     )
     relay.add_argument(
         "--linger",
         type=float,
         default=10.0,
+        metavar="SECONDS",
         help="once one side of a connection has ended, how long the other may still "
-        "send before both are closed (s, default 10)",
+        "send before both are closed",
     )
     relay.set_defaults(func=_cmd_relay)
 
@@ -524,20 +628,14 @@ def _add_relay_parser(sub: Any) -> None:
 def _cmd_relay(args: argparse.Namespace) -> int:
     from farside.transport.relay import RelayLimits, VsockRelay
 
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="farside-relay %(levelname)s %(message)s"
+    limits = RelayLimits(
+        max_connections=args.max_connections,
+        max_per_source=args.max_per_source,
+        connect_timeout=args.connect_timeout,
+        linger=args.linger,
     )
-    try:
-        limits = RelayLimits(
-            max_connections=args.max_connections,
-            max_per_source=args.max_per_source,
-            connect_timeout=args.connect_timeout,
-            linger=args.linger,
-        )
-        relay = VsockRelay(args.listen, args.to, limits=limits)
-        address = relay.start()
-    except (ValueError, OSError) as exc:
-        return common.fail("vsock-relay", exc)
+    relay = VsockRelay(args.listen, args.to, limits=limits)
+    address = relay.start()
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -8,6 +8,7 @@ themselves when built, so a driver can trust their fields.
 from __future__ import annotations
 
 import enum
+import os
 import traceback as _traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,10 @@ from typing import Any
 from .._config import SandboxConfig
 from .._errors import EnclaveError, StatusCode
 from ..attestation.bundle import Bundle
+
+# farside's own frames say nothing about the code that raised: a remote traceback shows
+# the peer's code only (enclave code's frames are named "<enclave NAME>/...").
+_FARSIDE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 __all__ = [
     "BundleReceived",
@@ -66,7 +71,8 @@ class RemoteError:
 
     @classmethod
     def from_exception(cls, exc: BaseException, *, debug: bool = False) -> RemoteError:
-        """Describe ``exc`` for the peer; the traceback only when ``debug``."""
+        """Describe ``exc`` for the peer; the traceback only when ``debug``, without
+        farside's own frames (none at all when only farside's code was running)."""
         kind = type(exc)
         name = (
             kind.__qualname__
@@ -82,8 +88,14 @@ class RemoteError:
             name = getattr(exc, "remote_type", "") or name
         tb = ""
         if debug:
-            frames = "".join(_traceback.format_tb(exc.__traceback__))
-            tb = f"Traceback (most recent call last):\n{frames}{name}: {message}\n"
+            frames = [
+                frame
+                for frame in _traceback.extract_tb(exc.__traceback__)
+                if not os.path.abspath(frame.filename).startswith(_FARSIDE_DIR)
+            ]
+            if frames:
+                text = "".join(_traceback.format_list(frames))
+                tb = f"Traceback (most recent call last):\n{text}{name}: {message}\n"
         return cls(code=code, type=name, message=message, traceback=tb)
 
 

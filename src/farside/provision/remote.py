@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from dataclasses import dataclass
 
 import grpc
 from cryptography import x509
@@ -37,6 +38,77 @@ _REASONS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: "is over capacity",
     grpc.StatusCode.INVALID_ARGUMENT: "rejected the request as invalid",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _Diagnosis:
+    """What went wrong reaching the server, in words, and what fixes it."""
+
+    cause: str
+    hint: str | None = None
+    setting: str | None = None
+
+
+def _diagnose(details: str, tls: TLSConfig | None) -> _Diagnosis | None:
+    """Name the cause of a connection failure from gRPC's details, or ``None``.
+
+    gRPC reports TLS and connection failures only as text; the phrases matched here
+    are those of gRPC's C core and BoringSSL (tests/integration/test_cli_errors.py
+    provokes each one).
+    """
+    if "Failed to create security handshaker" in details:
+        return _Diagnosis(
+            "cannot be reached: the client's TLS certificate and key do not work together",
+            "TLSConfig(cert=..., key=...) must be a PEM certificate and its own private key",
+            "tls.cert",
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return _Diagnosis(
+            "has a TLS certificate not signed by the CA this client trusts",
+            "TLSConfig(ca=...) must be the CA bundle that signed the server's certificate",
+            "tls.ca",
+        )
+    if "not in peer certificate" in details:
+        return _Diagnosis(
+            "has a TLS certificate that does not name the host this client dialed",
+            "dial a name the certificate lists, or issue it for this name",
+            "address",
+        )
+    if "WRONG_VERSION_NUMBER" in details:
+        return _Diagnosis(
+            "does not speak TLS, and this client does",
+            "connect without TLS (on loopback only), or give the server TLS",
+            "tls",
+        )
+    if "Connection refused" in details:
+        return _Diagnosis(
+            "is unreachable: nothing listens there (connection refused)",
+            "check the address, and that the provision server runs",
+            "address",
+        )
+    if "timed out before receiving SETTINGS" in details:
+        return _Diagnosis("accepted the connection but never answered (is it a provision server?)")
+    if "Socket closed" in details or "Connection reset" in details:
+        if tls is None:
+            return _Diagnosis(
+                "closed the connection: it requires TLS, and this client connects in plaintext",
+                "give RemoteProvision(tls=TLSConfig(ca=...))",
+                "tls",
+            )
+        if tls.cert is None:
+            return _Diagnosis(
+                "closed the connection in the TLS handshake: it requires a client "
+                "certificate (mTLS), and this client has none",
+                "give TLSConfig(cert=..., key=...)",
+                "tls.cert",
+            )
+        return _Diagnosis(
+            "closed the connection in the TLS handshake: it did not accept this "
+            "client's certificate",
+            "TLSConfig(cert=...) must be signed by the CA the server requires of clients",
+            "tls.cert",
+        )
+    return None
 
 
 def _is_loopback(address: str) -> bool:
@@ -116,15 +188,33 @@ class RemoteProvision:
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self._token}"),) if self._token else ()
 
-    def _failure(self, exc: grpc.RpcError) -> tuple[StatusCode, str]:
-        """The status code of a failed request, and what to tell the user about it."""
+    def _failure(self, exc: grpc.RpcError, timeout: float) -> EnclaveError:
+        """The error to raise for a failed request: the cause in words, and the fix."""
         code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
         details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
+        status = StatusCode.coerce(code.value[0])
+        where = f"the provision server at {self.address}"
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return EnclaveError(
+                f"{where} did not answer within {timeout:g} s", code=status, setting="timeout"
+            )
+        diagnosis = _diagnose(details, self.tls)
+        if diagnosis is not None:
+            return EnclaveError(
+                f"{where} {diagnosis.cause}",
+                code=status,
+                hint=diagnosis.hint,
+                setting=diagnosis.setting,
+            )
+        if code is grpc.StatusCode.PERMISSION_DENIED and "bearer token" in details:
+            return EnclaveError(
+                f"{where} refused this client (permission denied): {details}",
+                code=status,
+                hint="give the server's token: RemoteProvision(token=...)",
+                setting="token",
+            )
         reason = _REASONS.get(code, f"failed ({code.name})")
-        return (
-            StatusCode.coerce(code.value[0]),
-            f"the provision server at {self.address} {reason}: {details}",
-        )
+        return EnclaveError(f"{where} {reason}: {details}", code=status)
 
     def provision(self, *, name: str, timeout: float) -> ProxyLease:
         """Ask the server for a proxy; ``EnclaveLoadError`` with the reason if it fails."""
@@ -137,8 +227,10 @@ class RemoteProvision:
                 metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
-            code, message = self._failure(exc)
-            raise EnclaveLoadError(message, code=code) from None
+            error = self._failure(exc, timeout)
+            raise EnclaveLoadError(
+                error.message, code=error.code, hint=error.hint, setting=error.setting
+            ) from None
         pinned, tls_public_key = self._pinned(response.proxy_certificate)
         return ProxyLease(
             address=response.address,
@@ -188,10 +280,11 @@ class RemoteProvision:
                 pb.ListEnclavesRequest(), timeout=timeout, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
-            code, message = self._failure(exc)
-            raise EnclaveError(message, code=code) from None
+            raise self._failure(exc, timeout) from None
         except EnclaveLoadError as exc:  # the TLS settings cannot be read
-            raise EnclaveError(exc.message, code=exc.code) from None
+            raise EnclaveError(
+                exc.message, code=exc.code, hint=exc.hint, setting=exc.setting
+            ) from None
         return reply
 
     def close(self) -> None:

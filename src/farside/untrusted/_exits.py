@@ -245,8 +245,14 @@ class ExitHandlers:
     def handle_call(self, event: CallReceived) -> Any:
         fn = self._builtin.get(event.name) or self._user.get(event.name)
         if fn is None:
+            # This crosses into the enclave (as HostCallError) and maybe back: the fix in
+            # both the terms the client may be using goes in the message itself.
             raise EnclaveError(
-                f"no exit handler is registered for {event.name!r}", code=StatusCode.NOT_FOUND
+                f"no exit handler is registered for {event.name!r}: register one on the "
+                f"client, with farside.load(..., exit_handlers={{{event.name!r}: function}}) "
+                f"or client.register_exit_handler({event.name!r}, function); farside run "
+                f"takes --exit-handler {event.name}=MODULE:FUNCTION",
+                code=StatusCode.NOT_FOUND,
             )
         return fn(*event.args, **event.kwargs)
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import farside
+from farside.examples.quickstart import DEMO_ENCLAVE
 
-DEFAULT_ENCLAVE = Path(__file__).with_name("demo_enclave.py")
+DEFAULT_ENCLAVE = DEMO_ENCLAVE  # the name this module has always had
 
 
 def run(
@@ -21,6 +21,7 @@ def run(
     provision: farside.Provisioner | None = None,
     policy: farside.AttestationPolicy | None = None,
     decrypt: bool = False,
+    load_timeout: float = 30.0,
 ) -> str:
     """Load the demo enclave, encrypt ``message`` inside it, destroy it; return the ciphertext."""
     kEnclaveName = "demo_enclave"  # noqa: N806 (the seed's name)
@@ -28,7 +29,7 @@ def run(
     # Part 1: Initialization
     manager = farside.EnclaveManager.instance()
     proxy_config = farside.RemoteProxyClientConfig(
-        provision=provision or farside.LocalProvision(), policy=policy
+        provision=provision or farside.LocalProvision(), policy=policy, load_timeout=load_timeout
     )
     load_config = farside.EnclaveLoadConfig(
         name=kEnclaveName,
@@ -55,7 +56,9 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Encrypt a message inside a farside enclave.")
     parser.add_argument(
+        "--enclave-path",
         "--enclave_path",
+        dest="enclave_path",
         default=str(DEFAULT_ENCLAVE),
         help="the enclave bundle to load (default: the demo enclave)",
     )
