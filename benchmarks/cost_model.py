@@ -105,6 +105,7 @@ def transport_pair(kind: str, hand_off: bool) -> Iterator[Callable[[], object]]:
             yield ping_pong
         finally:
             client.close(timeout=1.0)
+            listener.finish()  # ends the session's stream: its server thread can exit
             listener.stop(grace=0.5)
 
 

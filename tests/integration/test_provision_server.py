@@ -650,3 +650,13 @@ def test_fifty_load_destroy_cycles(
         )
     assert fds_after - fds_before <= 5
     assert children_after == [] or set(children_after) <= set(children_before)
+
+
+def test_relative_directories_are_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proxies start in directories of their own: a relative workdir would mean nothing there."""
+    monkeypatch.chdir(tmp_path)
+    config = ProvisionServerConfig(workdir=Path("work"), platform_dir=Path("platform"))
+    assert config.workdir == tmp_path / "work"
+    assert config.platform_dir == tmp_path / "platform"

@@ -121,13 +121,13 @@ def read_to_end(sock: socket.socket) -> bytes:
 
 
 def closed_at_once(sock: socket.socket) -> bool:
-    """The peer closed ``sock`` without a word, well before the wait's end."""
-    started = time.monotonic()
+    """The peer closed ``sock`` without a word (a peer that kept it open would let the
+    read wait out the socket's timeout and raise ``TimeoutError`` instead)."""
     try:
         data = sock.recv(1)
     except ConnectionResetError:
         data = b""
-    return data == b"" and time.monotonic() - started < WAIT / 2
+    return data == b""
 
 
 # ----------------------------------------------------------------- a session
@@ -261,7 +261,7 @@ def test_connections_beyond_the_limit_are_refused(
     assert closed_at_once(clients(address))
     with pytest.raises(TimeoutError):
         enclave.accept(timeout=0.3)  # the refused one never reached the enclave
-    assert relay.connections == 2
+    assert wait_for(lambda: relay.connections == 2)
 
     first.close()
     enclave.accepted[0].close()
@@ -310,7 +310,7 @@ def test_reaching_the_enclave_has_a_deadline(
         client = clients(address)
         started = time.monotonic()
         assert client.recv(1) == b""
-        assert 0.2 < time.monotonic() - started < WAIT / 2
+        assert time.monotonic() - started > 0.2  # it waited for the connect timeout
         assert wait_for(lambda: relay.connections == 0)
 
 

@@ -86,6 +86,11 @@ class ProvisionServerConfig:
     operators: tuple[str, ...] = ()  # client identities ListEnclaves shows every enclave to
 
     def __post_init__(self) -> None:
+        # Proxies start in directories of their own, where a relative path means nothing.
+        for name in ("platform_dir", "workdir"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value).absolute())
         self._check_attester()
         if self.ray_address is not None and self.platform_dir is not None:
             raise ValueError(
