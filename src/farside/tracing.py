@@ -141,6 +141,7 @@ class CallTracer:
 TRACER: CallTracer | None = None
 """The calls' tracer while tracing is on; None (the default) costs a call nothing else."""
 _provider: Any = None  # a provider configure_from_environment made, shut down by shutdown()
+_stream: Any = None  # the console exporter's copy of the log descriptor, closed by shutdown()
 _lock = threading.Lock()
 
 
@@ -179,7 +180,7 @@ def configure_from_environment(service_name: str, *, log_fd: int = 2) -> str | N
     ``ValueError`` for another value, ``ImportError`` (naming the package) when the
     OpenTelemetry SDK or exporter is missing.
     """
-    global _provider  # noqa: PLW0603
+    global _provider, _stream  # noqa: PLW0603
     exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if exporter_name in ("", "none"):
         return None
@@ -195,8 +196,9 @@ def configure_from_environment(service_name: str, *, log_fd: int = 2) -> str | N
         ) from None
     exporter: Any
     if exporter_name == "console":
+        _stream = os.fdopen(os.dup(log_fd), "w", encoding="utf-8")
         exporter = ConsoleSpanExporter(
-            out=os.fdopen(os.dup(log_fd), "w", encoding="utf-8"),
+            out=_stream,
             formatter=lambda span: span.to_json(indent=None) + "\n",
         )
     else:
@@ -223,9 +225,13 @@ def configure_from_environment(service_name: str, *, log_fd: int = 2) -> str | N
 
 def shutdown() -> None:
     """Flush and stop what ``configure_from_environment`` started (a proxy, before it exits)."""
-    global _provider
+    global _provider, _stream
     provider, _provider = _provider, None
+    stream, _stream = _stream, None
     disable()
     if provider is not None:
         with contextlib.suppress(Exception):
             provider.shutdown()
+    if stream is not None:
+        with contextlib.suppress(OSError):
+            stream.close()
