@@ -78,11 +78,6 @@ class CallStats:
     sum_us: int = 0
     buckets: tuple[int, ...] = (0,) * (len(BUCKETS) + 1)
 
-    def plus(self, seconds: float) -> CallStats:
-        index = bisect.bisect_left(BUCKETS, seconds)
-        buckets = list(self.buckets)
-        buckets[index] += 1
-        return CallStats(self.count + 1, self.sum_us + round(seconds * 1e6), tuple(buckets))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +98,8 @@ class ProxyCounters:
     def __init__(self, *, transport: str = "grpc") -> None:
         self._lock = threading.Lock()
         self._entry_points: frozenset[str] = frozenset()
-        self._calls: dict[tuple[str, str], CallStats] = {}
+        # (entry point, outcome) -> [count, total µs, bucket counts...], updated in place
+        self._calls: dict[tuple[str, str], list[int]] = {}
         self._exits: dict[str, int] = {}
         self._exit_names: set[str] = set()
         self._received = 0
@@ -125,8 +121,14 @@ class ProxyCounters:
     def record_call(self, entry_point: str, outcome: str, seconds: float) -> None:
         """One entry call ended (``entry_point`` from ``entry_label``)."""
         key = (entry_point, outcome)
+        bucket = 2 + bisect.bisect_left(BUCKETS, seconds)
         with self._lock:
-            self._calls[key] = self._calls.get(key, _EMPTY).plus(seconds)
+            stats = self._calls.get(key)
+            if stats is None:
+                stats = self._calls[key] = [0] * (len(BUCKETS) + 3)
+            stats[0] += 1
+            stats[1] += round(seconds * 1e6)
+            stats[bucket] += 1
 
     def record_exit(self, name: str) -> None:
         """The enclave made an exit call (two-way or one-way) to handler ``name``."""
@@ -134,13 +136,14 @@ class ProxyCounters:
             label = label_name(name, self._exit_names)
             self._exits[label] = self._exits.get(label, 0) + 1
 
+    # The session's frames come from one reader thread, and its endpoint sends under its
+    # own lock: each count has one writer at a time, and takes no lock of its own.
+
     def add_received(self, size: int) -> None:
-        with self._lock:
-            self._received += size
+        self._received += size
 
     def add_sent(self, size: int) -> None:
-        with self._lock:
-            self._sent += size
+        self._sent += size
 
     def end_session(self, outcome: str) -> None:
         """How the session ended (one of ``SESSION_OUTCOMES``); the first word stands."""
@@ -151,7 +154,10 @@ class ProxyCounters:
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(
-                calls=dict(self._calls),
+                calls={
+                    key: CallStats(stats[0], stats[1], tuple(stats[2:]))
+                    for key, stats in self._calls.items()
+                },
                 exits=dict(self._exits),
                 received=self._received,
                 sent=self._sent,
@@ -159,5 +165,3 @@ class ProxyCounters:
                 session=self._session,
             )
 
-
-_EMPTY = CallStats()
