@@ -110,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 with _tracing(setup in ("tracing", "both")):
                     medians[setup].append(_median_call(server, args.transport, args.calls))
     base = statistics.median(medians["off"])
-    print(
-        f"empty call over {args.transport}, median of {args.rounds} rounds x {args.calls} calls:"
-    )
+    print(f"empty call over {args.transport}, median of {args.rounds} rounds x {args.calls} calls:")
     for setup in SETUPS:
         value = statistics.median(medians[setup])
         spread = f"{min(medians[setup]) * 1e6:6.1f}-{max(medians[setup]) * 1e6:6.1f}"

@@ -79,7 +79,6 @@ class CallStats:
     buckets: tuple[int, ...] = (0,) * (len(BUCKETS) + 1)
 
 
-
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """A consistent copy of a ``ProxyCounters``, for reports and ``/metrics``."""
@@ -164,4 +163,3 @@ class ProxyCounters:
                 transport=self.transport,
                 session=self._session,
             )
-
