@@ -221,7 +221,9 @@ def test_server_log_lines_carry_a_timestamp(start_server: StartServer, keys: Pat
     lines = [line for line in server.stderr().splitlines() if "farside-provision" in line]
     assert any("provisioned" in line for line in lines)
     for line in lines:
-        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} farside-provision ", line), line
+        # ISO 8601 in UTC, to the millisecond (farside._logging)
+        stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+        assert re.match(stamp + " farside-provision ", line), line
 
 
 def test_grpc_log_lines_come_back_with_log_level_debug() -> None:

@@ -50,6 +50,23 @@ def test_low_layers_do_not_load_grpc(module: str) -> None:
     assert not {m for m in loaded if m.startswith(("farside.provision", "farside.untrusted"))}
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import farside.protocol",
+        "import farside.trusted.runtime",
+        "import farside.metrics, farside.metrics.report, farside.metrics.aggregate",
+        "import farside.tracing",
+        "import farside.untrusted._session",
+        "import farside.proxy.server",
+        "import farside.provision.server",
+    ],
+)
+def test_metrics_and_tracing_load_nothing_until_asked(statement: str) -> None:
+    loaded = loaded_by(statement)
+    assert not {m for m in loaded if m.startswith(("prometheus_client", "opentelemetry"))}
+
+
 def test_the_protocol_core_loads_no_cryptography() -> None:
     loaded = loaded_by("import farside.protocol")
     assert "farside.protocol._core" in loaded

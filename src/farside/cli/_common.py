@@ -29,6 +29,7 @@ __all__ = [
     "OUTPUT_FLAGS",
     "CommandError",
     "HelpFormatter",
+    "add_metrics_flag",
     "add_parser",
     "add_remote_flags",
     "check_tls_files",
@@ -91,6 +92,13 @@ def _output_flags() -> argparse.ArgumentParser:
         metavar="LEVEL",
         help=f"log from this level up: {', '.join(LOG_LEVELS)} (default: info for servers, "
         "warning otherwise); debug also shows gRPC's own log lines",
+    )
+    flags.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=argparse.SUPPRESS,
+        help="a daemon's log lines: text (default, each timestamped) or json (one object per "
+        "line: ts, level, logger, process, pid, message); docs/operations.md",
     )
     return flags
 
@@ -256,14 +264,13 @@ def configure_logging(args: argparse.Namespace, *, server: bool, name: str) -> N
     )
     os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if level == "debug" else "NONE")
     if server or level == "debug":
-        fmt = f"%(asctime)s {name} %(levelname)s %(message)s"
-    else:
-        fmt = "%(message)s"  # a client's warnings: one line each, as the logger words them
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format=fmt,
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
+        from farside._logging import configure_logging as configure_daemon_logging
+
+        fmt = getattr(args, "log_format", None) or "text"
+        configure_daemon_logging(level, fmt, name=name)  # timestamped, text or JSON
+        return
+    logging.basicConfig(  # a client's warnings: one line each, as the logger words them
+        level=getattr(logging, level.upper()), stream=sys.stderr, format="%(message)s"
     )
 
 
@@ -488,4 +495,15 @@ def policy(args: argparse.Namespace, *, debug: bool) -> AttestationPolicy | None
         platform_keys=tuple(args.platform_key or ()),
         allow_debug=debug,
         trust_any_platform=args.trust_any_platform,
+    )
+
+
+def add_metrics_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--metrics-address``: serve Prometheus' ``/metrics`` (docs/operations.md)."""
+    parser.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help=f"serve Prometheus metrics ({what}) on http://HOST:PORT/metrics (port 0 picks "
+        "one); unauthenticated plaintext HTTP, so keep it on loopback or a monitoring "
+        "network (docs/operations.md). Default: no metrics",
     )

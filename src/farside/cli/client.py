@@ -159,8 +159,8 @@ def _add_status(sub: Any) -> None:
         description="Ask the provision server at HOST:PORT (a fleet-mode server lists every "
         "trusted host of its fleet) for its hosts, their free slots, and the enclaves it "
         "shows this client. CALLS counts the entry calls each enclave has served, "
-        "initialize() included, as its proxy last reported them: proxies report a change "
-        "once a second, so a call made in the last second may not be counted yet.",
+        "initialize() included, as its proxy last reported them: proxies report changes "
+        "twice a second, so a call made in the last half second may not be counted yet.",
     )
     status.add_argument("address", metavar="HOST:PORT", help="the provision server")
     status.add_argument("--tls-ca", metavar="FILE", help="CA bundle that signed the server's cert")
@@ -170,7 +170,24 @@ def _add_status(sub: Any) -> None:
     status.add_argument(
         "--timeout", type=common.positive_float, default=10.0, metavar="SECONDS", help="seconds"
     )
-    status.add_argument("--json", action="store_true", help="print the reply as JSON")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print the reply as JSON, with the counters of a server that keeps metrics "
+        "(each enclave's; the server's totals for operators)",
+    )
+    status.add_argument(
+        "--watch",
+        type=common.positive_float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C; with --json, one JSON "
+        "document per line",
+    )
+    status.add_argument(
+        "--count", type=common.positive_int, metavar="N", help="with --watch: stop after N"
+    )
     status.set_defaults(func=_cmd_status)
 
 
@@ -191,15 +208,53 @@ def _cmd_status(args: argparse.Namespace) -> int:
         tls=common.client_tls(args),
         token=common.read_secret(args.token_file) if args.token_file else None,
     )
+    if args.watch is None:
+        try:
+            reply = provision.server_status(timeout=args.timeout)
+        finally:
+            provision.close()
+        _print_status(reply, as_json=args.json, compact=False)
+        return 0
+    return _watch_status(provision, args)
+
+
+def _watch_status(provision: Any, args: argparse.Namespace) -> int:
+    """``status --watch``: the table (or a JSON line) every ``--watch`` s, until Ctrl-C."""
+    import sys
+    import time
+
+    import farside
+
+    shown = 0
     try:
-        reply = provision.server_status(timeout=args.timeout)
+        while True:
+            try:
+                reply = provision.server_status(timeout=args.timeout)
+            except farside.EnclaveError as exc:
+                print(f"farside status: {exc}", file=sys.stderr)  # a watch rides it out
+            else:
+                if not args.json and sys.stdout.isatty():
+                    print("\x1b[H\x1b[2J", end="")  # a refreshed table, not a scroll
+                if not args.json:
+                    print(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                _print_status(reply, as_json=args.json, compact=True)
+            shown += 1
+            if args.count is not None and shown >= args.count:
+                return 0
+            sys.stdout.flush()
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
     finally:
         provision.close()
-    if args.json:
+
+
+def _print_status(reply: Any, *, as_json: bool, compact: bool) -> None:
+    if as_json:
         from google.protobuf.json_format import MessageToDict
 
-        print(json.dumps(MessageToDict(reply), indent=2))
-        return 0
+        print(json.dumps(MessageToDict(reply), indent=None if compact else 2), flush=True)
+        return
     print(f"hosts ({len(reply.hosts)}):")
     hosts = [
         (
@@ -228,4 +283,3 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if enclaves:
         headers = ("ID", "NAME", "HOST", "ADDRESS", "CLIENT", "UPTIME", "CALLS")
         print("\n".join(_table(headers, enclaves)))
-    return 0

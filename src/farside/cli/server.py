@@ -115,6 +115,13 @@ def _add_proxy_parser(sub: Any) -> None:
         action="store_true",
         help="write status lines (measurement, calls served) to stdout",
     )
+    proxy.add_argument(
+        "--report-metrics",
+        action="store_true",
+        help="with --report-status: count calls, exit calls and bytes, and report them too "
+        "(a provision server with --metrics-address asks for it)",
+    )
+    common.add_metrics_flag(proxy, "this proxy's session")
     _add_proxy_sandbox_arguments(proxy)
     _add_attester_arguments(proxy)
     proxy.set_defaults(func=_cmd_proxy)
@@ -172,6 +179,10 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         attester=args.attester,
         tsm_root=args.tsm_root,
         nsm_device=args.nsm_device,
+        report_metrics=args.report_metrics,
+        metrics_address=args.metrics_address,
+        log_level=getattr(args, "log_level", None) or "info",
+        log_format=getattr(args, "log_format", None) or "text",
     )
 
 
@@ -319,6 +330,7 @@ def _add_server_parser(sub: Any) -> None:
         "cert:admin) that sees every client's enclaves; others see only their own "
         "(repeatable)",
     )
+    common.add_metrics_flag(server, "its enclaves, requests and what its proxies counted")
     _add_proxy_sandbox_arguments(server)
     _add_attester_arguments(server, server=True)
     fleet = server.add_argument_group("fleet mode (see docs/fleet.md)")
@@ -391,6 +403,8 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
         proxy_nsm_device=args.nsm_device,
         placement_timeout=args.placement_timeout,
         operators=tuple(args.operator),
+        metrics_address=args.metrics_address,
+        log_format=getattr(args, "log_format", None) or "text",
     )
     server = ProvisionServer(config)
     done = threading.Event()
@@ -413,6 +427,8 @@ def _cmd_provision_server(args: argparse.Namespace) -> int:
     if tls is None:
         logging.warning("serving WITHOUT TLS: sessions can be read and changed on the network")
     print(f"farside provision-server listening on {address}", flush=True)
+    if server.metrics_address:
+        logging.info("serving metrics on http://%s/metrics", server.metrics_address)
     while not done.wait(0.5):
         pass
     logging.info("shutting down: finalizing %d enclave(s)", server.enclave_count())
@@ -513,6 +529,9 @@ def _add_fleet_parsers(sub: Any) -> None:
         help="where proxies' private directories go (default: a temporary directory)",
     )
     join.add_argument("--block", action="store_true", help="stay in the foreground (systemd)")
+    common.add_metrics_flag(
+        join, "this host's slots and running enclaves; implies --block, for as long as it serves"
+    )
     join.add_argument(
         "--ray-allow-plaintext",
         action="store_true",
@@ -563,10 +582,21 @@ def _cmd_fleet_join(args: argparse.Namespace) -> int:
         )
     except FleetConfigError as exc:
         raise common.CommandError(str(exc)) from None
+    exporter = None
+    if args.metrics_address:
+        from farside.provision.fleet import serve_host_metrics
+
+        exporter = serve_host_metrics(args.metrics_address, slots=args.slots, workdir=args.workdir)
+        if "--block" not in command:
+            command.append("--block")  # the exporter serves while this host is in the fleet
+        print(f"farside fleet join: serving metrics on http://{exporter.address}/metrics")
     try:
         return subprocess.call(command, env=env)
     except OSError as exc:
         raise common.CommandError(f"cannot run {command[0]}: {exc}") from None
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
 def _cmd_fleet_certs(args: argparse.Namespace) -> int:

@@ -110,6 +110,14 @@ def _remote_error_from_pb(error: pb.Error) -> RemoteError:
 
 
 MAX_ERROR_TEXT = 64 * 2**10
+MAX_TRACE = 1024
+"""The most bytes of trace context a call carries; a peer's longer context is dropped."""
+
+
+def _trace_of(frame: pb.Call) -> bytes:
+    """A call's trace context, or nothing when it is too long (tracing never fails a call)."""
+    trace = frame.trace
+    return trace if len(trace) <= MAX_TRACE else b""
 
 
 def _text(value: str, limit: int = MAX_ERROR_TEXT) -> str:
@@ -307,8 +315,11 @@ class SessionCore:
         kwargs: Mapping[str, Any] | None = None,
         *,
         oneway: bool = False,
+        trace: bytes = b"",
     ) -> int:
         """Send a call on ``thread`` and return its id (0 for a one-way call).
+
+        ``trace`` is the caller's trace context, carried opaquely (``MAX_TRACE`` bytes).
 
         Raises ``TypeError`` for values that cannot be sent (nothing is sent),
         ``EnclaveError(RESOURCE_EXHAUSTED)`` beyond the nesting limit, and
@@ -355,6 +366,7 @@ class SessionCore:
                     name=name,
                     args=payload,
                     oneway=oneway,
+                    trace=trace[:MAX_TRACE] if trace else b"",
                 )
             )
         except (TypeError, ValueError) as exc:
@@ -766,6 +778,7 @@ class SessionCore:
                 args=args,
                 kwargs=kwargs,
                 depth=len(stack),
+                trace=_trace_of(frame),
             )
         )
 
@@ -798,6 +811,7 @@ class SessionCore:
                 args=args,
                 kwargs=kwargs,
                 oneway=True,
+                trace=_trace_of(frame),
             )
         )
 

@@ -114,6 +114,7 @@ class CallReceived:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     oneway: bool = False
     depth: int = 1
+    trace: bytes = b""  # the caller's trace context, opaque here (farside.tracing reads it)
 
     def __post_init__(self) -> None:
         if self.oneway != (self.call_id == 0):

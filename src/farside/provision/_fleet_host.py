@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import EnclaveLoadError
+from ..metrics.report import ProxyReport
 from ._agent import PlatformAgent
 from ._spawn import ProxyProcess, proxy_command, read_statuses, reap, start_proxy
 from .backend import ProxySpec, Started
@@ -45,6 +46,7 @@ __all__ = [
     "RayEnclaveSlot",
     "proxy_environment",
     "remove_stale_directories",
+    "running_proxies",
 ]
 
 PLATFORM_DIR_VAR = "FARSIDE_FLEET_PLATFORM_DIR"
@@ -92,6 +94,28 @@ def remove_stale_directories(workdir: Path, *, min_age: float = STALE_AFTER) -> 
     return stale
 
 
+def running_proxies(workdir: Path) -> int:
+    """How many proxies of this host's slots run now (``fleet join --metrics-address``).
+
+    A slot's proxy names its private directory, ``WORKDIR/farside-fleet-*``, on its
+    command line (``--private-dir``); the processes of other users are not counted.
+    """
+    prefix = str(workdir.resolve() / DIRECTORY_PREFIX).encode()
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"proxy" in args and any(a.startswith(prefix) for a in args):
+            count += 1
+    return count
+
+
 def proxy_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The Ray worker's environment without what enclave code must not see.
 
@@ -112,7 +136,7 @@ class EnclaveSlot:
         self._proxy: ProxyProcess | None = None
         self._ended = threading.Event()
         self._code: int | None = None
-        self._status: tuple[str, int] = ("", 0)
+        self._report = ProxyReport()
         self._agent: PlatformAgent | None = None
 
     def start(self, spec: ProxySpec) -> Started:
@@ -151,12 +175,11 @@ class EnclaveSlot:
             raise HostError(f"host {self._host} cannot make a proxy directory: {exc}") from None
         channel = agent.channel()
         extra = [
-            "--report-status",
+            *spec.proxy_flags(),
             "--agent-fd",
             str(channel.fileno()),
             "--private-dir",
             str(directory),
-            *spec.sandbox_args,
         ]
         if spec.tls:
             extra += ["--tls-ephemeral", self._host]
@@ -213,15 +236,12 @@ class EnclaveSlot:
         assert proxy is not None
         assert proxy.process.stdout is not None
         try:
-            read_statuses(proxy.process.stdout, self._set_status)
+            read_statuses(proxy.process.stdout, into=self._report)
         finally:
             self._code = reap(proxy, grace=STOP_GRACE)
             if self._agent is not None:
                 self._agent.close()
             self._ended.set()
-
-    def _set_status(self, measurement: str, calls: int) -> None:
-        self._status = (measurement, calls)
 
     def wait(self) -> int:
         """Block until the proxy has exited and was reaped; return its exit code."""
@@ -236,9 +256,10 @@ class EnclaveSlot:
         if proxy is not None and proxy.process.poll() is None:
             proxy.process.terminate()
 
-    def status(self) -> tuple[str, int]:
-        """(measurement hex once loaded, entry calls served), as the proxy last reported."""
-        return self._status
+    def status(self) -> list[bytes]:
+        """What the proxy last reported, as the lines of its grammar (the server reads them
+        as it reads a local proxy's: ``farside.metrics.report``)."""
+        return self._report.lines()
 
 
 class RayEnclaveSlot(EnclaveSlot):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import selectors
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from .._errors import EnclaveLoadError
+from ..metrics.report import ProxyReport
 
 __all__ = [
     "READY_PREFIX",
@@ -37,7 +37,6 @@ READY_PREFIX = "farside-proxy ready "
 _STDERR_TAIL = 4000
 MAX_LINE = 4096
 """The longest line read from a proxy's pipe; a longer one is dropped, never buffered."""
-_STATUS = re.compile(rb"status ([0-9a-f]{64}|-) ([0-9]{1,18})")
 
 
 @dataclass(slots=True)
@@ -113,14 +112,21 @@ def read_line(stream: IO[bytes], timeout: float) -> str | None:
     return line.decode("utf-8", "replace").strip()
 
 
-def read_statuses(stream: IO[bytes], report: Callable[[str, int], None]) -> None:
-    """Read a proxy's status lines until its pipe closes, reporting each well-formed one.
+def read_statuses(
+    stream: IO[bytes],
+    report: Callable[[str, int], None] | None = None,
+    *,
+    into: ProxyReport | None = None,
+) -> None:
+    """Read a proxy's status lines until its pipe closes, taking each well-formed one.
 
-    ``report(measurement hex or "", entry calls served)``. The proxy runs enclave code,
-    which may write anything here: a line is at most ``MAX_LINE`` bytes (a longer one
-    is dropped without being kept), only ASCII lines of the exact grammar
-    ``status <64 hex digits or -> <decimal>`` count, and nothing read can raise.
+    Lines go ``into`` a ``ProxyReport`` (the grammar of ``farside.metrics.report``), and
+    ``report(measurement hex or "", entry calls served)`` hears each ``status`` line. The
+    proxy runs enclave code, which may write anything here: a line is at most
+    ``MAX_LINE`` bytes (a longer one is dropped without being kept), only ASCII lines of
+    the exact grammar count, and nothing read can raise.
     """
+    target = into if into is not None else ProxyReport()
     fd = stream.fileno()
     pending = b""
     dropping = False  # inside a line that was already too long
@@ -137,10 +143,8 @@ def read_statuses(stream: IO[bytes], report: Callable[[str, int], None]) -> None
             if dropping:
                 dropping = False
                 continue
-            match = _STATUS.fullmatch(line)
-            if match is not None:
-                measurement = "" if match[1] == b"-" else match[1].decode("ascii")
-                report(measurement, int(match[2]))
+            if target.read(line) and report is not None and line.startswith(b"status "):
+                report(target.measurement, target.calls_served)
         if len(pending) > MAX_LINE:
             pending, dropping = b"", True
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from .._errors import StatusCode
 from .._proto.v1 import provision_pb2 as pb
+from ..metrics.report import ProxyReport
 
 __all__ = ["Placement", "ProvisionBackend", "ProxySpec", "RefusedError", "Started"]
 
@@ -49,6 +50,17 @@ class ProxySpec:
     transport: str = "grpc"  # validated by the server against farside.transport.TRANSPORTS
     sandbox_args: tuple[str, ...] = ()  # the server's --sandbox and limit flags
     attester_args: tuple[str, ...] = ()  # the server's --attester flags (single host only)
+    report_metrics: bool = False  # the server keeps metrics: the proxy reports its counters
+    log_format: str = "text"  # the server's own --log-format, for the proxies' logs
+
+    def proxy_flags(self) -> list[str]:
+        """The status, metrics, log and sandbox flags every backend gives its proxies."""
+        flags = ["--report-status", *self.sandbox_args]
+        if self.report_metrics:
+            flags.append("--report-metrics")
+        if self.log_format != "text":
+            flags += ["--log-format", self.log_format]
+        return flags
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,8 +109,9 @@ class ProvisionBackend(Protocol):
         """Free the placement's slot, ending its proxy if it still runs."""
         ...
 
-    def statuses(self, placements: Sequence[Placement]) -> list[tuple[str, int]]:
-        """(measurement hex, entry calls served) as each proxy last reported them."""
+    def reports(self, placements: Sequence[Placement]) -> list[ProxyReport]:
+        """What each proxy last reported (measurement, calls served, counters); an empty
+        report for one that cannot be asked now."""
         ...
 
     def hosts(self, placements: Sequence[Placement]) -> list[pb.HostInfo]:

@@ -37,7 +37,9 @@ from typing import Any
 
 from .._errors import StatusCode
 from .._proto.v1 import provision_pb2 as pb
-from ._fleet_host import PLATFORM_DIR_VAR, WORKDIR_VAR, RayEnclaveSlot
+from ..metrics.report import ProxyReport
+from ._fleet_host import PLATFORM_DIR_VAR, WORKDIR_VAR, RayEnclaveSlot, running_proxies
+from ._spawn import MAX_LINE
 from .backend import Placement, ProxySpec, RefusedError, Started
 from .base import parse_node_label
 
@@ -47,10 +49,12 @@ __all__ = [
     "RayPlacer",
     "check_ray_security",
     "join_command",
+    "serve_host_metrics",
 ]
 
 log = logging.getLogger("farside.provision.fleet")
 
+MAX_REPORT_LINES = 1024  # a slot's report: status, bytes, session, calls and exits
 ENCLAVE_RESOURCE = "enclave"
 NAMESPACE = "farside"
 _RAY_ADDRESS = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}")
@@ -202,6 +206,17 @@ def join_command(
             raise FleetConfigError(f"cannot make --workdir {path}: {exc.strerror}") from None
         env[WORKDIR_VAR] = str(path)
     return command, env
+
+
+def serve_host_metrics(address: str, *, slots: int, workdir: str | None = None) -> Any:
+    """``fleet join --metrics-address``: this host's slots and running enclaves on
+    ``/metrics`` (a ``farside.metrics.exporter.MetricsServer``)."""
+    import tempfile
+
+    from ..metrics.exporter import host_families, serve_metrics
+
+    root = Path(workdir or tempfile.gettempdir())
+    return serve_metrics(address, lambda: host_families(running_proxies(root), slots))
 
 
 # ----------------------------------------------------------------- placing
@@ -382,16 +397,25 @@ class RayPlacer:
         except Exception as exc:  # already gone, or the cluster is
             log.debug("ending a slot actor: %s", exc)
 
-    def statuses(self, placements: Sequence[Placement]) -> list[tuple[str, int]]:
-        """(measurement, calls served) of each placement, ``("", 0)`` if it does not answer."""
+    def reports(self, placements: Sequence[Placement]) -> list[ProxyReport]:
+        """What each placement's proxy last reported (empty if its slot does not answer).
+
+        The slot hands over the lines its proxy wrote; they are read with the same strict
+        grammar as a local proxy's, so nothing but that grammar crosses.
+        """
         refs = [p.handle.actor.status.remote() for p in placements]
-        results: list[tuple[str, int]] = []
+        results: list[ProxyReport] = []
         for ref in refs:
+            report = ProxyReport()
             try:
-                measurement, calls = self._ray.get(ref, timeout=2.0)
-                results.append((str(measurement), int(calls)))
+                lines = self._ray.get(ref, timeout=2.0)
             except Exception:  # that slot is gone or slow: list it without a status
-                results.append(("", 0))
+                lines = []
+            if isinstance(lines, list):
+                for line in lines[:MAX_REPORT_LINES]:
+                    if isinstance(line, bytes) and len(line) <= MAX_LINE:
+                        report.read(line)
+            results.append(report)
         return results
 
     def hosts(self, placements: Sequence[Placement]) -> list[pb.HostInfo]:

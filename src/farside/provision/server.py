@@ -13,6 +13,10 @@ The server owns the table of enclaves; backends own their processes or slots. Pr
 do not die with the server: a crash or restart of it leaves running enclaves serving.
 A clean shutdown (``stop``) asks every proxy to finalize, waits a grace period, then
 ends them all.
+
+It counts what it answers and what its proxies report (``farside.metrics.aggregate``:
+monotonic totals, bounded labels); with ``metrics_address`` it asks its proxies for
+their counters and serves everything on ``/metrics`` (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from .._config import SandboxConfig, SandboxMode
 from .._errors import EnclaveLoadError, StatusCode
 from .._proto.v1 import provision_pb2 as pb, provision_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
+from ..metrics.aggregate import Totals, counter_rows
+from ..metrics.report import ProxyReport
 from ..transport.factory import TRANSPORTS
 from ..transport.grpc import server_credentials
 from .backend import Placement, ProvisionBackend, ProxySpec, RefusedError, Started
@@ -84,6 +90,8 @@ class ProvisionServerConfig:
     ray_allow_plaintext: bool = False  # development only: Ray without TLS
     placement_timeout: float = 30.0  # fleet mode: the longest a Provision waits for a slot
     operators: tuple[str, ...] = ()  # client identities ListEnclaves shows every enclave to
+    metrics_address: str | None = None  # serve /metrics here (HOST:PORT); None: no metrics
+    log_format: str = "text"  # the proxies' --log-format
 
     def __post_init__(self) -> None:
         # Proxies start in directories of their own, where a relative path means nothing.
@@ -176,6 +184,7 @@ class _Enclave:
     name: str
     client: str
     placement: Placement | None = None  # None while it starts
+    transport: str = "grpc"
     started: float = field(default_factory=time.monotonic)
     gone: threading.Event = field(default_factory=threading.Event)  # its slot is free
 
@@ -194,6 +203,9 @@ class ProvisionServer:
         self._lock = threading.Lock()
         self._enclaves: dict[str, _Enclave] = {}
         self._stopping = False
+        self.totals = Totals()
+        self._metrics: Any = None  # the /metrics server, once started
+        self._hosts_cache: tuple[float, list[pb.HostInfo]] = (0.0, [])
         self._workdir = Path(tempfile.mkdtemp(prefix="farside-server-", dir=config.workdir))  # 0700
         try:
             self.backend = backend if backend is not None else self._default_backend()
@@ -277,6 +289,8 @@ class ProvisionServer:
             transport=transport,
             sandbox_args=tuple(args),
             attester_args=config.attester_args,
+            report_metrics=config.metrics_address is not None,
+            log_format=config.log_format,
         )
 
     # ----------------------------------------------------------- lifecycle
@@ -294,6 +308,16 @@ class ProvisionServer:
             raise OSError(f"cannot listen on {target}: {exc}") from exc
         if port == 0:
             raise OSError(f"cannot listen on {target}")
+        if self.config.metrics_address is not None:
+            from ..metrics.exporter import serve_metrics
+
+            self._metrics = serve_metrics(self.config.metrics_address, self._metric_families)
+            if not self._metrics.loopback:
+                log.warning(
+                    "serving /metrics on %s without authentication: keep it on a monitoring "
+                    "network (docs/operations.md)",
+                    self._metrics.address,
+                )
         self._server.start()
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -318,7 +342,14 @@ class ProvisionServer:
             self._enclaves.clear()
         self.backend.close()
         stopped.wait(5.0)
+        if self._metrics is not None:
+            self._metrics.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
+
+    @property
+    def metrics_address(self) -> str:
+        """Where ``/metrics`` is served (``HOST:PORT``, the real port), or "" when it is not."""
+        return self._metrics.address if self._metrics is not None else ""
 
     def enclave_count(self) -> int:
         """How many enclaves are starting or running."""
@@ -391,7 +422,7 @@ class ProvisionServer:
                     f"you already run {mine} enclaves here, the maximum per client; "
                     "destroy one first",
                 )
-            enclave = _Enclave(secrets.token_hex(8), name, client)
+            enclave = _Enclave(secrets.token_hex(8), name, client, transport=transport)
             self._enclaves[enclave.enclave_id] = enclave  # holds the slot while it starts
         limit = self.config.placement_timeout
         try:
@@ -441,10 +472,64 @@ class ProvisionServer:
             log.exception("watching enclave %s failed; freeing its slot", enclave.enclave_id)
         finally:
             try:
+                self._count_end(enclave, placement)
                 self.backend.end(placement)
             finally:
                 self._forget(enclave)
         log.info("enclave %s on %s ended: %s", enclave.enclave_id, placement.started.host, how)
+
+    def _count_end(self, enclave: _Enclave, placement: Placement) -> None:
+        """Add the proxy's last report to the totals, and its session (never raises)."""
+        try:
+            [report] = self.backend.reports([placement])
+        except Exception:  # the slot is gone (fleet): its session still counts
+            report = None
+        self.totals.finish(enclave.enclave_id, report, enclave.transport)
+
+    def _reports(self, placed: list[tuple[_Enclave, Placement]]) -> list[ProxyReport]:
+        """What each proxy last reported, merged into the totals on the way."""
+        reports = self.backend.reports([p for _, p in placed])
+        for (enclave, _), report in zip(placed, reports, strict=True):
+            self.totals.merge(enclave.enclave_id, report)
+        return reports
+
+    def _placed(self) -> list[tuple[_Enclave, Placement]]:
+        with self._lock:
+            return [(e, e.placement) for e in self._enclaves.values() if e.placement]
+
+    def _metric_families(self) -> list[Any]:
+        """What ``/metrics`` shows, current as of the proxies' last reports."""
+        from ..metrics.exporter import fleet_families, totals_families
+
+        self._reports(self._placed())
+        families = totals_families(self.totals.snapshot(), self.enclave_count())
+        if self.config.ray_address is not None:
+            hosts = self._cached_hosts()
+            families += fleet_families((h.alive, h.slots_free, dict(h.labels)) for h in hosts)
+        return families
+
+    def _cached_hosts(self) -> list[pb.HostInfo]:
+        """The fleet's hosts, asked of Ray at most once a second (scrapes may come often)."""
+        asked, hosts = self._hosts_cache
+        if time.monotonic() - asked > 1.0:
+            try:
+                hosts = self.list_hosts()
+            except RefusedError:
+                hosts = []
+            self._hosts_cache = (time.monotonic(), hosts)
+        return hosts
+
+    def count_provision(self, outcome: str) -> None:
+        """One Provision request was answered (``farside_provisions_total``)."""
+        self.totals.count_provision(outcome)
+
+    def counters(self) -> list[pb.Counter]:
+        """The server's totals, as ``ListEnclaves`` gives them to operators."""
+        self._reports(self._placed())
+        return [
+            pb.Counter(name=name, labels=labels, value=value)
+            for name, labels, value in self.totals.snapshot().rows()
+        ]
 
     def release(self, enclave_id: str, client: str) -> None:
         """Stop the caller's proxy ``enclave_id`` (it finalizes); unknown ids are fine.
@@ -468,27 +553,30 @@ class ProvisionServer:
         """The running enclaves of ``client`` (every client's for None or an operator), with
         what their proxies last reported."""
         every = client is None or self.is_operator(client)
-        with self._lock:
-            placed = [
-                (e, e.placement)
-                for e in self._enclaves.values()
-                if e.placement and (every or e.client == client)
-            ]
-        statuses = self.backend.statuses([p for _, p in placed])
+        placed = [(e, p) for e, p in self._placed() if every or e.client == client]
+        reports = self._reports(placed)
         now = time.monotonic()
         return [
             pb.EnclaveInfo(
                 enclave_id=e.enclave_id,
                 name=e.name,
                 client=e.client,
-                measurement=measurement,
+                measurement=report.measurement,
                 uptime_seconds=now - e.started,
-                calls_served=calls,
+                calls_served=report.calls_served,
                 address=p.started.address,
                 pid=p.started.pid,
                 host=p.started.host,
+                counters=[
+                    pb.Counter(name=name, labels=labels, value=value)
+                    for name, labels, value in counter_rows(
+                        report.calls, report.exits, report.received, report.sent
+                    )
+                ]
+                if self.config.metrics_address is not None
+                else [],
             )
-            for (e, p), (measurement, calls) in zip(placed, statuses, strict=True)
+            for (e, p), report in zip(placed, reports, strict=True)
         ]
 
     def list_hosts(self) -> list[pb.HostInfo]:
@@ -548,7 +636,23 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
         self._server = server
 
     def Provision(self, request: pb.ProvisionRequest, context: Any) -> pb.ProvisionResponse:  # noqa: N802
-        client = self._server.authenticate(context)
+        outcome = "refused_auth"  # until authenticate returns (it aborts otherwise)
+        try:
+            client = self._server.authenticate(context)
+            outcome = "failed"
+            response = self._provision(client, request, context)
+            outcome = "ok"
+            return response
+        except RefusedError as exc:
+            if exc.code is StatusCode.RESOURCE_EXHAUSTED:
+                outcome = "refused_capacity"
+            _abort(context, exc)
+        finally:
+            self._server.count_provision(outcome)
+
+    def _provision(
+        self, client: str, request: pb.ProvisionRequest, context: Any
+    ) -> pb.ProvisionResponse:
         _check_parsed(request, context)
         if not _NAME.fullmatch(request.name):
             context.abort(
@@ -561,17 +665,14 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
                 f"the transport must be one of {', '.join(TRANSPORTS)}",
             )
         remaining = context.time_remaining()
-        try:
-            enclave_id, started = self._server.provision(
-                request.name,
-                client,
-                label=request.node_label,
-                # leave a moment to answer before the caller's deadline passes
-                timeout=None if remaining is None else remaining - 0.5,
-                transport=request.transport or "grpc",
-            )
-        except RefusedError as exc:
-            _abort(context, exc)
+        enclave_id, started = self._server.provision(
+            request.name,
+            client,
+            label=request.node_label,
+            # leave a moment to answer before the caller's deadline passes
+            timeout=None if remaining is None else remaining - 0.5,
+            transport=request.transport or "grpc",
+        )
         return pb.ProvisionResponse(
             enclave_id=enclave_id,
             address=started.address,
@@ -596,9 +697,11 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
             hosts = self._server.list_hosts()
         except RefusedError as exc:
             _abort(context, exc)
+        operator = self._server.is_operator(client)
         return pb.ListEnclavesResponse(
             enclaves=self._server.list_enclaves(client),
             hosts=hosts,
             caller=client,
-            operator=self._server.is_operator(client),
+            operator=operator,
+            counters=self._server.counters() if operator else [],
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .._errors import EnclaveLoadError, StatusCode
 from .._proto.v1 import provision_pb2 as pb
+from ..metrics.report import ProxyReport
 from ._agent import PlatformAgent
 from ._spawn import ProxyProcess, proxy_command, read_statuses, reap, start_proxy
 from .backend import Placement, ProxySpec, RefusedError, Started
@@ -35,7 +36,7 @@ RELEASE_GRACE = 1.0
 @dataclass(slots=True)
 class _Proxy:
     process: ProxyProcess
-    status: tuple[str, int] = ("", 0)
+    report: ProxyReport = field(default_factory=ProxyReport)
     reaped: threading.Event = field(default_factory=threading.Event)
 
 
@@ -114,7 +115,7 @@ class SingleHostBackend:
         """A fresh private directory for one proxy, and the flags that point into it."""
         directory = Path(self._workdir) / spec.enclave_id
         directory.mkdir(mode=0o700)  # start_proxy removes it again if the proxy fails
-        extra = ["--report-status", *spec.sandbox_args, *spec.attester_args]
+        extra = [*spec.proxy_flags(), *spec.attester_args]
         if spec.tls:
             extra += ["--tls-ephemeral", self._host]
             if spec.client_ca_pem:
@@ -191,7 +192,7 @@ class SingleHostBackend:
         stdout = proxy.process.process.stdout
         try:
             if stdout is not None:
-                read_statuses(stdout, lambda m, calls: setattr(proxy, "status", (m, calls)))
+                read_statuses(stdout, into=proxy.report)
         finally:
             code = self._reap(proxy.process, port, grace=self._grace)
             proxy.reaped.set()
@@ -223,9 +224,9 @@ class SingleHostBackend:
 
     # ----------------------------------------------------------- listing
 
-    def statuses(self, placements: Sequence[Placement]) -> list[tuple[str, int]]:
+    def reports(self, placements: Sequence[Placement]) -> list[ProxyReport]:
         """What each proxy last reported."""
-        return [placement.handle[0].status for placement in placements]
+        return [placement.handle[0].report.copy() for placement in placements]
 
     def hosts(self, placements: Sequence[Placement]) -> list[pb.HostInfo]:
         """This one host, with the server's slots."""

@@ -29,12 +29,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .. import tracing
 from .._config import SandboxConfig, SandboxMode
 from .._errors import EnclaveError, HostCallError
+from .._logging import configure_logging
 from .._process import set_parent_death_signal
 from .._tls import TLSConfig
 from ..attestation.agent import AgentAttester
 from ..attestation.attester import Attester
+from ..metrics.counters import ProxyCounters
+from ..metrics.frames import CountingSender, counting_sink
+from ..metrics.report import REPORT_PERIOD, report_lines
 from ..protocol import Role, SessionCore
 from ..transport import factory
 from ..transport.base import Admission, FrameSender, FrameSink
@@ -109,8 +114,10 @@ class RemoteEnclaveProxyServer:
         worker_idle_timeout: float = 30.0,
         transport: str = "grpc",
         sandbox: Sandbox | None = None,
+        counters: ProxyCounters | None = None,
     ) -> None:
         self.sandbox = sandbox  # None: no sandbox at all (in-process tests)
+        self.counters = counters  # None: nothing is counted (no one asked for metrics)
         self._listen = listen
         self._tls = tls
         self._attester = attester  # the session's; None: a throwaway key (in-process tests)
@@ -121,6 +128,7 @@ class RemoteEnclaveProxyServer:
         self._parent_pid = parent_pid
         self._wake = threading.Event()
         self._stop_reason: str | None = None
+        self._outcome = "stopped"  # how the session ended, for metrics (SESSION_OUTCOMES)
         self._runtime: EnclaveRuntime | None = None
         self._endpoint: Endpoint | None = None
         self.transport = transport
@@ -143,15 +151,17 @@ class RemoteEnclaveProxyServer:
                 self.stop("the provisioner that started this proxy is gone")
         return self.address
 
-    def stop(self, reason: str, *, from_signal: bool = False) -> None:
+    def stop(self, reason: str, *, from_signal: bool = False, outcome: str = "stopped") -> None:
         """Ask the serving loop to end.
 
         From a signal handler, pass ``from_signal``: it only records the reason (the
         loop polls it within 0.25 s), because taking a lock there can deadlock when a
         second signal interrupts the first handler while it holds that lock.
+        ``outcome`` is how the session ended, for metrics.
         """
         if self._stop_reason is None:
             self._stop_reason = reason
+            self._outcome = outcome
         if not from_signal:
             self._wake.set()
 
@@ -165,7 +175,10 @@ class RemoteEnclaveProxyServer:
             max_workers=self._max_workers,
             worker_idle_timeout=self._worker_idle_timeout,
             confine=self.sandbox.confine if self.sandbox is not None else None,
+            counters=self.counters,
         )
+        if self.counters is not None:
+            sender = CountingSender(sender, self.counters.add_sent)
         endpoint = Endpoint(
             SessionCore(Role.PROXY),
             sender,
@@ -181,8 +194,11 @@ class RemoteEnclaveProxyServer:
         def feed(frames: list[Any]) -> None:
             endpoint.feed(frames)
             if endpoint.failure is not None:  # the client broke the protocol: end the session
-                self.stop(f"the session failed: {endpoint.failure}")
+                outcome = "closed" if runtime.close_received else "lost"
+                self.stop(f"the session failed: {endpoint.failure}", outcome=outcome)
 
+        if self.counters is not None:
+            return counting_sink(feed, self.counters.add_received)
         return feed
 
     def _on_lost(self, error: EnclaveError) -> None:
@@ -191,7 +207,7 @@ class RemoteEnclaveProxyServer:
         log.warning("session lost: %s", error)
         if self._endpoint is not None:
             self._endpoint.fail(error)
-        self.stop("the client's session stream broke")
+        self.stop("the client's session stream broke", outcome="lost")
 
     # ----------------------------------------------------------- lifecycle
 
@@ -211,9 +227,11 @@ class RemoteEnclaveProxyServer:
                 break
             if runtime is not None and runtime.ended.is_set():
                 self._stop_reason = "the session ended"
+                self._outcome = "closed" if runtime.close_received else "lost"
                 break
             if runtime is None and time.monotonic() - started > self._idle_timeout:
                 self._stop_reason = f"no client connected within {self._idle_timeout:g} s"
+                self._outcome = "no_client"
                 break
             if self._parent_pid is not None and os.getppid() != self._parent_pid:
                 self._stop_reason = "the provisioner that started this proxy is gone"
@@ -221,6 +239,8 @@ class RemoteEnclaveProxyServer:
             self._wake.wait(0.25)
             self._wake.clear()
         log.info("shutting down: %s", self._stop_reason)
+        if self.counters is not None:
+            self.counters.end_session(self._outcome)
         self._finish()
         return 0 if runtime is not None or self._stop_reason == "the session ended" else 3
 
@@ -305,20 +325,118 @@ def _announce_ready(address: str) -> None:
     os.write(1, f"farside-proxy ready {address}\n".encode())
 
 
-def _report_status(server: RemoteEnclaveProxyServer, fd: int) -> None:
-    """Tell the provisioner (on our stdout pipe) what it lists: measurement and calls served."""
-    last: tuple[str, int] = ("", 0)
-    while True:
-        time.sleep(1.0)
-        current = server.status()
-        if current == last:
-            continue
-        measurement, calls = current
-        try:
-            os.write(fd, f"status {measurement or '-'} {calls}\n".encode())
-        except OSError:
-            return  # the provisioner is gone; the session goes on without it
-        last = current
+class _StatusReporter:
+    """Tells the provisioner, on our stdout pipe, what it lists and counts.
+
+    Every ``REPORT_PERIOD`` s, the lines of ``farside.metrics.report``'s grammar that
+    changed since the last report; ``final`` writes the last ones before the proxy exits.
+    """
+
+    def __init__(self, server: RemoteEnclaveProxyServer, fd: int) -> None:
+        self._server = server
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._written: dict[str, bytes] = {}
+        self._gone = False
+
+    def run(self) -> None:
+        while not self._gone:
+            time.sleep(REPORT_PERIOD)
+            self.report()
+
+    def report(self) -> None:
+        measurement, calls = self._server.status()
+        counters = self._server.counters
+        lines = report_lines(
+            counters.snapshot() if counters is not None else None, measurement, calls
+        )
+        with self._lock:
+            changed = {k: v for k, v in lines.items() if self._written.get(k) != v}
+            if not changed or self._gone:
+                return
+            try:
+                os.write(self._fd, b"".join(changed.values()))
+            except OSError:
+                self._gone = True  # the provisioner is gone; the session goes on without it
+                return
+            self._written.update(changed)
+
+    def final(self) -> None:
+        self.report()
+        with self._lock:
+            self._gone = True
+
+
+def _bind_metrics(
+    address: str | None,
+    counters: ProxyCounters | None,
+    holder: list[RemoteEnclaveProxyServer],
+) -> Any:
+    """The proxy's ``/metrics`` server, bound but not serving yet (None without an address)."""
+    if address is None or counters is None:
+        return None
+    from ..metrics.exporter import MetricsServer, proxy_families
+
+    def collect() -> list[Any]:
+        running = bool(holder) and holder[0]._runtime is not None
+        return proxy_families(counters.snapshot(), running=running)
+
+    return MetricsServer(address, collect)
+
+
+def _configure_tracing() -> None:
+    """Spans to the exporter ``OTEL_TRACES_EXPORTER`` names, if any (``farside.tracing``)."""
+    try:
+        traced = tracing.configure_from_environment("farside-proxy")
+    except (ImportError, ValueError) as exc:
+        log.warning("tracing is off: %s", exc)
+        return
+    if traced:
+        log.info("tracing: spans go to the %s exporter", traced)
+
+
+def _last_words(reporter: _StatusReporter | None) -> None:
+    """The last report (how the session ended) and the last spans, each within 2 s."""
+    for last in (reporter.final if reporter is not None else None, tracing.shutdown):
+        if last is not None:
+            ending = threading.Thread(target=last, daemon=True, name="farside-last-words")
+            ending.start()
+            ending.join(2.0)
+
+
+def _serve_and_exit(
+    server: RemoteEnclaveProxyServer,
+    address: str,
+    report_status: bool,
+    exporter: Any,
+    private_dir: str | None,
+) -> None:
+    """Announce the address, serve the session, then end the process."""
+    # The session may open (and the runtime take over sys.stdout/sys.stderr) as soon as
+    # this line is out, so from here on only the raw descriptors 1 and 2 are used.
+    _announce_ready(address)
+    status_fd = os.dup(1)
+    os.dup2(2, 1)  # stray writes to fd 1 go to the log
+    code = 1
+    reporter = None
+    if exporter is not None:
+        exporter.start()
+        log.info("serving metrics on http://%s/metrics", exporter.address)
+    try:
+        if report_status:
+            reporter = _StatusReporter(server, status_fd)
+            threading.Thread(target=reporter.run, daemon=True, name="farside-status").start()
+        else:
+            os.close(status_fd)
+        code = server.serve()
+    finally:
+        _last_words(reporter)
+        if private_dir:
+            # Ours alone (the provisioner made it for us); it may be dead and unable to.
+            shutil.rmtree(private_dir, ignore_errors=True)
+        # Enclave threads may still be running enclave code: they must not keep us alive.
+        logging.shutdown()
+        os._exit(code)
 
 
 ATTESTERS = ("sim", "tsm", "nsm")
@@ -398,6 +516,10 @@ def run_proxy(
     attester: str = "sim",
     tsm_root: str | None = None,
     nsm_device: str | None = None,
+    report_metrics: bool = False,
+    metrics_address: str | None = None,
+    log_level: str = "info",
+    log_format: str = "text",
 ) -> int:
     """``farside proxy``: serve one session, printing one ready line on stdout.
 
@@ -414,12 +536,11 @@ def run_proxy(
         ask for more); a proxy on a Unix socket enters its own network namespace right away,
         while it has one thread. Returns only on a usage error; otherwise it ends the process
         itself.
+    ``report_metrics`` adds the session's counters to the status lines (a provision server
+    with metrics asks for them); ``metrics_address`` serves them on ``/metrics`` as well.
+    Tracing is configured from ``OTEL_TRACES_EXPORTER`` (``farside.tracing``).
     """
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format=f"farside-proxy[{os.getpid()}] %(levelname)s %(message)s",
-    )
+    configure_logging(log_level, log_format, name=f"farside-proxy[{os.getpid()}]")
     _cap_file_writes()
     token = _read_token(token_file, token_stdin)
     if not token:
@@ -429,11 +550,19 @@ def run_proxy(
             file=sys.stderr,
         )
         return 2
+    counters = ProxyCounters(transport=transport) if report_metrics or metrics_address else None
+    holder: list[RemoteEnclaveProxyServer] = []  # the server, once it exists
+    try:  # bound now, in the network namespace the scraper reaches; served later
+        exporter = _bind_metrics(metrics_address, counters, holder)
+    except (OSError, ValueError) as exc:
+        print(f"farside proxy: {exc}", file=sys.stderr)
+        return 2
     netns: str | None = None
     if sandbox != "off" and listen.startswith("unix:"):
         netns = enter_network_namespace()  # a path socket still reaches the client
         if netns:
             log.info("sandbox: no network namespace: %s", netns)
+    _configure_tracing()  # after the namespace: an exporter may start threads
     confinement = Sandbox(
         mode=sandbox, limits=limits or SandboxConfig(), netns=netns, private_dir=private_dir
     )
@@ -459,7 +588,9 @@ def run_proxy(
         worker_idle_timeout=worker_idle_timeout,
         transport=transport,
         sandbox=confinement,
+        counters=counters,
     )
+    holder.append(server)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         server.stop(f"received {signal.Signals(signum).name}", from_signal=True)
@@ -471,27 +602,5 @@ def run_proxy(
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"farside proxy: cannot listen on {listen}: {exc}", file=sys.stderr)
         return 2
-    # The session may open (and the runtime take over sys.stdout/sys.stderr) as soon as
-    # this line is out, so from here on only the raw descriptors 1 and 2 are used.
-    _announce_ready(address)
-    status_fd = os.dup(1)
-    os.dup2(2, 1)  # stray writes to fd 1 go to the log
-    code = 1
-    try:
-        if report_status:
-            threading.Thread(
-                target=_report_status,
-                args=(server, status_fd),
-                daemon=True,
-                name="farside-status",
-            ).start()
-        else:
-            os.close(status_fd)
-        code = server.serve()
-    finally:
-        if private_dir:
-            # Ours alone (the provisioner made it for us); it may be dead and unable to.
-            shutil.rmtree(private_dir, ignore_errors=True)
-        # Enclave threads may still be running enclave code: they must not keep us alive.
-        logging.shutdown()
-        os._exit(code)
+    _serve_and_exit(server, address, report_status, exporter, private_dir)
+    return 1  # not reached: _serve_and_exit ends the process

@@ -153,13 +153,17 @@ class Endpoint:
         kwargs: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        trace: bytes = b"",
     ) -> Any:
-        """Make a call on ``thread`` and wait for its result, serving nested calls."""
+        """Make a call on ``thread`` and wait for its result, serving nested calls.
+
+        ``trace`` is the caller's trace context (``farside.tracing``), passed through.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._raise_if_failed()
             box = self._mailbox(thread)
-            call_id = self.core.start_call(thread, kind, name, args, kwargs)
+            call_id = self.core.start_call(thread, kind, name, args, kwargs, trace=trace)
             self._send_queued()
         return self._wait(thread, box, call_id, deadline)
 
@@ -177,12 +181,20 @@ class Endpoint:
             self._mailboxes.pop(thread, None)
 
     def notify(
-        self, thread: int, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None
+        self,
+        thread: int,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        trace: bytes = b"",
     ) -> None:
         """Send a one-way exit call (no result, no waiting)."""
         with self._lock:
             self._raise_if_failed()
-            self.core.start_call(thread, CallKind.EXIT, name, args, kwargs, oneway=True)
+            self.core.start_call(
+                thread, CallKind.EXIT, name, args, kwargs, oneway=True, trace=trace
+            )
             self._send_queued()
 
     def write_output(self, thread: int, stream: Stream, data: bytes) -> None:

@@ -18,16 +18,19 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .. import tracing
 from .._config import EnclaveConfig, SandboxConfig
 from .._errors import EnclaveError, HostCallError, StatusCode
 from ..attestation.attester import Attester, KeyAttester
 from ..attestation.bundle import Bundle, measure_bundle
 from ..attestation.evidence import channel_binding, report_data
 from ..attestation.identity import UNSIGNED, EnclaveIdentity, SealingKeys, verify_signature
+from ..metrics.counters import NAME, OTHER, ProxyCounters
 from ..protocol import (
     BundleReceived,
     CallKind,
@@ -48,6 +51,7 @@ __all__ = ["EnclaveRuntime", "current_runtime"]
 
 _local = threading.local()
 _current: EnclaveRuntime | None = None
+_CONTROL = {CallKind.RUN: "run", CallKind.INITIALIZE: "initialize", CallKind.FINALIZE: "finalize"}
 
 # OSErrors the client's file service may report; they are re-raised as themselves.
 _OS_ERRORS: dict[str, type[OSError]] = {
@@ -99,10 +103,13 @@ class EnclaveRuntime:
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
         confine: Callable[[SandboxConfig | None], tuple[str, ...]] | None = None,
+        counters: ProxyCounters | None = None,
     ) -> None:
         # Confines the process and the calling thread before enclave code runs; returns
         # the layers applied (they go into the evidence). None: no sandbox (tests).
         self._confine = confine
+        # Counts entry and exit calls when the proxy reports metrics; None: nothing is.
+        self.counters = counters
         self._thread_starts: queue.SimpleQueue[tuple[Callable[[], None], str]] = queue.SimpleQueue()
         self.max_workers = max_workers  # enclave worker threads at once (one per client thread)
         self.worker_idle_timeout = worker_idle_timeout  # an idle worker exits after this
@@ -282,6 +289,8 @@ class EnclaveRuntime:
                 f"build_trusted_application() returned {type(app).__name__}, "
                 "not a TrustedApplication"
             )
+        if self.counters is not None:  # the measured bundle's entry points label the calls
+            self.counters.set_entry_points(_ecall_names(app))
         return app
 
     # ------------------------------------------------------------- Handler
@@ -329,7 +338,32 @@ class EnclaveRuntime:
         return getattr(_local, "thread", None) in self._cancelled
 
     def handle_call(self, event: CallReceived) -> Any:
-        """Run one entry call on the current (worker) thread."""
+        """Run one entry call on the current (worker) thread (counted and traced if asked)."""
+        counters, tracer = self.counters, tracing.TRACER
+        if counters is None and tracer is None:
+            return self._run_call(event)
+        label = _CONTROL.get(event.kind)
+        if counters is not None:
+            label = counters.entry_label(label, event.name)
+        elif label is None:
+            label = event.name if NAME.fullmatch(event.name) else OTHER
+        outcome = "error"
+        start = time.perf_counter()
+        try:
+            if tracer is None:
+                value = self._run_call(event)
+            else:
+                with tracer.server_span(tracing.ENTRY_SERVICE, label, event.trace):
+                    value = self._run_call(event)
+            outcome = "ok"
+            return value
+        finally:
+            if counters is not None:
+                if event.thread in self._cancelled:
+                    outcome = "cancelled"
+                counters.record_call(label, outcome, time.perf_counter() - start)
+
+    def _run_call(self, event: CallReceived) -> Any:
         with self._calls_lock:
             self.calls_served += 1
         kind, args = event.kind, event.args
@@ -360,9 +394,7 @@ class EnclaveRuntime:
             return None
         method = None if event.name.startswith("_") else getattr(app, event.name, None)
         if method is None or not is_ecall(method):
-            names = sorted(
-                n for n in dir(app) if not n.startswith("_") and is_ecall(getattr(app, n, None))
-            )
+            names = sorted(_ecall_names(app))
             raise EnclaveError(
                 f"the enclave has no entry point named {event.name!r} "
                 f"(its @ecall entry points: {', '.join(names) or 'none'})",
@@ -415,12 +447,26 @@ class EnclaveRuntime:
                 remote_type="CancelledError",
                 code=StatusCode.CANCELLED,
             )
-        return self._endpoint().call(thread, CallKind.EXIT, name, args, kwargs)
+        if self.counters is not None:
+            self.counters.record_exit(name)
+        tracer = tracing.TRACER
+        if tracer is None:
+            return self._endpoint().call(thread, CallKind.EXIT, name, args, kwargs)
+        with tracer.client_span(tracing.EXIT_SERVICE, _span_name(name)) as trace:
+            return self._endpoint().call(thread, CallKind.EXIT, name, args, kwargs, trace=trace)
 
     def notify(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """One-way exit call: no result, no waiting; only from a thread running an entry
         call (the client serves it on the thread waiting for that call)."""
-        self._endpoint().notify(self._thread(), name, args, kwargs)
+        thread = self._thread()
+        if self.counters is not None:
+            self.counters.record_exit(name)
+        tracer = tracing.TRACER
+        if tracer is None:
+            self._endpoint().notify(thread, name, args, kwargs)
+            return
+        with tracer.client_span(tracing.EXIT_SERVICE, _span_name(name)) as trace:
+            self._endpoint().notify(thread, name, args, kwargs, trace=trace)
 
     def write_output(self, stream: Stream, data: bytes) -> None:
         """Queue stdout/stderr bytes for the client."""
@@ -454,3 +500,16 @@ class EnclaveRuntime:
         if isinstance(file, os.PathLike):
             file = os.fspath(file)
         return open_on_host(self._fs_call, file, mode, buffering, encoding, errors, newline)
+
+
+def _ecall_names(app: TrustedApplication) -> list[str]:
+    """The application's ``@ecall`` entry points (none if it will not say)."""
+    try:
+        return [n for n in dir(app) if not n.startswith("_") and is_ecall(getattr(app, n, None))]
+    except Exception:  # enclave code: a __dir__ or a property may raise
+        return []
+
+
+def _span_name(name: str) -> str:
+    """A span's method name: the call's name if it is of the label grammar, else other."""
+    return name if NAME.fullmatch(name) else OTHER

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from .. import tracing
 from .._errors import (
     ClientClosedError,
     DeadlineExceededError,
@@ -152,8 +153,16 @@ class EnclaveClient:
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive (or None to wait as long as it takes)")
         tag = self._thread_tag()
+        tracer = tracing.TRACER
         try:
-            return self._endpoint.call(tag, kind, name, args, kwargs, timeout=timeout)
+            if tracer is None:
+                return self._endpoint.call(tag, kind, name, args, kwargs, timeout=timeout)
+            method = name or kind.name.lower()
+            attributes = {"farside.enclave": self._name}
+            with tracer.client_span(tracing.ENTRY_SERVICE, method, attributes) as trace:
+                return self._endpoint.call(
+                    tag, kind, name, args, kwargs, timeout=timeout, trace=trace
+                )
         except (DeadlineExceededError, KeyboardInterrupt):
             # The abandoned worker finishes in the background; this thread gets a fresh one.
             if self._endpoint.core.is_abandoned(tag):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from .. import tracing
 from .._errors import EnclaveError, StatusCode
 from ..protocol import CallKind, CallReceived, Event, OutputReceived, Stream
 
@@ -244,6 +245,15 @@ class ExitHandlers:
 
     def handle_call(self, event: CallReceived) -> Any:
         fn = self._builtin.get(event.name) or self._user.get(event.name)
+        tracer = tracing.TRACER
+        if tracer is not None:  # the handler's span, inside the enclave's exit call span
+            method = event.name if fn is not None else "other"  # names the enclave made up
+            with tracer.server_span(tracing.EXIT_SERVICE, method, event.trace):
+                return self._run_handler(fn, event)
+        return self._run_handler(fn, event)
+
+    @staticmethod
+    def _run_handler(fn: Callable[..., Any] | None, event: CallReceived) -> Any:
         if fn is None:
             # This crosses into the enclave (as HostCallError) and maybe back: the fix in
             # both the terms the client may be using goes in the message itself.

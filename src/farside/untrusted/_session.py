@@ -17,11 +17,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .._errors import EnclaveCallError, EnclaveError, EnclaveLoadError
+from .._errors import AttestationError, EnclaveCallError, EnclaveError, EnclaveLoadError
 from ..attestation.bundle import Bundle, BundleError
 from ..attestation.bundle_files import load_bundle
 from ..attestation.evidence import AttestationPolicy, channel_binding, verify_session_evidence
 from ..attestation.identity import EnclaveIdentity
+from ..metrics import client as client_metrics
+from ..metrics.frames import CountingSender, counting_sink
 from ..protocol import CallKind, Limits, LoadedReceived, RemoteError, Role, SessionCore
 from ..provision.base import ProxyLease
 from ..transport import factory
@@ -61,14 +63,20 @@ def _attest(
         client_nonce=client_nonce,
         proxy_nonce=loaded.proxy_nonce,
     )
-    return verify_session_evidence(
-        loaded.evidence,
-        _policy(load_config, sent, lease),
-        nonce=nonce,
-        binding=binding,
-        sent=sent,
-        reported=loaded.measurement,
-    )
+    try:
+        return verify_session_evidence(
+            loaded.evidence,
+            _policy(load_config, sent, lease),
+            nonce=nonce,
+            binding=binding,
+            sent=sent,
+            reported=loaded.measurement,
+        )
+    except AttestationError as exc:
+        counters = client_metrics.COUNTERS
+        if counters is not None:
+            counters.attestation_failed(exc.check or "evidence")
+        raise
 
 
 def _provision(load_config: EnclaveLoadConfig) -> ProxyLease:
@@ -144,9 +152,14 @@ def open_session(
         Role.CLIENT,
         limits=Limits(max_depth=proxy_config.max_depth, max_value_size=proxy_config.max_value_size),
     )
-    endpoint = Endpoint(core, transport, exits, error_from_exception=_client_error)
+    counters = client_metrics.COUNTERS  # opted in (farside.metrics.enable): count the bytes
+    sender = transport if counters is None else CountingSender(transport, counters.add_sent)
+    endpoint = Endpoint(core, sender, exits, error_from_exception=_client_error)
+    sink = (
+        endpoint.feed if counters is None else counting_sink(endpoint.feed, counters.add_received)
+    )
     try:
-        transport.start(endpoint.feed, endpoint.fail)
+        transport.start(sink, endpoint.fail)
         identity = _load(endpoint, bundle, load_config, lease)
         try:
             endpoint.call(

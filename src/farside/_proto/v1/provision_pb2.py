@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61rside/v1/provision.proto\x12\nfarside.v1\"G\n\x10ProvisionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nnode_label\x18\x02 \x01(\t\x12\x11\n\ttransport\x18\x03 \x01(\t\"j\n\x11ProvisionResponse\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rsession_token\x18\x03 \x01(\t\x12\x19\n\x11proxy_certificate\x18\x04 \x01(\x0c\"$\n\x0eReleaseRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\"\x11\n\x0fReleaseResponse\"\x15\n\x13ListEnclavesRequest\"\xae\x01\n\x0b\x45nclaveInfo\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\x12\x13\n\x0bmeasurement\x18\x04 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x05 \x01(\x01\x12\x14\n\x0c\x63\x61lls_served\x18\x06 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\x0b\n\x03pid\x18\x08 \x01(\x05\x12\x0c\n\x04host\x18\t \x01(\t\"\xc5\x01\n\x08HostInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x13\n\x0bslots_total\x18\x04 \x01(\r\x12\x12\n\nslots_free\x18\x05 \x01(\r\x12\x30\n\x06labels\x18\x06 \x03(\x0b\x32 .farside.v1.HostInfo.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x14ListEnclavesResponse\x12)\n\x08\x65nclaves\x18\x01 \x03(\x0b\x32\x17.farside.v1.EnclaveInfo\x12#\n\x05hosts\x18\x02 \x03(\x0b\x32\x14.farside.v1.HostInfo\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x10\n\x08operator\x18\x04 \x01(\x08\x32\xee\x01\n\x0bProvisioner\x12H\n\tProvision\x12\x1c.farside.v1.ProvisionRequest\x1a\x1d.farside.v1.ProvisionResponse\x12\x42\n\x07Release\x12\x1a.farside.v1.ReleaseRequest\x1a\x1b.farside.v1.ReleaseResponse\x12Q\n\x0cListEnclaves\x12\x1f.farside.v1.ListEnclavesRequest\x1a .farside.v1.ListEnclavesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61rside/v1/provision.proto\x12\nfarside.v1\"G\n\x10ProvisionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nnode_label\x18\x02 \x01(\t\x12\x11\n\ttransport\x18\x03 \x01(\t\"j\n\x11ProvisionResponse\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rsession_token\x18\x03 \x01(\t\x12\x19\n\x11proxy_certificate\x18\x04 \x01(\x0c\"$\n\x0eReleaseRequest\x12\x12\n\nenclave_id\x18\x01 \x01(\t\"\x11\n\x0fReleaseResponse\"\x15\n\x13ListEnclavesRequest\"\xd5\x01\n\x0b\x45nclaveInfo\x12\x12\n\nenclave_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x63lient\x18\x03 \x01(\t\x12\x13\n\x0bmeasurement\x18\x04 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x05 \x01(\x01\x12\x14\n\x0c\x63\x61lls_served\x18\x06 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\x0b\n\x03pid\x18\x08 \x01(\x05\x12\x0c\n\x04host\x18\t \x01(\t\x12%\n\x08\x63ounters\x18\n \x03(\x0b\x32\x13.farside.v1.Counter\"\x86\x01\n\x07\x43ounter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x06labels\x18\x02 \x03(\x0b\x32\x1f.farside.v1.Counter.LabelsEntry\x12\r\n\x05value\x18\x03 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc5\x01\n\x08HostInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x13\n\x0bslots_total\x18\x04 \x01(\r\x12\x12\n\nslots_free\x18\x05 \x01(\r\x12\x30\n\x06labels\x18\x06 \x03(\x0b\x32 .farside.v1.HostInfo.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaf\x01\n\x14ListEnclavesResponse\x12)\n\x08\x65nclaves\x18\x01 \x03(\x0b\x32\x17.farside.v1.EnclaveInfo\x12#\n\x05hosts\x18\x02 \x03(\x0b\x32\x14.farside.v1.HostInfo\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x10\n\x08operator\x18\x04 \x01(\x08\x12%\n\x08\x63ounters\x18\x05 \x03(\x0b\x32\x13.farside.v1.Counter2\xee\x01\n\x0bProvisioner\x12H\n\tProvision\x12\x1c.farside.v1.ProvisionRequest\x1a\x1d.farside.v1.ProvisionResponse\x12\x42\n\x07Release\x12\x1a.farside.v1.ReleaseRequest\x1a\x1b.farside.v1.ReleaseResponse\x12Q\n\x0cListEnclaves\x12\x1f.farside.v1.ListEnclavesRequest\x1a .farside.v1.ListEnclavesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'farside.v1.provision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_COUNTER_LABELSENTRY']._loaded_options = None
+  _globals['_COUNTER_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_HOSTINFO_LABELSENTRY']._loaded_options = None
   _globals['_HOSTINFO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_PROVISIONREQUEST']._serialized_start=42
@@ -45,13 +47,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTENCLAVESREQUEST']._serialized_start=280
   _globals['_LISTENCLAVESREQUEST']._serialized_end=301
   _globals['_ENCLAVEINFO']._serialized_start=304
-  _globals['_ENCLAVEINFO']._serialized_end=478
-  _globals['_HOSTINFO']._serialized_start=481
-  _globals['_HOSTINFO']._serialized_end=678
-  _globals['_HOSTINFO_LABELSENTRY']._serialized_start=633
-  _globals['_HOSTINFO_LABELSENTRY']._serialized_end=678
-  _globals['_LISTENCLAVESRESPONSE']._serialized_start=681
-  _globals['_LISTENCLAVESRESPONSE']._serialized_end=817
-  _globals['_PROVISIONER']._serialized_start=820
-  _globals['_PROVISIONER']._serialized_end=1058
+  _globals['_ENCLAVEINFO']._serialized_end=517
+  _globals['_COUNTER']._serialized_start=520
+  _globals['_COUNTER']._serialized_end=654
+  _globals['_COUNTER_LABELSENTRY']._serialized_start=609
+  _globals['_COUNTER_LABELSENTRY']._serialized_end=654
+  _globals['_HOSTINFO']._serialized_start=657
+  _globals['_HOSTINFO']._serialized_end=854
+  _globals['_HOSTINFO_LABELSENTRY']._serialized_start=609
+  _globals['_HOSTINFO_LABELSENTRY']._serialized_end=654
+  _globals['_LISTENCLAVESRESPONSE']._serialized_start=857
+  _globals['_LISTENCLAVESRESPONSE']._serialized_end=1032
+  _globals['_PROVISIONER']._serialized_start=1035
+  _globals['_PROVISIONER']._serialized_end=1273
 # @@protoc_insertion_point(module_scope)

@@ -44,7 +44,7 @@ class ListEnclavesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EnclaveInfo(_message.Message):
-    __slots__ = ("enclave_id", "name", "client", "measurement", "uptime_seconds", "calls_served", "address", "pid", "host")
+    __slots__ = ("enclave_id", "name", "client", "measurement", "uptime_seconds", "calls_served", "address", "pid", "host", "counters")
     ENCLAVE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLIENT_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class EnclaveInfo(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     enclave_id: str
     name: str
     client: str
@@ -63,7 +64,25 @@ class EnclaveInfo(_message.Message):
     address: str
     pid: int
     host: str
-    def __init__(self, enclave_id: _Optional[str] = ..., name: _Optional[str] = ..., client: _Optional[str] = ..., measurement: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., calls_served: _Optional[int] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ...) -> None: ...
+    counters: _containers.RepeatedCompositeFieldContainer[Counter]
+    def __init__(self, enclave_id: _Optional[str] = ..., name: _Optional[str] = ..., client: _Optional[str] = ..., measurement: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., calls_served: _Optional[int] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., counters: _Optional[_Iterable[_Union[Counter, _Mapping]]] = ...) -> None: ...
+
+class Counter(_message.Message):
+    __slots__ = ("name", "labels", "value")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    value: float
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., value: _Optional[float] = ...) -> None: ...
 
 class HostInfo(_message.Message):
     __slots__ = ("address", "node_id", "alive", "slots_total", "slots_free", "labels")
@@ -89,13 +108,15 @@ class HostInfo(_message.Message):
     def __init__(self, address: _Optional[str] = ..., node_id: _Optional[str] = ..., alive: _Optional[bool] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListEnclavesResponse(_message.Message):
-    __slots__ = ("enclaves", "hosts", "caller", "operator")
+    __slots__ = ("enclaves", "hosts", "caller", "operator", "counters")
     ENCLAVES_FIELD_NUMBER: _ClassVar[int]
     HOSTS_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
     OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     enclaves: _containers.RepeatedCompositeFieldContainer[EnclaveInfo]
     hosts: _containers.RepeatedCompositeFieldContainer[HostInfo]
     caller: str
     operator: bool
-    def __init__(self, enclaves: _Optional[_Iterable[_Union[EnclaveInfo, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[HostInfo, _Mapping]]] = ..., caller: _Optional[str] = ..., operator: _Optional[bool] = ...) -> None: ...
+    counters: _containers.RepeatedCompositeFieldContainer[Counter]
+    def __init__(self, enclaves: _Optional[_Iterable[_Union[EnclaveInfo, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[HostInfo, _Mapping]]] = ..., caller: _Optional[str] = ..., operator: _Optional[bool] = ..., counters: _Optional[_Iterable[_Union[Counter, _Mapping]]] = ...) -> None: ...

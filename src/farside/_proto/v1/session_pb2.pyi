@@ -158,20 +158,22 @@ class Loaded(_message.Message):
     def __init__(self, measurement: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., evidence: _Optional[_Union[_attestation_pb2.Evidence, _Mapping]] = ..., proxy_nonce: _Optional[bytes] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "thread", "kind", "name", "args", "oneway")
+    __slots__ = ("call_id", "thread", "kind", "name", "args", "oneway", "trace")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     THREAD_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     ONEWAY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     thread: int
     kind: CallKind
     name: str
     args: bytes
     oneway: bool
-    def __init__(self, call_id: _Optional[int] = ..., thread: _Optional[int] = ..., kind: _Optional[_Union[CallKind, str]] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., oneway: _Optional[bool] = ...) -> None: ...
+    trace: bytes
+    def __init__(self, call_id: _Optional[int] = ..., thread: _Optional[int] = ..., kind: _Optional[_Union[CallKind, str]] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., oneway: _Optional[bool] = ..., trace: _Optional[bytes] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "type", "message", "traceback")
