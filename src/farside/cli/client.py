@@ -68,6 +68,11 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--call", metavar="NAME", help="the @ecall entry point (default: run())")
     run.add_argument("args", nargs="*", metavar="ARG", help="arguments (JSON or string)")
     run.add_argument("--no-debug", action="store_true", help="load as a non-debug enclave")
+    run.add_argument(
+        "--stdin",
+        action="store_true",
+        help="give the enclave this shell's standard input (its input() and sys.stdin)",
+    )
     common.add_remote_flags(run)
     run.set_defaults(func=_cmd_run)
 
@@ -82,6 +87,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             debug=not args.no_debug,
             provision=common.provisioner(args),
             policy=common.policy(args, debug=not args.no_debug),
+            stdin=args.stdin,
         ) as enclave:
             if args.call:
                 result = enclave.call(args.call, *call_args)
