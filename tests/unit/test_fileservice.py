@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from farside import _filestat as filestat
 from farside.untrusted._fileservice import SCAN_BATCH, FileService
 
 
@@ -56,7 +57,7 @@ def call(files: FileService, name: str, *args: Any) -> Any:
     """Call ``farside.fs.<name>`` as the enclave does: the answer, or the error raised."""
     answer = files.handlers()[f"farside.fs.{name}"](*args)
     if answer[0] == "ok":
-        return answer[1]
+        return filestat.unpack(answer[1]) if name in ("stat", "fstat") else answer[1]
     raise OSError(getattr(errno, answer[1]), answer[2])
 
 

@@ -2,7 +2,8 @@
 
 Everything here is untrusted input: the client may be hostile to the enclave. A
 malformed answer is an ``OSError`` (``EIO``) that says the client sent it; nothing the
-client sends becomes anything but a checked int, str, bytes or ``os.stat_result``.
+client sends becomes anything but a checked int, str, bytes or ``os.stat_result``
+(stats travel packed: ``farside._filestat``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import posixpath
 import stat
 from dataclasses import dataclass
 from typing import Any
+
+from .. import _filestat as filestat
 
 __all__ = [
     "MAX_PATH",
@@ -27,8 +30,6 @@ __all__ = [
 MAX_PATH = 4096
 MAX_NAME = 1024  # a name of 255 bytes, in the worst case of UTF-8 and escapes
 MAX_TEXT = 1024  # an error's text
-_INT64 = 2**63
-_UINT64 = 2**64
 
 
 def bad_answer(what: str) -> OSError:
@@ -98,17 +99,18 @@ def error_from(name: Any, text: Any, *filenames: Any) -> OSError:
 
 
 def stat_result(value: Any) -> os.stat_result:
-    """A stat as the client sent it: [mode, ino, dev, nlink, uid, gid, size, atime_ns,
-    mtime_ns, ctime_ns, blksize, blocks, rdev]."""
-    if not isinstance(value, list) or len(value) != 13 or any(type(v) is not int for v in value):
+    """A stat as the client sent it (packed: ``farside._filestat``)."""
+    return _stat_result(_fields(value))
+
+
+def _fields(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, bytes) or len(value) != filestat.SIZE:
         raise bad_answer("stat")
-    mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime, blksize, blocks, rdev = value
-    if not 0 <= mode < 2**32 or not all(
-        0 <= v < _UINT64 for v in (ino, dev, nlink, uid, gid, size, blksize, blocks, rdev)
-    ):
-        raise bad_answer("stat")
-    if not all(-_INT64 <= t < _INT64 for t in (atime, mtime, ctime)):
-        raise bad_answer("stat")
+    return filestat.unpack(value)
+
+
+def _stat_result(fields: tuple[int, ...]) -> os.stat_result:
+    mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime, blksize, blocks, rdev = fields
     seconds = [t // 10**9 for t in (atime, mtime, ctime)]
     extra = {
         # As the C library's stat gives them: whole seconds, plus nanoseconds scaled.
@@ -144,13 +146,15 @@ class DirEntry:
     already said about it: asking costs no exit call (``os.DirEntry`` cannot be made
     from Python, so this is a look-alike; ``isinstance(e, os.DirEntry)`` is False)."""
 
-    __slots__ = ("_lstat", "_target", "name", "path")
+    __slots__ = ("_lstat", "_mode", "_target", "name", "path")
 
-    def __init__(self, name: Any, path: Any, lstat: os.stat_result, target: Any) -> None:
+    def __init__(self, name: Any, path: Any, lstat: tuple[int, ...], target: Any) -> None:
         self.name = name
         self.path = path
-        self._lstat = lstat
-        self._target = target  # for a symbolic link: its target's stat, or the OSError
+        self._lstat: tuple[int, ...] | os.stat_result = lstat  # made a stat_result when asked
+        self._mode = lstat[0]
+        # for a symbolic link: its target's fields (or stat_result), or the OSError
+        self._target = target
 
     @classmethod
     def from_client(cls, value: Any, directory: str | bytes | None) -> DirEntry:
@@ -159,14 +163,14 @@ class DirEntry:
         if not isinstance(value, list) or len(value) != 3:
             raise bad_answer("directory entry")
         name = check_name(value[0])
-        lstat = stat_result(value[1])
+        lstat = _fields(value[1])
         target: Any = None
-        if stat.S_ISLNK(lstat.st_mode):
+        if stat.S_ISLNK(lstat[0]):
             raw = value[2]
             if isinstance(raw, list) and len(raw) == 3 and raw[0] == "error":
                 target = error_from(raw[1], raw[2])
             else:
-                target = stat_result(raw)
+                target = _fields(raw)
         elif value[2] is not None:
             raise bad_answer("directory entry")
         shown: str | bytes = os.fsencode(name) if isinstance(directory, bytes) else name
@@ -176,36 +180,44 @@ class DirEntry:
             path = posixpath.join(directory, shown)  # type: ignore[arg-type]
         return cls(shown, path, lstat, target)
 
-    def _followed(self) -> os.stat_result | None:
-        if not stat.S_ISLNK(self._lstat.st_mode):
-            return self._lstat
-        return self._target if isinstance(self._target, os.stat_result) else None
+    def _followed_mode(self) -> int | None:
+        if not stat.S_ISLNK(self._mode):
+            return self._mode
+        target = self._target
+        if isinstance(target, OSError):
+            return None
+        return int(target[0] if isinstance(target, tuple) else target.st_mode)
 
     def is_symlink(self) -> bool:
-        return stat.S_ISLNK(self._lstat.st_mode)
+        return stat.S_ISLNK(self._mode)
 
     def is_dir(self, *, follow_symlinks: bool = True) -> bool:
-        st = self._followed() if follow_symlinks else self._lstat
-        return st is not None and stat.S_ISDIR(st.st_mode)
+        mode = self._followed_mode() if follow_symlinks else self._mode
+        return mode is not None and stat.S_ISDIR(mode)
 
     def is_file(self, *, follow_symlinks: bool = True) -> bool:
-        st = self._followed() if follow_symlinks else self._lstat
-        return st is not None and stat.S_ISREG(st.st_mode)
+        mode = self._followed_mode() if follow_symlinks else self._mode
+        return mode is not None and stat.S_ISREG(mode)
 
     def is_junction(self) -> bool:
         return False
 
     def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
         if not follow_symlinks or not self.is_symlink():
-            return self._lstat
+            lstat = self._lstat
+            if not isinstance(lstat, os.stat_result):
+                lstat = self._lstat = _stat_result(lstat)
+            return lstat
         if isinstance(self._target, OSError):
             error = self._target
             raise OSError(error.errno, error.strerror, self.path)
+        if isinstance(self._target, tuple):
+            self._target = _stat_result(self._target)
         assert isinstance(self._target, os.stat_result)
         return self._target
 
     def inode(self) -> int:
-        return int(self._lstat.st_ino)
+        return int(self._lstat[1])
 
     def __fspath__(self) -> Any:
         return self.path

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import _filestat as filestat
+
 __all__ = ["DEFAULT_MAX_OPEN_FILES", "MAX_READ", "SCAN_BATCH", "FileService"]
 
 DEFAULT_MAX_OPEN_FILES = 64
@@ -63,25 +65,6 @@ _MODIFYING = {"create", "truncate", "append"}
 
 def _refused(text: str, code: int = errno.EACCES) -> OSError:
     return OSError(code, text)
-
-
-def _stat_value(st: os.stat_result) -> list[int]:
-    """A ``stat`` as it crosses the wire (the enclave rebuilds an ``os.stat_result``)."""
-    return [
-        st.st_mode,
-        st.st_ino,
-        st.st_dev,
-        st.st_nlink,
-        st.st_uid,
-        st.st_gid,
-        st.st_size,
-        st.st_atime_ns,
-        st.st_mtime_ns,
-        st.st_ctime_ns,
-        getattr(st, "st_blksize", 0),
-        getattr(st, "st_blocks", 0),
-        getattr(st, "st_rdev", 0),
-    ]
 
 
 def _error_value(exc: OSError) -> list[Any]:
@@ -564,10 +547,10 @@ class FileService:
         if stat.S_ISLNK(lstat.st_mode):
             child = f"{listing.prefix}/{entry.name}" if listing.prefix else entry.name
             try:
-                target = _stat_value(self.stat(child, True))
+                target = filestat.pack(self.stat(child, True))
             except OSError as exc:
                 target = _error_value(exc)
-        return [entry.name, _stat_value(lstat), target]
+        return [entry.name, filestat.pack(lstat), target]
 
     # ------------------------------------------------------------- open files
 
@@ -611,8 +594,8 @@ class FileService:
     def handlers(self) -> dict[str, Callable[..., Any]]:
         """The ``farside.fs.*`` exit handlers, each answering ``["ok", value]`` or an error."""
         ops: dict[str, Callable[..., Any]] = {
-            "stat": lambda *a: _stat_value(self.stat(*a)),
-            "fstat": lambda *a: _stat_value(self.fstat(*a)),
+            "stat": lambda *a: filestat.pack(self.stat(*a)),
+            "fstat": lambda *a: filestat.pack(self.fstat(*a)),
             "access": self.access,
             "open": self.open,
             "read": self.read,
