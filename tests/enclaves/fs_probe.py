@@ -7,9 +7,12 @@ str(exc)}``, so that the tests can compare with what the same call does natively
 
 from __future__ import annotations
 
+import codecs
 import errno
 import glob
+import gzip
 import io
+import json
 import os
 import pathlib
 import shutil
@@ -17,6 +20,8 @@ import stat
 import sys
 import tempfile
 import threading
+import traceback
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -110,6 +115,44 @@ def _tempfiles() -> dict[str, Any]:
     }
 
 
+def _libraries(work: str) -> dict[str, Any]:
+    """Standard library modules that handle files, in the directory ``work``."""
+    os.makedirs(f"{work}/a/b")
+    pathlib.Path(f"{work}/a/b/f.txt").write_text("x")
+    out: dict[str, Any] = {}
+    out["fwalk"] = sorted([t, sorted(d), sorted(f)] for t, d, f, _ in os.fwalk(f"{work}/a"))
+    out["move"] = shutil.move(f"{work}/a/b/f.txt", f"{work}/a/g.txt")
+    with gzip.open(f"{work}/z.gz", "wt") as zipped:
+        zipped.write("zipped")
+    with gzip.open(f"{work}/z.gz", "rt") as zipped:
+        out["gzip"] = zipped.read()
+    with zipfile.ZipFile(f"{work}/z.zip", "w") as archive:
+        archive.writestr("in.txt", "inside")
+        archive.write(f"{work}/a/g.txt", "g.txt")
+    with zipfile.ZipFile(f"{work}/z.zip") as archive:
+        out["zipfile"] = [archive.namelist(), archive.read("in.txt").decode()]
+    with codecs.open(f"{work}/c.txt", "w", "utf-16") as encoded:
+        encoded.write("codecs")
+    with codecs.open(f"{work}/c.txt", "r", "utf-16") as encoded:
+        out["codecs"] = encoded.read()
+    with open(os.devnull, "w") as sink:
+        out["devnull"] = sink.write("gone")
+    with open(os.devnull) as sink:
+        out["devnull read"] = sink.read()
+    out["traceback"] = _traceback()
+    shutil.rmtree(f"{work}/a")
+    out["left"] = sorted(os.listdir(work))
+    return out
+
+
+def _traceback() -> str:
+    try:
+        json.loads("{")
+    except ValueError:
+        return traceback.format_exc().splitlines()[-1]
+    return ""
+
+
 def _in_thread(op: str, *args: Any) -> Any:
     """Run ``op`` on a thread the enclave starts (it cannot make exit calls)."""
     outcome: dict[str, Any] = {}
@@ -175,6 +218,7 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
     "path.cwd": lambda: str(pathlib.Path.cwd()),
     "path.resolve": lambda p: str(pathlib.Path(p).resolve()),
     "tempfiles": _tempfiles,
+    "libraries": _libraries,
     "in_thread": _in_thread,
     "host.open": _read_host,
     "environ": lambda: dict(os.environ),

@@ -208,6 +208,20 @@ def test_changes_made_in_the_enclave_are_the_clients(
     assert not work.exists()
 
 
+def test_standard_library_file_handling_works_as_natively(
+    probe: farside.EnclaveClient,
+    root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (root / "libraries").mkdir()
+    (tmp_path / "libraries").mkdir()
+    monkeypatch.chdir(tmp_path)
+    expected = native("libraries", "libraries")
+    assert "error" not in expected, expected
+    assert do(probe, "libraries", "libraries") == expected
+
+
 def test_tempfile_works_in_the_files_root(probe: farside.EnclaveClient, root: Path) -> None:
     before = sorted(os.listdir(root))
     result = do(probe, "tempfiles")["ok"]

@@ -16,7 +16,7 @@ import io
 import os
 from typing import Any
 
-from ._fsview import CLIENT, EnclaveFiles
+from ._fsview import CLIENT, EnclaveFiles, Where
 
 __all__ = ["BUFFER_SIZE", "RemoteFileIO", "open_file"]
 
@@ -57,7 +57,7 @@ class RemoteFileIO(io.RawIOBase):
         return self._writable
 
     def seekable(self) -> bool:
-        return True
+        return self._fd > 2  # 0, 1, 2: the client's standard streams
 
     def isatty(self) -> bool:
         return False
@@ -82,6 +82,8 @@ class RemoteFileIO(io.RawIOBase):
         return self._files.write(self._fd, data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if not self.seekable():
+            raise io.UnsupportedOperation("the client's standard streams are not seekable")
         return self._files.lseek(self._fd, offset, whence)
 
     def tell(self) -> int:
@@ -159,7 +161,7 @@ def open_file(
     real = (mode, buffering, encoding, errors, newline)
     if isinstance(file, int) and not isinstance(file, bool):
         fd, name = file, file
-        if not files.is_virtual(fd):
+        if not files.is_virtual(fd) and fd not in (0, 1, 2):  # 0-2: the client's stdio
             if client_only:
                 raise PermissionError("host.open opens the client's files by path only")
             return _io.open(fd, *real, closefd, opener)
@@ -174,20 +176,30 @@ def open_file(
             if not files.is_virtual(fd):
                 return _io.open(name, *real, True, lambda *_: fd)
         else:
-            where = files.where(name)
-            if where is None or where.kind != CLIENT:
-                if client_only:
-                    raise PermissionError(
-                        errno.EACCES, "host.open opens only the client's files", name
-                    )
-                if writable:
-                    raise files.read_only(name)
-                return _io.open(where.host if where is not None else name, *real)
-            fd = files.open(name, flags, 0o666)
+            opened = _by_path(files, name, flags, writable, client_only)
+            if not isinstance(opened, int):
+                return _io.open(opened.host, *real)
+            fd = opened
     raw = RemoteFileIO(
         files, fd, name, raw_mode, readable=readable, writable=writable, closefd=closefd
     )
     return _layer(raw, mode, buffering, encoding, errors, newline)
+
+
+def _by_path(
+    files: EnclaveFiles, name: Any, flags: int, writable: bool, client_only: bool
+) -> int | Where:
+    """The enclave's descriptor of ``name`` (a client file, or the null device); or where
+    it is on the trusted host, for the builtin to open (read-only)."""
+    where = files.where(name)
+    assert where is not None  # no dir_fd: the rule always answers
+    if where.kind == CLIENT or (where.full == os.devnull and not client_only):
+        return files.open(name, flags, 0o666)
+    if client_only:
+        raise PermissionError(errno.EACCES, "host.open opens only the client's files", name)
+    if writable:
+        raise files.read_only(name)
+    return where
 
 
 def _layer(

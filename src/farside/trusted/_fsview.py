@@ -8,8 +8,8 @@ One rule decides where a path leads (docs/architecture.md, "What an enclave sees
    path, or the path it was given when that differs), is the client's.
 3. Any other absolute path at or below the interpreter's own files (its prefixes,
    the absolute entries of ``sys.path`` but the proxy's working directory, farside's
-   install, the time zone database, ``/dev/null``, ``/dev/urandom``) is the trusted
-   host's, read-only: a change is ``OSError(EROFS)``.
+   install, the time zone database, ``/dev/urandom``) is the trusted host's,
+   read-only: a change is ``OSError(EROFS)``; ``/dev/null`` is a sink kept here.
 4. Anything else is refused with ``PermissionError``, asking nobody.
 
 Paths are made absolute against the working directory and normalized the way
@@ -111,7 +111,7 @@ class Where:
 
 @dataclass(slots=True)
 class _Virtual:
-    handle: int  # the client's handle
+    handle: int | None  # the client's handle; None: the null device, kept here
     path: str  # the absolute path the enclave opened it by
     flags: int
 
@@ -223,7 +223,7 @@ class EnclaveFiles:
         return type(fd) is int and fd >= VIRTUAL_FD_BASE
 
     def _add(self, handle: Any, path: str, flags: int) -> int:
-        if type(handle) is not int or not 0 < handle < 2**63:
+        if handle is not None and (type(handle) is not int or not 0 < handle < 2**63):
             raise bad_answer("file handle")
         with self._lock:
             fd = self._next_fd
@@ -236,6 +236,8 @@ class EnclaveFiles:
         if where is None:
             return posix.open(path, flags, mode, dir_fd=dir_fd)
         if where.kind == HOST:
+            if where.full == os.devnull:  # a sink everyone writes to, kept here
+                return self._add(None, where.full, flags)
             if flags & _WRITING:
                 raise self.read_only(path)
             return posix.open(where.host, flags, mode)
@@ -253,6 +255,8 @@ class EnclaveFiles:
             return posix.read(fd, size)
         if size < 0:
             raise ValueError("negative count")  # os.read's own message
+        if opened.handle is None:
+            return b""
         size = min(size, MAX_READ)
         data = self._client("read", opened.handle, size)
         if not isinstance(data, bytes) or len(data) > size:
@@ -267,6 +271,8 @@ class EnclaveFiles:
         opened = self._virtual(fd)
         if opened is None:
             return posix.write(fd, data)
+        if opened.handle is None:
+            return memoryview(data).nbytes
         chunk = bytes(memoryview(data).cast("B")[:MAX_WRITE])
         written = self._client("write", opened.handle, chunk)
         if type(written) is not int or not 0 <= written <= len(chunk):
@@ -279,6 +285,8 @@ class EnclaveFiles:
             return posix.lseek(fd, position, whence)
         if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
             raise OSError(errno.EINVAL, "Invalid argument")
+        if opened.handle is None:
+            return 0
         offset = self._client("seek", opened.handle, position, whence)
         if type(offset) is not int or not 0 <= offset < 2**63:
             raise bad_answer("position")
@@ -288,6 +296,8 @@ class EnclaveFiles:
         opened = self._virtual(fd)
         if opened is None:
             return posix.fstat(fd)
+        if opened.handle is None:
+            return posix.stat(os.devnull)
         return stat_result(self._client("fstat", opened.handle))
 
     def ftruncate(self, fd: int, length: int) -> None:
@@ -297,7 +307,8 @@ class EnclaveFiles:
             return
         if length < 0:
             raise OSError(errno.EINVAL, "Invalid argument")
-        self._client("truncate", opened.handle, length)
+        if opened.handle is not None:
+            self._client("truncate", opened.handle, length)
 
     def fsync(self, fd: Any) -> None:
         if not isinstance(fd, int):
@@ -306,7 +317,8 @@ class EnclaveFiles:
         if opened is None:
             posix.fsync(fd)
             return
-        self._client("fsync", opened.handle)
+        if opened.handle is not None:
+            self._client("fsync", opened.handle)
 
     def close(self, fd: int) -> None:
         if fd in (0, 1, 2):
@@ -317,7 +329,8 @@ class EnclaveFiles:
             return
         with self._lock:
             self._fds.pop(fd, None)
-        self._client("close", opened.handle)
+        if opened.handle is not None:
+            self._client("close", opened.handle)
 
     def isatty(self, fd: int) -> bool:
         if self._virtual(fd) is not None or fd in (0, 1, 2):
