@@ -186,6 +186,8 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
     "fstat": _fstat,
     "access": os.access,
     "listdir": lambda p=".": sorted(os.listdir(p)),
+    "listdir.bytes": lambda p: sorted(os.fsencode(name) for name in os.listdir(p)),
+    "scandir.bytes": lambda p: sorted(os.fsencode(e.path) for e in os.scandir(p)),
     "scandir": _scandir,
     "walk": _walk,
     "glob": lambda pattern: sorted(glob.glob(pattern, recursive=True)),

@@ -222,6 +222,21 @@ def test_standard_library_file_handling_works_as_natively(
     assert do(probe, "libraries", "libraries") == expected
 
 
+def test_names_that_are_not_utf8_work_as_natively(
+    probe: farside.EnclaveClient, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for base in (root, tmp_path):
+        (base / "latin").mkdir()
+        (base / "latin" / os.fsdecode(b"caf\xe9.txt")).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    listing = native("listdir.bytes", "latin")
+    assert listing == {"ok": [b"caf\xe9.txt"]}
+    assert do(probe, "listdir.bytes", "latin") == listing
+    assert do(probe, "listdir.bytes", b"latin") == listing
+    assert do(probe, "scandir.bytes", "latin") == native("scandir.bytes", "latin")
+    assert do(probe, "open.read", b"latin/caf\xe9.txt") == {"ok": "x"}
+
+
 def test_tempfile_works_in_the_files_root(probe: farside.EnclaveClient, root: Path) -> None:
     before = sorted(os.listdir(root))
     result = do(probe, "tempfiles")["ok"]

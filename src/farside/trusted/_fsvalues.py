@@ -129,6 +129,8 @@ def _stat_result(fields: tuple[int, ...]) -> os.stat_result:
 
 def check_name(value: Any) -> str:
     """A directory entry's name: one path component."""
+    if isinstance(value, bytes) and len(value) <= MAX_NAME:
+        value = filestat.name_from_wire(value)
     if (
         not isinstance(value, str)
         or not value

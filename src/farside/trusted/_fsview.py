@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _filestat as filestat
 from ._fsvalues import MAX_PATH, DirEntry, Mount, answer, bad_answer, check_name, stat_result
 
 __all__ = ["CLIENT", "HOST", "VIRTUAL_FD_BASE", "EnclaveFiles", "Where", "interpreter_paths"]
@@ -105,7 +106,7 @@ class Where:
 
     kind: str
     full: str
-    rel: str = ""
+    rel: str | bytes = ""  # as it crosses the wire (farside._filestat.name_to_wire)
     host: Any = None
 
 
@@ -171,7 +172,7 @@ class EnclaveFiles:
         trailing = "/" if text.endswith("/") and full != "/" else ""
         rel = self._below_root(full)
         if rel is not None:
-            return Where(CLIENT, full, rel + trailing if rel else "")
+            return Where(CLIENT, full, filestat.name_to_wire(rel + trailing if rel else ""))
         if any(_under(full, base) for base in self.interpreter):
             return Where(HOST, full, host=path if text.startswith("/") else full + trailing)
         if self.mount.root is None:
@@ -442,6 +443,8 @@ class EnclaveFiles:
         if where.kind == HOST:
             return posix.readlink(where.host)
         target = self._client("readlink", where.rel, paths=(os.fspath(path),))
+        if isinstance(target, bytes) and len(target) <= MAX_PATH:
+            target = filestat.name_from_wire(target)
         if not isinstance(target, str) or not target or len(target) > MAX_PATH or "\x00" in target:
             raise bad_answer("link target")
         return os.fsencode(target) if isinstance(os.fspath(path), bytes) else target
@@ -553,7 +556,7 @@ class EnclaveFiles:
         assert where is not None
         return where.host
 
-    def _scan(self, rel: str, path: Any) -> tuple[list[Any], int]:
+    def _scan(self, rel: str | bytes, path: Any) -> tuple[list[Any], int]:
         return _batch(self._client("scandir", rel, False, paths=(path,)))
 
     def _scan_next(self, handle: int) -> tuple[list[Any], int]:
@@ -567,7 +570,7 @@ class Listing:
     """``os.scandir`` of a client directory: an iterator of ``DirEntry`` and a context
     manager. Entries come in batches (``SCAN_BATCH`` per exit call, on the client)."""
 
-    def __init__(self, files: EnclaveFiles, rel: str, path: Any, given: str | bytes | None):
+    def __init__(self, files: EnclaveFiles, rel: str | bytes, path: Any, given: str | bytes | None):
         self._files = files
         self._given = given
         batch, self._handle = files._scan(rel, path)

@@ -73,6 +73,8 @@ def _error_value(exc: OSError) -> list[Any]:
 
 
 def _path(value: Any) -> str:
+    if isinstance(value, bytes) and len(value) <= MAX_PATH:
+        value = filestat.name_from_wire(value)
     if not isinstance(value, str) or len(value) > MAX_PATH or "\x00" in value:
         raise ValueError(f"a path must be a str of at most {MAX_PATH} characters, without NUL")
     if value.startswith("/"):
@@ -459,9 +461,9 @@ class FileService:
             self._not_the_root(new)
             os.rename(old.name, new.name, src_dir_fd=old.dir_fd, dst_dir_fd=new.dir_fd)
 
-    def readlink(self, rel: Any) -> str:
+    def readlink(self, rel: Any) -> str | bytes:
         with self._at(rel, follow=False) as found:
-            return os.readlink(found.name, dir_fd=found.dir_fd)
+            return filestat.name_to_wire(os.readlink(found.name, dir_fd=found.dir_fd))
 
     def utime(self, rel: Any, ns: Any, follow: Any) -> None:
         if ns is not None and not (
@@ -535,7 +537,10 @@ class FileService:
         assert listing.entries is not None
         batch: list[Any] = []
         for entry in listing.entries:
-            batch.append(entry.name if listing.names_only else self._entry(listing, entry))
+            if listing.names_only:
+                batch.append(filestat.name_to_wire(entry.name))
+            else:
+                batch.append(self._entry(listing, entry))
             if len(batch) >= SCAN_BATCH:
                 return batch, False
         return batch, True
@@ -550,7 +555,7 @@ class FileService:
                 target = filestat.pack(self.stat(child, True))
             except OSError as exc:
                 target = _error_value(exc)
-        return [entry.name, filestat.pack(lstat), target]
+        return [filestat.name_to_wire(entry.name), filestat.pack(lstat), target]
 
     # ------------------------------------------------------------- open files
 
