@@ -63,6 +63,13 @@ def _os_read(path: str) -> bytes:
         os.close(fd)
 
 
+def _flock(path: str) -> None:
+    import fcntl
+
+    with open(path) as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+
+
 def _read_host(path: str) -> str:
     with host.open(path) as f:
         return str(f.read())
@@ -204,6 +211,8 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
     "truncate": os.truncate,
     "utime": lambda p: os.utime(p, ns=(10**9, 2 * 10**9)),
     "chmod": lambda p: os.chmod(p, 0o600),
+    "flock": _flock,
+    "pread": lambda p: os.pread(os.open(p, os.O_RDONLY), 4, 0),
     "symlink": os.symlink,
     "rmtree": shutil.rmtree,
     "copyfile": shutil.copyfile,

@@ -367,10 +367,15 @@ def test_a_link_out_of_the_root_is_a_name_inside_it(
 
 
 def test_calls_the_enclave_does_not_have_say_so(probe: farside.EnclaveClient) -> None:
-    for attempt in (("chmod", "data.txt"), ("symlink", "data.txt", "new-link")):
+    for attempt, what in (
+        (("chmod", "data.txt"), "os.chmod"),
+        (("symlink", "data.txt", "new-link"), "os.symlink"),
+        (("flock", "data.txt"), "fcntl.flock on a file of the client's"),
+        (("pread", "data.txt"), "os.pread on a file of the client's"),
+    ):
         outcome = do(probe, *attempt)
         assert outcome["errno"] == "ENOSYS", outcome
-        assert f"os.{attempt[0]} is not available inside an enclave" in outcome["message"]
+        assert f"{what} is not available inside an enclave" in outcome["message"]
 
 
 def test_threads_the_enclave_starts_cannot_reach_the_clients_files(

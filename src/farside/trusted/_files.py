@@ -11,6 +11,7 @@ the trusted host's (the interpreter's own, read-only) is opened by the builtin i
 from __future__ import annotations
 
 import _io
+import contextlib
 import errno
 import io
 import os
@@ -102,6 +103,13 @@ class RemoteFileIO(io.RawIOBase):
                     self._files.close(self._fd)
             finally:
                 super().close()
+
+    def __del__(self) -> None:
+        # A file left open is closed by the garbage collector, on whichever thread it
+        # runs; one that cannot make exit calls leaves the client's handle to the end
+        # of the session, quietly (IOBase would report the error on the client's stderr).
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __repr__(self) -> str:
         return f"<farside RemoteFileIO name={self.name!r} mode={self.mode!r}>"

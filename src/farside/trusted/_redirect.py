@@ -108,6 +108,9 @@ _REFUSED_ON_CLIENT_FDS = {
 """``os`` functions that raise ``OSError`` (``ENOSYS``) on a client file's descriptor
 inside an enclave (on the trusted host's own descriptors they work as ever)."""
 
+_REFUSED_IN_FCNTL = ("fcntl", "flock", "lockf", "ioctl")
+"""``fcntl`` functions that do the same (no locks on the client's files)."""
+
 
 def current() -> EnclaveFiles | None:
     """The view the calling thread sees, or None (the real file system)."""
@@ -147,11 +150,21 @@ def _refuse(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
     return functools.update_wrapper(wrapper, real)
 
 
+def _descriptor(value: Any) -> Any:
+    fileno = getattr(value, "fileno", None)
+    if isinstance(value, int) or fileno is None:
+        return value
+    try:
+        return fileno()
+    except Exception:  # not a file after all: the real function will say so
+        return None
+
+
 def _refuse_on_client_fds(name: str, real: Callable[..., Any], count: int) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         files = getattr(_state, "files", None)
-        if files is not None and any(files.is_virtual(fd) for fd in args[:count]):
-            raise unavailable(f"os.{name} on a file of the client's")
+        if files is not None and any(files.is_virtual(_descriptor(a)) for a in args[:count]):
+            raise unavailable(f"{name} on a file of the client's")
         return real(*args, **kwargs)
 
     return functools.update_wrapper(wrapper, real)
@@ -195,6 +208,8 @@ def install() -> None:
     """Replace the functions, once per process (idempotent). Until a thread ``enter``s a
     view, every call goes to the original function."""
     global _installed  # noqa: PLW0603 (one file system per process, by design)
+    import fcntl  # here: the proxy runs on Linux, importers of farside.trusted need not
+
     with _install_lock:
         if _installed:
             return
@@ -208,8 +223,10 @@ def install() -> None:
                 setattr(os, name, wrappers[-1])
         for name, count in _REFUSED_ON_CLIENT_FDS.items():
             if hasattr(os, name):
-                wrappers.append(_refuse_on_client_fds(name, getattr(os, name), count))
+                wrappers.append(_refuse_on_client_fds(f"os.{name}", getattr(os, name), count))
                 setattr(os, name, wrappers[-1])
+        for name in _REFUSED_IN_FCNTL:
+            setattr(fcntl, name, _refuse_on_client_fds(f"fcntl.{name}", getattr(fcntl, name), 1))
         # Code that asks whether a function takes dir_fd (shutil.rmtree, os.fwalk) asks
         # with the function it holds: answer for the wrappers as for the originals.
         for group_name in (

@@ -479,8 +479,8 @@ class EnclaveRuntime:
         if getattr(_local, "thread", None) is None:
             raise PermissionError(
                 errno.EPERM,
-                "the client's files can be reached only from the thread running an entry "
-                "call, not from threads the enclave started",
+                "the client's files and standard input can be reached only from the thread "
+                "running an entry call, not from threads the enclave started",
             )
         try:
             return self.exit_call(name, args, {})
