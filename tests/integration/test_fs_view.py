@@ -366,6 +366,19 @@ def test_a_link_out_of_the_root_is_a_name_inside_it(
     (root / "out-link.txt").symlink_to(outside / "secret.txt")
 
 
+def test_fifos_and_devices_are_never_opened(probe: farside.EnclaveClient, root: Path) -> None:
+    special = root / "special"
+    special.mkdir()
+    os.mkfifo(special / "fifo")
+    (special / "null").symlink_to("/dev/null")  # a link to a device: out of the root anyway
+    outcome = do(probe, "open.read", "special/fifo")  # must not block the client
+    assert outcome["error"] == "PermissionError"
+    assert "FIFO" in outcome["message"]
+    assert do(probe, "open.write", "special/fifo", "x")["error"] == "PermissionError"
+    assert do(probe, "stat", "special/fifo")["ok"]["mode"].startswith("p")  # stat is harmless
+    assert do(probe, "open.read", "special/null")["error"] == "PermissionError"
+
+
 def test_calls_the_enclave_does_not_have_say_so(probe: farside.EnclaveClient) -> None:
     for attempt, what in (
         (("chmod", "data.txt"), "os.chmod"),

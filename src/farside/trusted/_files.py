@@ -17,7 +17,8 @@ import io
 import os
 from typing import Any
 
-from ._fsview import CLIENT, EnclaveFiles, Where
+from ._fsrule import CLIENT, Where
+from ._fsview import EnclaveFiles
 
 __all__ = ["BUFFER_SIZE", "RemoteFileIO", "open_file"]
 

@@ -1,4 +1,7 @@
-"""What the client's file service answers, checked and turned into Python's own types.
+"""What crosses between the enclave's file system and the client's file service.
+
+Open flags go out by name (``portable_flags``: numbers differ between systems), and
+what comes back is checked and turned into Python's own types.
 
 Everything here is untrusted input: the client may be hostile to the enclave. A
 malformed answer is an ``OSError`` (``EIO``) that says the client sent it; nothing the
@@ -8,10 +11,12 @@ client sends becomes anything but a checked int, str, bytes or ``os.stat_result`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +25,35 @@ from .. import _filestat as filestat
 __all__ = [
     "MAX_PATH",
     "DirEntry",
+    "Listing",
     "Mount",
     "answer",
     "bad_answer",
     "check_name",
+    "check_target",
+    "listing_batch",
+    "portable_flags",
     "stat_result",
 ]
 
 MAX_PATH = 4096
 MAX_NAME = 1024  # a name of 255 bytes, in the worst case of UTF-8 and escapes
 MAX_TEXT = 1024  # an error's text
+
+
+_IGNORED = os.O_CLOEXEC | os.O_NOCTTY | getattr(os, "O_LARGEFILE", 0)
+_OPTIONS = (
+    (os.O_CREAT, "create"),
+    (os.O_EXCL, "exclusive"),
+    (os.O_TRUNC, "truncate"),
+    (os.O_APPEND, "append"),
+    (os.O_NOFOLLOW, "nofollow"),
+    (os.O_DIRECTORY, "directory"),
+    (os.O_NONBLOCK, "nonblock"),
+    (os.O_SYNC, "sync"),  # before dsync: O_SYNC includes O_DSYNC's bit
+    (getattr(os, "O_DSYNC", os.O_SYNC), "dsync"),
+)
+_ACCESS = {os.O_RDONLY: "read", os.O_WRONLY: "write", os.O_RDWR: "readwrite"}
 
 
 def bad_answer(what: str) -> OSError:
@@ -143,6 +167,15 @@ def check_name(value: Any) -> str:
     return value
 
 
+def check_target(value: Any) -> str:
+    """A symbolic link's target, as the client read it."""
+    if isinstance(value, bytes) and len(value) <= MAX_PATH:
+        value = filestat.name_from_wire(value)
+    if not isinstance(value, str) or not value or len(value) > MAX_PATH or "\x00" in value:
+        raise bad_answer("link target")
+    return value
+
+
 class DirEntry:
     """``os.DirEntry`` for an entry of the client's directory, with what the client
     already said about it: asking costs no exit call (``os.DirEntry`` cannot be made
@@ -226,3 +259,87 @@ class DirEntry:
 
     def __repr__(self) -> str:
         return f"<DirEntry {self.name!r}>"
+
+
+class Listing:
+    """``os.scandir`` of a client directory: an iterator of ``DirEntry`` and a context
+    manager. Entries come in batches (1,024 an exit call): ``first`` is the first
+    answer, ``next_batch(handle)`` asks for the next, ``close(handle)`` gives up."""
+
+    def __init__(
+        self,
+        first: Any,
+        next_batch: Callable[[int], Any],
+        close: Callable[[int], None],
+        given: str | bytes | None,
+    ) -> None:
+        self._next_batch = next_batch
+        self._close = close
+        self._given = given
+        batch, self._handle = listing_batch(first)
+        self._batch: Iterator[Any] = iter(batch)
+
+    def __iter__(self) -> Listing:
+        return self
+
+    def __next__(self) -> DirEntry:
+        while True:
+            for value in self._batch:
+                return DirEntry.from_client(value, self._given)
+            if not self._handle:
+                raise StopIteration
+            batch, self._handle = listing_batch(self._next_batch(self._handle))
+            self._batch = iter(batch)
+
+    def close(self) -> None:
+        handle, self._handle = self._handle, 0
+        self._batch = iter(())
+        if handle:
+            self._close(handle)
+
+    def __enter__(self) -> Listing:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if self._handle:
+            with contextlib.suppress(Exception):  # a finalizer on a thread that cannot call out
+                self.close()
+
+
+def listing_batch(value: Any) -> tuple[list[Any], int]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], list)
+        or type(value[1]) is not int
+        or not 0 <= value[1] < 2**63
+        or len(value[0]) > 4096
+    ):
+        raise bad_answer("directory listing")
+    return value[0], value[1]
+
+
+def portable_flags(flags: int, path: Any) -> tuple[str, list[str]]:
+    """``open`` flags as names the client maps to its own system's numbers."""
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile and flags & tmpfile == tmpfile:
+        raise OSError(errno.EOPNOTSUPP, "O_TMPFILE is not available for the client's files", path)
+    access = _ACCESS.get(flags & os.O_ACCMODE)
+    if access is None:
+        raise OSError(errno.EINVAL, "Invalid argument", path)
+    rest = flags & ~os.O_ACCMODE & ~_IGNORED
+    options = []
+    for bit, name in _OPTIONS:
+        if rest & bit == bit:
+            options.append(name)
+            rest &= ~bit
+    if rest:
+        raise OSError(
+            errno.EINVAL,
+            f"open flags {rest:#o} are not available for the client's files inside an enclave",
+            path,
+        )
+    return access, options

@@ -1,113 +1,46 @@
-"""The enclave's file system: the client's files, and the interpreter's own, read-only.
+"""The enclave's file system: every file call, by the rule of ``_fsrule``.
 
-One rule decides where a path leads (docs/architecture.md, "What an enclave sees"):
-
-1. A relative path is the client's: it is relative to the enclave's working
-   directory, which starts at the client's ``files_root`` and stays below it.
-2. An absolute path at or below the files root, as the client spells it (its real
-   path, or the path it was given when that differs), is the client's.
-3. Any other absolute path at or below the interpreter's own files (its prefixes,
-   the absolute entries of ``sys.path`` but the proxy's working directory, farside's
-   install, the time zone database, ``/dev/urandom``) is the trusted host's,
-   read-only: a change is ``OSError(EROFS)``; ``/dev/null`` is a sink kept here.
-4. Anything else is refused with ``PermissionError``, asking nobody.
-
-Paths are made absolute against the working directory and normalized the way
-``os.path.normpath`` does before the rule applies (``a/link/..`` is ``a``); a path
-ending in ``/`` keeps it, so it still names a directory. The client's files are
-reached with exit calls (``farside.fs.*``), one per operation; the client confines
-them again on its side. Descriptors of the client's files are *virtual*: numbers
-from ``VIRTUAL_FD_BASE`` up, which only this view understands; 0, 1 and 2 are the
-client's standard input, output and error for ``os.read``/``os.write``.
+The client's files are reached with exit calls (``farside.fs.*``), one per operation;
+the client confines them again on its side (``untrusted/_fileservice.py``). The
+interpreter's own files are read with the real calls, read-only. Descriptors of the
+client's files are *virtual*: numbers from ``VIRTUAL_FD_BASE`` up, which only this view
+understands; 0, 1 and 2 are the client's standard input, output and error for
+``os.read``/``os.write``; ``/dev/null`` is a sink kept here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import posix
-import posixpath
 import stat
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _filestat as filestat
-from ._fsvalues import MAX_PATH, DirEntry, Mount, answer, bad_answer, check_name, stat_result
+from ._fsrule import CLIENT, HOST, Rule, Where, read_only, unavailable
+from ._fsvalues import (
+    Listing,
+    Mount,
+    answer,
+    bad_answer,
+    check_name,
+    check_target,
+    listing_batch,
+    portable_flags,
+    stat_result,
+)
 
-__all__ = ["CLIENT", "HOST", "VIRTUAL_FD_BASE", "EnclaveFiles", "Where", "interpreter_paths"]
+__all__ = ["VIRTUAL_FD_BASE", "EnclaveFiles"]
 
 VIRTUAL_FD_BASE = 1 << 30
 """The first descriptor number of a client file: above any real descriptor of the proxy."""
 MAX_READ = 64 * 2**20  # as the client's own cap: a longer read returns less, as read may
 MAX_WRITE = 16 * 2**20  # per exit call: a longer write is partial, as write may be
-CLIENT, HOST = "client", "host"
 
 _WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_IGNORED = os.O_CLOEXEC | os.O_NOCTTY | getattr(os, "O_LARGEFILE", 0)
-_OPTIONS = (
-    (os.O_CREAT, "create"),
-    (os.O_EXCL, "exclusive"),
-    (os.O_TRUNC, "truncate"),
-    (os.O_APPEND, "append"),
-    (os.O_NOFOLLOW, "nofollow"),
-    (os.O_DIRECTORY, "directory"),
-    (os.O_NONBLOCK, "nonblock"),
-    (os.O_SYNC, "sync"),  # before dsync: O_SYNC includes O_DSYNC's bit
-    (getattr(os, "O_DSYNC", os.O_SYNC), "dsync"),
-)
-_ACCESS = {os.O_RDONLY: "read", os.O_WRONLY: "write", os.O_RDWR: "readwrite"}
-
 ExitCall = Callable[..., Any]
-
-
-def interpreter_paths() -> tuple[str, ...]:
-    """Where the interpreter's own files are: what the enclave may read of the trusted host.
-
-    The same places the sandbox leaves readable, less the system's shared libraries (the
-    dynamic loader reads those, not Python code), and never ``/`` or the working directory.
-    """
-    import farside
-
-    cwd = posix.getcwd()
-    candidates = [
-        sys.prefix,
-        sys.base_prefix,
-        sys.exec_prefix,
-        sys.base_exec_prefix,
-        posixpath.dirname(posixpath.dirname(farside.__file__ or "")),
-        *sys.path,
-        "/usr/share/zoneinfo",
-        "/etc/localtime",
-        "/dev/null",
-        "/dev/urandom",
-    ]
-    paths: list[str] = []
-    for candidate in candidates:
-        if not candidate or not candidate.startswith("/"):
-            continue
-        for spelling in (posixpath.normpath(candidate), posixpath.realpath(candidate)):
-            if spelling not in ("/", cwd) and spelling not in paths:
-                paths.append(spelling)
-    return tuple(paths)
-
-
-def _under(path: str, base: str) -> bool:
-    return base in ("/", path) or path.startswith(base + "/")
-
-
-@dataclass(frozen=True, slots=True)
-class Where:
-    """Where a path leads: ``kind`` CLIENT (``rel`` is below the files root) or HOST
-    (``host`` is the trusted host's path); ``full`` is the normalized absolute path."""
-
-    kind: str
-    full: str
-    rel: str | bytes = ""  # as it crosses the wire (farside._filestat.name_to_wire)
-    host: Any = None
 
 
 @dataclass(slots=True)
@@ -134,8 +67,7 @@ class EnclaveFiles:
         write_output: Callable[[int, bytes], None],
     ) -> None:
         self._call = call
-        self.mount = mount
-        self.interpreter = interpreter
+        self.rule = Rule(mount, interpreter)
         self.read_stdin = read_stdin
         self.write_output = write_output
         self.cwd = mount.root if mount.root is not None else "/"
@@ -148,13 +80,7 @@ class EnclaveFiles:
     def where(self, path: Any, dir_fd: int | None = None) -> Where | None:
         """Apply the rule to ``path`` (relative to ``dir_fd`` if given); None: ``dir_fd``
         is a real descriptor of the trusted host, so the call is the real one."""
-        text = os.fsdecode(os.fspath(path))
-        if "\x00" in text:
-            raise ValueError("embedded null byte")
-        if not text:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-        if len(text) > MAX_PATH:
-            raise OSError(errno.ENAMETOOLONG, "File name too long", path)
+        text = self.rule.text(path)
         if text.startswith("/"):
             base = "/"
         elif dir_fd is not None:
@@ -162,48 +88,17 @@ class EnclaveFiles:
             if opened is None:
                 return None
             base = opened.path
-        elif self.mount.root is None:
-            raise self._no_files(path)
         else:
             base = self.cwd
-        full = posixpath.normpath(posixpath.join(base, text))
-        if full.startswith("//"):
-            full = "/" + full.lstrip("/")
-        trailing = "/" if text.endswith("/") and full != "/" else ""
-        rel = self._below_root(full)
-        if rel is not None:
-            return Where(CLIENT, full, filestat.name_to_wire(rel + trailing if rel else ""))
-        if any(_under(full, base) for base in self.interpreter):
-            return Where(HOST, full, host=path if text.startswith("/") else full + trailing)
-        if self.mount.root is None:
-            raise self._no_files(path)
-        raise PermissionError(
-            errno.EACCES,
-            f"outside the enclave's files: they are the client's files root "
-            f"({self.mount.root}), and only the interpreter's own files are readable elsewhere",
-            path,
-        )
+        return self.rule.where(path, text, base)
 
-    def _below_root(self, full: str) -> str | None:
-        """``full`` relative to the client's files root, or None if it is not below it."""
-        if self.mount.root is None:
-            return None
-        for mount in (self.mount.root, *self.mount.aliases):
-            if _under(full, mount):
-                return full[len(mount) :].lstrip("/") if mount != "/" else full.lstrip("/")
-        return None
-
-    @staticmethod
-    def _no_files(path: Any) -> OSError:
-        return PermissionError(
-            errno.EACCES, "the client gave this enclave no files (files_root=None)", path
-        )
+    @property
+    def mount(self) -> Mount:
+        return self.rule.mount
 
     @staticmethod
     def read_only(path: Any) -> OSError:
-        return OSError(
-            errno.EROFS, "the trusted host's files are read-only inside an enclave", path
-        )
+        return read_only(path)
 
     def _client(self, name: str, *args: Any, paths: tuple[Any, ...] = ()) -> Any:
         return answer(self._call(f"farside.fs.{name}", *args), *paths)
@@ -242,7 +137,7 @@ class EnclaveFiles:
             if flags & _WRITING:
                 raise self.read_only(path)
             return posix.open(where.host, flags, mode)
-        access, options = _portable_flags(flags, path)
+        access, options = portable_flags(flags, path)
         handle = self._client(
             "open", where.rel, access, options, mode & 0o7777, paths=(os.fspath(path),)
         )
@@ -442,11 +337,7 @@ class EnclaveFiles:
             return posix.readlink(path, dir_fd=dir_fd)
         if where.kind == HOST:
             return posix.readlink(where.host)
-        target = self._client("readlink", where.rel, paths=(os.fspath(path),))
-        if isinstance(target, bytes) and len(target) <= MAX_PATH:
-            target = filestat.name_from_wire(target)
-        if not isinstance(target, str) or not target or len(target) > MAX_PATH or "\x00" in target:
-            raise bad_answer("link target")
+        target = check_target(self._client("readlink", where.rel, paths=(os.fspath(path),)))
         return os.fsencode(target) if isinstance(os.fspath(path), bytes) else target
 
     def utime(
@@ -530,10 +421,10 @@ class EnclaveFiles:
         where = self._directory(path)
         if where is None:
             return posix.listdir(self._host_path(path))
-        batch, handle = _batch(self._client("scandir", where.rel, True, paths=(path,)))
+        batch, handle = listing_batch(self._client("scandir", where.rel, True, paths=(path,)))
         names = list(batch)
         while handle:
-            batch, handle = _batch(self._client("scandir_next", handle))
+            batch, handle = listing_batch(self._client("scandir_next", handle))
             names += batch
         checked = [check_name(name) for name in names]
         if not isinstance(path, int) and isinstance(os.fspath(path), bytes):
@@ -546,7 +437,12 @@ class EnclaveFiles:
         where = self._directory(path)
         if where is None:
             return posix.scandir(self._host_path(path))
-        return Listing(self, where.rel, path, None if isinstance(path, int) else os.fspath(path))
+        return Listing(
+            self._client("scandir", where.rel, False, paths=(path,)),
+            lambda handle: self._client("scandir_next", handle),
+            lambda handle: self._client("scandir_close", handle),
+            None if isinstance(path, int) else os.fspath(path),
+        )
 
     def _host_path(self, path: Any) -> Any:
         """A path (or descriptor) of the trusted host's, as the real call takes it."""
@@ -555,97 +451,3 @@ class EnclaveFiles:
         where = self.where(path)
         assert where is not None
         return where.host
-
-    def _scan(self, rel: str | bytes, path: Any) -> tuple[list[Any], int]:
-        return _batch(self._client("scandir", rel, False, paths=(path,)))
-
-    def _scan_next(self, handle: int) -> tuple[list[Any], int]:
-        return _batch(self._client("scandir_next", handle))
-
-    def _scan_close(self, handle: int) -> None:
-        self._client("scandir_close", handle)
-
-
-class Listing:
-    """``os.scandir`` of a client directory: an iterator of ``DirEntry`` and a context
-    manager. Entries come in batches (``SCAN_BATCH`` per exit call, on the client)."""
-
-    def __init__(self, files: EnclaveFiles, rel: str | bytes, path: Any, given: str | bytes | None):
-        self._files = files
-        self._given = given
-        batch, self._handle = files._scan(rel, path)
-        self._batch: Iterator[Any] = iter(batch)
-
-    def __iter__(self) -> Listing:
-        return self
-
-    def __next__(self) -> DirEntry:
-        while True:
-            for value in self._batch:
-                return DirEntry.from_client(value, self._given)
-            if not self._handle:
-                raise StopIteration
-            batch, self._handle = self._files._scan_next(self._handle)
-            self._batch = iter(batch)
-
-    def close(self) -> None:
-        handle, self._handle = self._handle, 0
-        self._batch = iter(())
-        if handle:
-            self._files._scan_close(handle)
-
-    def __enter__(self) -> Listing:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if self._handle:
-            with contextlib.suppress(Exception):  # a finalizer on a thread that cannot call out
-                self.close()
-
-
-def _batch(value: Any) -> tuple[list[Any], int]:
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not isinstance(value[0], list)
-        or type(value[1]) is not int
-        or not 0 <= value[1] < 2**63
-        or len(value[0]) > 4096
-    ):
-        raise bad_answer("directory listing")
-    return value[0], value[1]
-
-
-def unavailable(what: str) -> OSError:
-    """The error of a call the enclave's file system does not have."""
-    return OSError(
-        errno.ENOSYS,
-        f"{what} is not available inside an enclave (its files are the client's, "
-        "reached through the calls docs/architecture.md lists)",
-    )
-
-
-def _portable_flags(flags: int, path: Any) -> tuple[str, list[str]]:
-    """``open`` flags as names the client maps to its own system's numbers."""
-    tmpfile = getattr(os, "O_TMPFILE", 0)
-    if tmpfile and flags & tmpfile == tmpfile:
-        raise OSError(errno.EOPNOTSUPP, "O_TMPFILE is not available for the client's files", path)
-    access = _ACCESS.get(flags & os.O_ACCMODE)
-    if access is None:
-        raise OSError(errno.EINVAL, "Invalid argument", path)
-    rest = flags & ~os.O_ACCMODE & ~_IGNORED
-    options = []
-    for bit, name in _OPTIONS:
-        if rest & bit == bit:
-            options.append(name)
-            rest &= ~bit
-    if rest:
-        raise OSError(
-            errno.EINVAL,
-            f"open flags {rest:#o} are not available for the client's files inside an enclave",
-            path,
-        )
-    return access, options

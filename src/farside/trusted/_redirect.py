@@ -31,7 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._files import open_file
-from ._fsview import EnclaveFiles, unavailable
+from ._fsrule import unavailable
+from ._fsview import EnclaveFiles
 
 __all__ = ["FORWARDED", "REFUSED", "current", "enter", "install", "leave"]
 

@@ -46,8 +46,9 @@ from ..transport.endpoint import Endpoint
 from . import _redirect
 from ._app import TrustedApplication, is_ecall
 from ._files import open_file
+from ._fsrule import interpreter_paths
 from ._fsvalues import Mount
-from ._fsview import EnclaveFiles, interpreter_paths
+from ._fsview import EnclaveFiles
 from ._loader import load_package
 
 __all__ = ["EnclaveRuntime", "current_runtime"]

@@ -3,12 +3,10 @@
 Everything the enclave asks is hostile input: paths, sizes, counts and handles are
 checked before anything touches the disk. Paths arrive relative to the root (the
 enclave's side resolves its working directory and normalizes them) and are walked
-here one component at a time from a descriptor of the root, with ``O_NOFOLLOW`` and
-``dir_fd`` operations, so nothing can step out between a check and its use: a
-symbolic link is followed by reading it and walking its target the same way, and a
-link (or a ``..``) that leads above the root is refused. Only regular files and
-directories are opened; devices, FIFOs and sockets are refused before they are
-opened, and checked again on the descriptor.
+one component at a time from a descriptor of the root (``_confine``), so nothing can
+step out between a check and its use. Only regular files and directories are opened;
+devices, FIFOs and sockets are refused before they are opened, and checked again on
+the descriptor.
 
 Results travel as values: ``["ok", value]``, or ``["error", ERRNO_NAME, text]`` for an
 ``OSError``, so that the enclave raises the matching ``OSError`` with this machine's
@@ -21,15 +19,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import posixpath
 import stat
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .. import _filestat as filestat
+from ._confine import Found, Root, checked_path, refused
 
 __all__ = ["DEFAULT_MAX_OPEN_FILES", "MAX_READ", "SCAN_BATCH", "FileService"]
 
@@ -43,11 +40,6 @@ MAX_READ = 64 * 2**20
 """The most bytes one ``read`` returns."""
 SCAN_BATCH = 1024
 """Directory entries per answer: a directory of up to this many costs one exit call."""
-MAX_PATH = 4096
-MAX_SYMLINKS = 40  # as Linux's own limit: one more is ELOOP
-
-_O_PATH = getattr(os, "O_PATH", os.O_RDONLY)  # a handle on a directory, not a reader of it
-_DIR_FLAGS = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ACCESS = {"read": os.O_RDONLY, "write": os.O_WRONLY, "readwrite": os.O_RDWR}
 _OPTIONS = {
     "create": os.O_CREAT,
@@ -63,58 +55,15 @@ _OPTIONS = {
 _MODIFYING = {"create", "truncate", "append"}
 
 
-def _refused(text: str, code: int = errno.EACCES) -> OSError:
-    return OSError(code, text)
-
-
 def _error_value(exc: OSError) -> list[Any]:
     name = errno.errorcode.get(exc.errno or 0, "EIO")
     return ["error", name, exc.strerror or str(exc)]
-
-
-def _path(value: Any) -> str:
-    if isinstance(value, bytes) and len(value) <= MAX_PATH:
-        value = filestat.name_from_wire(value)
-    if not isinstance(value, str) or len(value) > MAX_PATH or "\x00" in value:
-        raise ValueError(f"a path must be a str of at most {MAX_PATH} characters, without NUL")
-    if value.startswith("/"):
-        raise ValueError("paths are relative to the files root")
-    return value
 
 
 def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool")
     return value
-
-
-class _Found:
-    """Where a path leads: its parent directory (a descriptor we own) and its last name.
-
-    ``name`` is ``"."`` when the path is the root itself (``at_root``); ``st`` is what
-    the name is (its own stat: no link followed), None if nothing has that name yet;
-    ``must_be_dir``: the path ended in ``/``.
-    """
-
-    __slots__ = ("at_root", "dir_fd", "must_be_dir", "name", "st")
-
-    def __init__(
-        self,
-        dir_fd: int,
-        name: str,
-        st: os.stat_result | None,
-        *,
-        at_root: bool = False,
-        must_be_dir: bool = False,
-    ) -> None:
-        self.dir_fd = dir_fd
-        self.name = name
-        self.st = st
-        self.at_root = at_root
-        self.must_be_dir = must_be_dir
-
-    def close(self) -> None:
-        os.close(self.dir_fd)
 
 
 class _Open:
@@ -166,13 +115,9 @@ class FileService:
         *,
         readonly: bool = False,
     ) -> None:
-        self.root = root.resolve() if root is not None else None
-        self.given = os.path.abspath(root) if root is not None else None
+        self.root = Root(root) if root is not None else None
         self.readonly = readonly
         self.max_open_files = max_open_files
-        self._root_fd: int | None = None
-        if self.root is not None:
-            self._root_fd = os.open(self.root, _DIR_FLAGS)
         self._open: dict[int, _Open] = {}  # handle -> open file or listing
         self._opening = 0  # opens under way, counted against the cap
         self._next = 1
@@ -183,111 +128,21 @@ class FileService:
     def describe(self) -> dict[str, Any]:
         """What the enclave needs to know to present the files: the root as this machine
         spells it (its real path, and the path it was given when that differs)."""
-        aliases = [self.given] if self.given is not None and self.given != str(self.root) else []
+        root = self.root
         return {
-            "root": str(self.root) if self.root is not None else None,
-            "aliases": aliases,
+            "root": root.path if root is not None else None,
+            "aliases": [root.given] if root is not None and root.given != root.path else [],
             "readonly": self.readonly,
         }
 
     def _check_writable(self) -> None:
         if self.readonly:
-            raise _refused("the client's files are read-only for this enclave", errno.EROFS)
+            raise refused("the client's files are read-only for this enclave", errno.EROFS)
 
-    def _inside(self, target: str) -> list[str]:
-        """The parts of an absolute link target below the root; refused if it is not."""
-        assert self.root is not None
-        clean = posixpath.normpath(target)
-        for base in (str(self.root), self.given):
-            if base is None:
-                continue
-            if base == "/":
-                return clean.split("/")
-            if clean == base or clean.startswith(base + "/"):
-                return clean[len(base) :].split("/")
-        raise _refused("a symbolic link there leads outside the directory the client allows")
-
-    def _find(self, rel: Any, *, follow: bool) -> _Found:
-        """Walk ``rel`` from the root without ever leaving it (see the module docstring).
-
-        A path ending in ``/`` names a directory: its last link is followed, and
-        anything else there is ``ENOTDIR``.
-        """
-        if self._root_fd is None:
-            raise _refused("the client gave this enclave no files (files_root=None)")
-        rel = _path(rel)
-        must_be_dir = rel.endswith("/")
-        parts = deque(p for p in rel.split("/") if p not in ("", "."))
-        if not parts:
-            return _Found(os.dup(self._root_fd), ".", os.fstat(self._root_fd), at_root=True)
-        stack = [os.dup(self._root_fd)]  # the directories walked through, the root first
-        try:
-            return self._walk(stack, parts, follow=follow or must_be_dir, must_be_dir=must_be_dir)
-        finally:
-            for fd in stack:
-                os.close(fd)
-
-    def _walk(
-        self, stack: list[int], parts: deque[str], *, follow: bool, must_be_dir: bool
-    ) -> _Found:
-        """``_find``'s walk: the found name's directory is popped off ``stack``."""
-        links = 0
-        while parts:
-            part = parts.popleft()
-            last = not parts
-            if part == "..":
-                self._up(stack)
-                part = "."  # what the walk names if it ends here
-            if part == ".":  # from a link's target, or after a ".."
-                if not last:
-                    continue
-                st = os.stat(".", dir_fd=stack[-1])
-                return _Found(stack.pop(), ".", st, at_root=not stack)
-            try:
-                st = os.stat(part, dir_fd=stack[-1], follow_symlinks=False)
-            except FileNotFoundError:
-                if last:
-                    return _Found(stack.pop(), part, None, must_be_dir=must_be_dir)
-                raise
-            if stat.S_ISLNK(st.st_mode) and (follow or not last):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
-                parts.extendleft(reversed(self._link(stack, part)))
-                continue
-            if last:
-                if must_be_dir and not stat.S_ISDIR(st.st_mode):
-                    raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-                return _Found(stack.pop(), part, st, must_be_dir=must_be_dir)
-            if not stat.S_ISDIR(st.st_mode):
-                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-            stack.append(os.open(part, _DIR_FLAGS, dir_fd=stack[-1]))
-        raise AssertionError("unreachable: the walk returns at its last part")
-
-    @staticmethod
-    def _up(stack: list[int]) -> None:
-        """Step to the parent directory; refused above the root."""
-        if len(stack) == 1:
-            raise _refused("the path leads outside the directory the client allows")
-        os.close(stack.pop())
-
-    def _link(self, stack: list[int], name: str) -> list[str]:
-        """The parts of the symbolic link ``name``'s target, to walk next; an absolute
-        target restarts the walk at the root, if it lies below it."""
-        target = os.readlink(name, dir_fd=stack[-1])
-        if target.startswith("/"):
-            target = "/".join(self._inside(target))
-            while len(stack) > 1:
-                os.close(stack.pop())
-        return [p for p in target.split("/") if p] or ["."]
-
-    @contextlib.contextmanager
-    def _at(self, rel: Any, *, follow: bool) -> Iterator[_Found]:
-        found = self._find(rel, follow=follow)
-        try:
-            yield found
-        finally:
-            found.close()
+    def _at(self, rel: Any, *, follow: bool) -> contextlib.AbstractContextManager[Found]:
+        if self.root is None:
+            raise refused("the client gave this enclave no files (files_root=None)")
+        return self.root.at(rel, follow=follow)
 
     # ------------------------------------------------------------- handles
 
@@ -351,12 +206,10 @@ class FileService:
                 entry.closed = True
                 if entry.users == 0:
                     idle.append(entry)
-            root_fd, self._root_fd = self._root_fd, None
         for entry in idle:
             entry.release()
-        if root_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(root_fd)
+        if self.root is not None:
+            self.root.close()
 
     # ------------------------------------------------------------- paths
 
@@ -428,7 +281,7 @@ class FileService:
 
     @staticmethod
     def _not_a_file(kind: int) -> OSError:
-        return _refused(
+        return refused(
             f"it is a {_kind(kind)}: an enclave opens only regular files and directories"
         )
 
@@ -480,16 +333,16 @@ class FileService:
                 os.utime(found.name, ns=(ns[0], ns[1]), dir_fd=found.dir_fd, follow_symlinks=False)
 
     @staticmethod
-    def _not_the_root(found: _Found) -> None:
+    def _not_the_root(found: Found) -> None:
         if found.at_root:
-            raise _refused("the files root itself cannot be removed or renamed", errno.EBUSY)
+            raise refused("the files root itself cannot be removed or renamed", errno.EBUSY)
 
     # ------------------------------------------------------------- listings
 
     def scandir(self, rel: Any, names_only: Any) -> list[Any]:
         """The first batch of entries, and a handle for the rest (0: there is no rest)."""
         names_only = _flag(names_only, "names_only")
-        prefix = _path(rel).strip("/")
+        prefix = checked_path(rel).strip("/")
         self._reserve()
         listing = None
         try:
