@@ -118,8 +118,11 @@ class EnclaveFiles:
         """True if ``fd`` is a descriptor of a client file (or one that was)."""
         return type(fd) is int and fd >= VIRTUAL_FD_BASE
 
-    def _add(self, handle: Any, path: str, flags: int) -> int:
-        if handle is not None and (type(handle) is not int or not 0 < handle < 2**63):
+    def _add(self, handle: Any, path: str, flags: int, *, null: bool = False) -> int:
+        """A new virtual descriptor for the client's ``handle`` (``null``: /dev/null's)."""
+        if null:
+            handle = None
+        elif type(handle) is not int or not 0 < handle < 2**63:
             raise bad_answer("file handle")
         with self._lock:
             fd = self._next_fd
@@ -133,7 +136,7 @@ class EnclaveFiles:
             return posix.open(path, flags, mode, dir_fd=dir_fd)
         if where.kind == HOST:
             if where.full == os.devnull:  # a sink everyone writes to, kept here
-                return self._add(None, where.full, flags)
+                return self._add(None, where.full, flags, null=True)
             if flags & _WRITING:
                 raise self.read_only(path)
             return posix.open(where.host, flags, mode)
