@@ -21,7 +21,8 @@ __all__ = ["SANDBOX_MODES", "EnclaveConfig", "SandboxConfig", "SandboxMode"]
 class EnclaveConfig:
     """Configuration handed to ``TrustedApplication.initialize``.
 
-    ``environment`` becomes ``os.environ`` entries inside the enclave's process;
+    ``environment`` is the enclave's ``os.environ``, all of it (like Asylo's
+    ``environment_variables``: nothing of the trusted machine's environment is left);
     ``user`` is any farside value the enclave wants (like Asylo's config extensions).
     """
 

@@ -2,10 +2,11 @@
 
 Module-level code (which the proxy runs only once the client accepted the evidence
 and calls initialize) writes ``<pid>.loaded`` into the directory named by the
-environment variable ``FARSIDE_TEST_PROBE_DIR`` (inherited from the test process);
-``initialize`` writes ``<pid>.initialized`` with the configuration it received and
-hands that configuration to the client's exit handler ``seen``. A refused load must
-leave no marker at all: no code of the enclave ran.
+environment variable ``FARSIDE_TEST_PROBE_DIR`` (from the ``EnclaveConfig``: the
+enclave's environment is its configuration's); ``initialize`` writes
+``<pid>.initialized`` with the configuration it received and hands that
+configuration (less the markers directory) to the client's exit handler ``seen``. A
+refused load must leave no marker at all: no code of the enclave ran.
 
 ``TAG`` is what the tampering test changes by one byte.
 """
@@ -13,24 +14,27 @@ leave no marker at all: no code of the enclave ran.
 from __future__ import annotations
 
 import os
+import posix
 from typing import Any
 
 from farside.trusted import EnclaveConfig, TrustedApplication, ecall, host
 
 TAG = "attest-probe original"
-MARKERS = os.environ.get("FARSIDE_TEST_PROBE_DIR", "")
+MARKER_VAR = "FARSIDE_TEST_PROBE_DIR"
+MARKERS = os.environ.get(MARKER_VAR, "")
 
 
 def _mark(suffix: str, text: str) -> None:
-    """Write one marker file next to the real filesystem (not the client's ``open``)."""
+    """Write one marker file on the trusted host's filesystem (``posix``: around the
+    enclave's view, where ``os`` and ``open`` mean the client's files)."""
     if not MARKERS:
         return
     path = os.path.join(MARKERS, f"{os.getpid()}.{suffix}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = posix.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, text.encode("utf-8"))
+        posix.write(fd, text.encode("utf-8"))
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 _mark("loaded", TAG)
@@ -40,7 +44,7 @@ class Probe(TrustedApplication):
     def initialize(self, config: EnclaveConfig) -> None:
         seen = {
             "user": config.user,
-            "environment": dict(config.environment),
+            "environment": {k: v for k, v in config.environment.items() if k != MARKER_VAR},
             "tag": TAG,
         }
         _mark("initialized", repr(seen))

@@ -3,13 +3,16 @@
 Each entry point attempts one thing the sandbox must refuse and reports what
 happened as a value: ``{"ok": True}`` if it worked (a sandbox hole), else the
 exception's type name and errno. The tests then check, from outside, that
-nothing was written, reached, started or signalled.
+nothing was written, reached, started or signalled. File calls go through the
+``posix`` module, around the enclave's view of the client's files (``os`` and
+``open`` inside an enclave): what the sandbox must stop is code that does that.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import posix
 import resource
 import socket
 import subprocess
@@ -48,20 +51,20 @@ class Escapee(TrustedApplication):
     @ecall
     def write_file(self, path: str) -> dict[str, Any]:
         def write() -> None:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.write(fd, b"escaped")
-            os.close(fd)
+            fd = posix.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            posix.write(fd, b"escaped")
+            posix.close(fd)
 
         return attempt(write)
 
     @ecall
     def read_file(self, path: str) -> dict[str, Any]:
         def read() -> bytes:
-            fd = os.open(path, os.O_RDONLY)
+            fd = posix.open(path, os.O_RDONLY)
             try:
-                return os.read(fd, 100)
+                return posix.read(fd, 100)
             finally:
-                os.close(fd)
+                posix.close(fd)
 
         return attempt(read)
 
@@ -136,22 +139,22 @@ class Escapee(TrustedApplication):
         refuses these. The descriptor is opened read-only, which the file's directory
         being readable allows.
         """
-        stat = os.stat(path)
+        stat = posix.stat(path)
         ways: dict[str, Callable[[Any], Any]] = {
-            "chmod": lambda f: os.chmod(f, 0o666),
-            "chown": lambda f: os.chown(f, stat.st_uid, stat.st_gid),
-            "utime": lambda f: os.utime(f, ns=(10**9, 10**9)),
-            "setxattr": lambda f: os.setxattr(f, xattr, b"changed"),
-            "setxattr-new": lambda f: os.setxattr(f, "user.farside-new", b"added"),
-            "removexattr": lambda f: os.removexattr(f, xattr),
+            "chmod": lambda f: posix.chmod(f, 0o666),
+            "chown": lambda f: posix.chown(f, stat.st_uid, stat.st_gid),
+            "utime": lambda f: posix.utime(f, ns=(10**9, 10**9)),
+            "setxattr": lambda f: posix.setxattr(f, xattr, b"changed"),
+            "setxattr-new": lambda f: posix.setxattr(f, "user.farside-new", b"added"),
+            "removexattr": lambda f: posix.removexattr(f, xattr),
         }
         outcomes = {name: attempt(lambda way=way: way(path)) for name, way in ways.items()}
-        fd = os.open(path, os.O_RDONLY)
+        fd = posix.open(path, os.O_RDONLY)
         try:
             for name, way in ways.items():
                 outcomes[f"f{name}"] = attempt(lambda way=way: way(fd))
         finally:
-            os.close(fd)
+            posix.close(fd)
         return outcomes
 
     @ecall
@@ -168,7 +171,7 @@ class Escapee(TrustedApplication):
         libc.syscall.restype = ctypes.c_long
 
         def call() -> int:
-            fd = os.open(fd_of, os.O_RDONLY) if fd_of is not None else None
+            fd = posix.open(fd_of, os.O_RDONLY) if fd_of is not None else None
             try:
                 first = [] if fd is None else [ctypes.c_long(fd)]
                 result: int = libc.syscall(ctypes.c_long(number), *first, *map(_raw_argument, args))
@@ -178,7 +181,7 @@ class Escapee(TrustedApplication):
                 return result
             finally:
                 if fd is not None:
-                    os.close(fd)
+                    posix.close(fd)
 
         return attempt(call)
 

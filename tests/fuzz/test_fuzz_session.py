@@ -1529,6 +1529,13 @@ def test_proxy_survives_echoing_deeply_nested_arguments(
             initialize = pb.Call(call_id=1, thread=7, kind=CallKind.INITIALIZE, args=config)
             echo = pb.Call(call_id=3, thread=7, kind=CallKind.ECALL, name="echo", args=echo_args)
             session.transport.send([pb.Frame(call=initialize)])
+            # initialize asks how the client presents its files: no files, no stdin.
+            describe = session.wait_for("call", WAIT)
+            assert describe is not None
+            assert describe.call.name == "farside.client.describe"
+            no_files = {"root": None, "aliases": [], "readonly": False, "stdin": False}
+            answer = pb.Result(call_id=describe.call.call_id, value=_values.encode(no_files))
+            session.transport.send([pb.Frame(result=answer)])
             # A thread's next entry call may follow only its previous one's result.
             assert session.wait_for("result", WAIT) is not None
             session.transport.send([pb.Frame(call=echo)])

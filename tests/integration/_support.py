@@ -62,7 +62,7 @@ def long_form_config(
     debug: bool = True,
     max_depth: int = 64,
     exit_handlers: dict[str, Callable[..., Any]] | None = None,
-    files_root: str | os.PathLike[str] | None = None,
+    files_root: str | os.PathLike[str] | None = ".",
 ) -> farside.EnclaveLoadConfig:
     """An ``EnclaveLoadConfig`` spelled out the Asylo way."""
     proxy_config = farside.RemoteProxyClientConfig(

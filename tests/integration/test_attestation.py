@@ -156,7 +156,7 @@ class Probe:
         self.fresh()
 
     def fresh(self) -> None:
-        """Start over: new markers directory (proxies inherit it), witness and secret."""
+        """Start over: new markers directory, witness and secret."""
         self._round += 1
         self.markers = self._root / f"markers-{self._round}"
         self.markers.mkdir()
@@ -165,8 +165,11 @@ class Probe:
         self.secret = f"client-secret-{secrets.token_hex(8)}"
 
     def config(self) -> farside.EnclaveConfig:
+        # The enclave's environment is its configuration's alone: the markers directory
+        # travels there (the probe leaves it out of what it reports).
         return farside.EnclaveConfig(
-            user={"secret": self.secret}, environment={"PROBE_SECRET": self.secret}
+            user={"secret": self.secret},
+            environment={"PROBE_SECRET": self.secret, MARKER_VAR: str(self.markers)},
         )
 
     def marked(self, suffix: str) -> dict[int, bytes]:

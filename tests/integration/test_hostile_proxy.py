@@ -1,7 +1,7 @@
 """Nothing from a proxy is served before its evidence verifies (issue 13, finding 2).
 
 The review's proxy answered the bundle with Loaded and, right behind it, one-way file
-calls (``farside.fs.open("PWNED.txt", "w")``, write, close), a call of the client's
+calls (``farside.fs.open("PWNED.txt", ...)``, write, close), a call of the client's
 exit handler and output: the file was written in the client's files_root and the
 handler ran, though the client's policy then refused the enclave. Here a hostile proxy
 (in this process, speaking the real stream transport) does the same, with evidence a
@@ -40,7 +40,7 @@ def oneway(name: str, *args: Any) -> pb.Frame:
 
 
 ATTACK = [
-    oneway("farside.fs.open", "PWNED.txt", "w"),
+    oneway("farside.fs.open", "PWNED.txt", "write", ["create", "truncate"], 0o666),
     oneway("farside.fs.write", 1, b"owned"),
     oneway("farside.fs.close", 1),
     pb.Frame(

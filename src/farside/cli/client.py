@@ -90,6 +90,11 @@ def _add_run(sub: Any) -> None:
         help="serve the enclave's host.call(NAME, ...) with FUNCTION of the Python module "
         "MODULE (imported from the working directory or sys.path); repeatable",
     )
+    run.add_argument(
+        "--stdin",
+        action="store_true",
+        help="give the enclave this shell's standard input (its input() and sys.stdin)",
+    )
     common.add_remote_flags(run)
     run.set_defaults(func=_cmd_run)
 
@@ -135,8 +140,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         provision=common.provisioner(args),
         policy=common.policy(args, debug=not args.no_debug),
         exit_handlers=handlers,
-        files_root=args.files_root,
         load_timeout=args.connect_timeout,
+        stdin=args.stdin,
+        **({"files_root": args.files_root} if args.files_root is not None else {}),
     ) as enclave:
         if args.call:
             result = enclave.call(args.call, *call_args)

@@ -45,8 +45,10 @@ class Host:
     ) -> Any:
         """Open a file on the client's machine, confined to the root the client allows.
 
-        Same arguments and return types as the builtin ``open``; paths that escape
-        the root raise ``PermissionError``.
+        Same arguments and return types as the builtin ``open``, which inside an enclave
+        opens the same files; unlike it, ``host.open`` never opens the trusted host's
+        (the interpreter's) files: every path outside the client's root raises
+        ``PermissionError``.
         """
         return current_runtime().open(file, mode, buffering, encoding, errors, newline)
 

@@ -3,7 +3,8 @@
 The proxy executes exactly the bytes it received and measured: nothing is
 written to disk and re-read. The bundle becomes the package ``_farside_enclave``
 (its own modules import each other relatively), and every module of it gets its
-own builtins, in which ``open`` reaches the client's filesystem.
+own copy of the builtins (``open`` among them reaches the client's files on the
+threads that run enclave code: ``_redirect``).
 """
 
 from __future__ import annotations
@@ -75,13 +76,12 @@ class _BundleImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(code, module.__dict__)  # noqa: S102 (running the enclave's code is the point)
 
 
-def load_package(bundle: Bundle, *, open_function: Any) -> ModuleType:
+def load_package(bundle: Bundle) -> ModuleType:
     """Import ``bundle`` as the package ``_farside_enclave`` and return it.
 
     Errors in the bundle's code propagate as raised (``SyntaxError``, ...).
     """
     enclave_builtins = dict(builtins.__dict__)
-    enclave_builtins["open"] = open_function
     importer = _BundleImporter(bundle, enclave_builtins)
     sys.meta_path.insert(0, importer)
     return importlib.import_module(PACKAGE)

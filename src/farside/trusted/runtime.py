@@ -2,9 +2,12 @@
 
 It loads the bundle it received, builds the ``TrustedApplication``, serves the
 client's entry calls on one worker thread per client thread, and gives enclave
-code its ways out (``host``, ``print``, ``open``), all as exit calls over the
-session. It owns the process-wide redirection of ``sys.stdout``/``sys.stderr``,
-which is why a proxy hosts exactly one enclave.
+code its ways out (``host``, ``print``, ``input``, its file system), all as exit
+calls over the session. It owns the process-wide redirection of ``sys.stdout``,
+``sys.stderr``, ``sys.stdin``, the file functions (``_redirect``: the enclave's
+view of the client's files, ``_fsview``) and ``os.environ`` (from ``initialize``
+on, exactly the ``EnclaveConfig``'s environment), which is why a proxy hosts
+exactly one enclave.
 
 This module is the proxy's (``farside.proxy`` builds an ``EnclaveRuntime`` per
 session); enclave code uses ``farside.trusted``'s names, not this module.
@@ -13,6 +16,7 @@ session); enclave code uses ``farside.trusted``'s names, not this module.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import queue
@@ -43,8 +47,12 @@ from ..protocol import (
     Stream,
 )
 from ..transport.endpoint import Endpoint
+from . import _redirect
 from ._app import TrustedApplication, is_ecall
-from ._files import open_on_host
+from ._files import open_file
+from ._fsrule import interpreter_paths
+from ._fsvalues import Mount
+from ._fsview import EnclaveFiles
 from ._loader import load_package
 
 __all__ = ["EnclaveRuntime", "current_runtime"]
@@ -53,19 +61,7 @@ _local = threading.local()
 _current: EnclaveRuntime | None = None
 _CONTROL = {CallKind.RUN: "run", CallKind.INITIALIZE: "initialize", CallKind.FINALIZE: "finalize"}
 
-# OSErrors the client's file service may report; they are re-raised as themselves.
-_OS_ERRORS: dict[str, type[OSError]] = {
-    cls.__name__: cls
-    for cls in (
-        OSError,
-        PermissionError,
-        FileNotFoundError,
-        FileExistsError,
-        IsADirectoryError,
-        NotADirectoryError,
-        InterruptedError,
-    )
-}
+MAX_STDIN_READ = 2**20  # bytes of the client's standard input per exit call
 
 
 def current_runtime() -> EnclaveRuntime:
@@ -90,6 +86,23 @@ class _OutputRaw(io.RawIOBase):
         chunk = bytes(data)
         self._runtime.write_output(self._stream, chunk)
         return len(chunk)
+
+
+class _InputRaw(io.RawIOBase):
+    """``sys.stdin`` of the enclave: reads are exit calls for the client's standard input."""
+
+    def __init__(self, runtime: EnclaveRuntime) -> None:
+        super().__init__()
+        self._runtime = runtime
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._runtime.read_stdin(len(view))
+        view[: len(data)] = data
+        return len(data)
 
 
 class EnclaveRuntime:
@@ -123,6 +136,7 @@ class EnclaveRuntime:
         self.calls_served = 0
         self._calls_lock = threading.Lock()
         self.endpoint: Endpoint | None = None
+        self.files: EnclaveFiles | None = None  # the enclave's file system, from initialize
         self.app: TrustedApplication | None = None
         self.bundle: Bundle | None = None
         self.measurement = b""
@@ -137,7 +151,9 @@ class EnclaveRuntime:
     # ------------------------------------------------------------- setup
 
     def install(self, endpoint: Endpoint) -> None:
-        """Bind to the session's endpoint and take over this process's stdout/stderr."""
+        """Bind to the session's endpoint and take over this process's standard streams
+        and file functions (the latter only act differently on threads running enclave
+        code: ``_redirect``)."""
         global _current  # noqa: PLW0603 (one enclave per process, by design)
         self.endpoint = endpoint
         _current = self
@@ -153,6 +169,8 @@ class EnclaveRuntime:
             errors="backslashreplace",
             write_through=True,
         )
+        sys.stdin = io.TextIOWrapper(io.BufferedReader(_InputRaw(self)), encoding="utf-8")
+        _redirect.install()
 
     def _endpoint(self) -> Endpoint:
         assert self.endpoint is not None
@@ -276,7 +294,7 @@ class EnclaveRuntime:
         """Import the bundle and build its ``TrustedApplication`` (the enclave's code runs)."""
         bundle = self.bundle
         assert bundle is not None
-        module = load_package(bundle, open_function=self.open)
+        module = load_package(bundle)
         build = getattr(module, "build_trusted_application", None)
         if not callable(build):
             raise LookupError(
@@ -375,9 +393,17 @@ class EnclaveRuntime:
                     )
                 self.initializing = True
             config = EnclaveConfig.from_wire(*args)
-            self.app = self._build_app()
+            # The enclave's environment is its configuration's, nothing of this host's
+            # (the proxy read what it needs of its own before any enclave code).
+            os.environ.clear()
             os.environ.update(config.environment)
-            self.app.initialize(config)
+            self.files = self._client_files()
+            previous = _redirect.enter(self.files)
+            try:
+                self.app = self._build_app()
+                self.app.initialize(config)
+            finally:
+                _redirect.leave(previous)
             self.initialized = True
             return None
         app = self.app
@@ -386,21 +412,41 @@ class EnclaveRuntime:
                 "the enclave is not initialized, or already finalized",
                 code=StatusCode.FAILED_PRECONDITION,
             )
+        method: Callable[..., Any]
         if kind is CallKind.RUN:
-            return app.run(*args)
-        if kind is CallKind.FINALIZE:
+            method = app.run
+        elif kind is CallKind.FINALIZE:
             self.finalized = True
-            app.finalize(*args)
-            return None
-        method = None if event.name.startswith("_") else getattr(app, event.name, None)
-        if method is None or not is_ecall(method):
-            names = sorted(_ecall_names(app))
-            raise EnclaveError(
-                f"the enclave has no entry point named {event.name!r} "
-                f"(its @ecall entry points: {', '.join(names) or 'none'})",
-                code=StatusCode.NOT_FOUND,
-            )
-        return method(*args, **event.kwargs)
+            method = app.finalize
+        else:
+            found = None if event.name.startswith("_") else getattr(app, event.name, None)
+            if found is None or not is_ecall(found):
+                names = sorted(_ecall_names(app))
+                raise EnclaveError(
+                    f"the enclave has no entry point named {event.name!r} "
+                    f"(its @ecall entry points: {', '.join(names) or 'none'})",
+                    code=StatusCode.NOT_FOUND,
+                )
+            method = found
+        previous = _redirect.enter(self.files)
+        try:
+            result = method(*args, **event.kwargs)
+        finally:
+            _redirect.leave(previous)
+        return None if kind is CallKind.FINALIZE else result
+
+    def _client_files(self) -> EnclaveFiles:
+        """Ask the client how it presents its files (one exit call), and make the view."""
+        mount = Mount.from_client(self.exit_call("farside.client.describe", (), {}))
+        return EnclaveFiles(
+            self._fs_call,
+            mount,
+            interpreter_paths(),
+            read_stdin=self.read_stdin,
+            write_output=lambda fd, data: self.write_output(
+                Stream.STDOUT if fd == 1 else Stream.STDERR, data
+            ),
+        )
 
     @property
     def sealing_keys(self) -> SealingKeys:
@@ -449,11 +495,15 @@ class EnclaveRuntime:
             )
         if self.counters is not None:
             self.counters.record_exit(name)
-        tracer = tracing.TRACER
-        if tracer is None:
-            return self._endpoint().call(thread, CallKind.EXIT, name, args, kwargs)
-        with tracer.client_span(tracing.EXIT_SERVICE, _span_name(name)) as trace:
-            return self._endpoint().call(thread, CallKind.EXIT, name, args, kwargs, trace=trace)
+        previous = _redirect.enter(None)  # farside's own machinery sees the real files
+        try:
+            tracer = tracing.TRACER
+            if tracer is None:
+                return self._endpoint().call(thread, CallKind.EXIT, name, args, kwargs)
+            with tracer.client_span(tracing.EXIT_SERVICE, _span_name(name)) as trace:
+                return self._endpoint().call(thread, CallKind.EXIT, name, args, kwargs, trace=trace)
+        finally:
+            _redirect.leave(previous)
 
     def notify(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """One-way exit call: no result, no waiting; only from a thread running an entry
@@ -461,12 +511,16 @@ class EnclaveRuntime:
         thread = self._thread()
         if self.counters is not None:
             self.counters.record_exit(name)
-        tracer = tracing.TRACER
-        if tracer is None:
-            self._endpoint().notify(thread, name, args, kwargs)
-            return
-        with tracer.client_span(tracing.EXIT_SERVICE, _span_name(name)) as trace:
-            self._endpoint().notify(thread, name, args, kwargs, trace=trace)
+        previous = _redirect.enter(None)
+        try:
+            tracer = tracing.TRACER
+            if tracer is None:
+                self._endpoint().notify(thread, name, args, kwargs)
+                return
+            with tracer.client_span(tracing.EXIT_SERVICE, _span_name(name)) as trace:
+                self._endpoint().notify(thread, name, args, kwargs, trace=trace)
+        finally:
+            _redirect.leave(previous)
 
     def write_output(self, stream: Stream, data: bytes) -> None:
         """Queue stdout/stderr bytes for the client."""
@@ -475,13 +529,38 @@ class EnclaveRuntime:
             endpoint.write_output(getattr(_local, "thread", 0), stream, data)
 
     def _fs_call(self, name: str, *args: Any) -> Any:
+        """An exit call of the enclave's file system; failures of the call itself are
+        ``OSError``s, except cancellation and a lost session, which must not be mistaken
+        for a missing file (``os.path.exists`` swallows ``OSError``)."""
+        if getattr(_local, "thread", None) is None:
+            raise PermissionError(
+                errno.EPERM,
+                "the client's files and standard input can be reached only from the thread "
+                "running an entry call, not from threads the enclave started",
+            )
         try:
             return self.exit_call(name, args, {})
         except HostCallError as exc:
-            os_error = _OS_ERRORS.get(exc.remote_type)
-            if os_error is not None:
-                raise os_error(exc.message) from None
-            raise
+            if exc.code is StatusCode.CANCELLED:
+                raise
+            raise OSError(
+                errno.EIO, f"the client's file service failed: {exc.remote_type}: {exc.message}"
+            ) from None
+
+    def read_stdin(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the client's standard input, if it gave it."""
+        files = self.files
+        if files is None or not files.mount.stdin:
+            raise PermissionError(
+                errno.EACCES,
+                "the client did not give this enclave its standard input (load it with "
+                "farside.load(..., stdin=True), or farside run --stdin)",
+            )
+        size = min(size, MAX_STDIN_READ)
+        data = self._fs_call("farside.io.read_stdin", size)
+        if not isinstance(data, bytes) or len(data) > size:
+            raise OSError(errno.EIO, "the client returned an invalid read of its standard input")
+        return data
 
     def open(
         self,
@@ -491,15 +570,12 @@ class EnclaveRuntime:
         encoding: str | None = None,
         errors: str | None = None,
         newline: str | None = None,
-        closefd: bool = True,
-        opener: Any = None,
     ) -> Any:
-        """``open()`` inside the enclave: a file on the client's machine."""
-        if isinstance(file, int) or not closefd or opener is not None:
-            raise PermissionError("an enclave opens files on the host by path only")
-        if isinstance(file, os.PathLike):
-            file = os.fspath(file)
-        return open_on_host(self._fs_call, file, mode, buffering, encoding, errors, newline)
+        """``host.open``: a file of the client's, by the enclave's file system's rule."""
+        files = self.files
+        if files is None:
+            raise RuntimeError("the enclave's files are there once initialize() began")
+        return open_file(files, file, mode, buffering, encoding, errors, newline, client_only=True)
 
 
 def _ecall_names(app: TrustedApplication) -> list[str]:

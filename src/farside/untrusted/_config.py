@@ -12,7 +12,7 @@ from .._config import EnclaveConfig, SandboxConfig
 from ..attestation.evidence import AttestationPolicy
 from ..provision.base import Provisioner
 from ..provision.local import LocalProvision
-from ._exits import DEFAULT_MAX_OPEN_FILES
+from ._fileservice import DEFAULT_MAX_OPEN_FILES
 
 __all__ = [
     "EnclaveLoadConfig",
@@ -89,22 +89,30 @@ class EnclaveLoadConfig:
     """Everything ``EnclaveManager.load_enclave`` needs.
 
     ``exit_handlers`` are registered before ``initialize`` runs (handlers can also
-    be added later with ``EnclaveClient.register_exit_handler``). ``files_root``
-    is the directory the enclave's ``open()`` is confined to (default: the
-    working directory at load time); ``max_open_files`` is how many files there the
-    enclave may hold open at once (each is a descriptor of this process).
+    be added later with ``EnclaveClient.register_exit_handler``). ``files_root`` is
+    the directory that is the enclave's file system (default ``"."``: the working
+    directory at load time; None: no files at all, every file call is refused), and
+    ``files_root_readonly`` lets the enclave only read it; ``max_open_files`` is how
+    many files there the enclave may hold open at once (each is a descriptor of this
+    process). ``stdin``: the enclave's ``input()`` and ``sys.stdin`` read this process's
+    standard input (otherwise reading them raises ``PermissionError``).
     """
 
     name: str
     remote_load_config: RemoteLoadConfig
     config: EnclaveConfig = field(default_factory=EnclaveConfig)
     exit_handlers: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
-    files_root: str | os.PathLike[str] | None = None
+    files_root: str | os.PathLike[str] | None = "."
+    files_root_readonly: bool = False
     max_open_files: int = DEFAULT_MAX_OPEN_FILES
+    stdin: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError("EnclaveLoadConfig.name must be a non-empty str")
         if type(self.max_open_files) is not int or self.max_open_files < 1:
             raise ValueError(f"max_open_files must be a positive int, not {self.max_open_files!r}")
+        for flag in ("files_root_readonly", "stdin"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"EnclaveLoadConfig.{flag} must be a bool")
         object.__setattr__(self, "exit_handlers", MappingProxyType(dict(self.exit_handlers)))

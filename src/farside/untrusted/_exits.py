@@ -1,15 +1,14 @@
-"""The client's side of exit calls: output, the file service and user handlers.
+"""The client's side of exit calls: output, the file service, stdin and user handlers.
 
 Exit calls run on the client thread whose entry call is waiting; output runs on
-the session's reader thread, in arrival order, before the result it precedes.
+the session's reader thread, in arrival order, before the result it precedes. The
+file service (``farside.fs.*``) lives in ``_fileservice.py``.
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import errno
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -19,10 +18,12 @@ from typing import IO, Any
 from .. import tracing
 from .._errors import EnclaveError, StatusCode
 from ..protocol import CallKind, CallReceived, Event, OutputReceived, Stream
+from ._fileservice import DEFAULT_MAX_OPEN_FILES, FileService
 
 __all__ = [
     "DEFAULT_MAX_OPEN_FILES",
     "MAX_PARTIAL_LINE",
+    "MAX_STDIN_READ",
     "ExitHandlers",
     "FileService",
     "OutputSink",
@@ -30,27 +31,13 @@ __all__ = [
 ]
 
 RESERVED_PREFIX = "farside."
-MAX_READ = 64 * 2**20
-DEFAULT_MAX_OPEN_FILES = 64
-"""Host files one enclave may hold open at once, unless its load config says otherwise.
-
-Each is a descriptor of the client process: without a cap an enclave could take them
-all, and the client could then open neither a file nor a socket of its own."""
+MAX_STDIN_READ = 2**20
+"""The most bytes of standard input one exit call returns."""
 MAX_PARTIAL_LINE = 64 * 2**10
 """Characters of one thread's unfinished line the client holds before writing them anyway.
 
 Past it, a line without a newline is written in pieces of about this size, which the
 lines of other threads' calls may then come between."""
-_FLAGS = {
-    "r": os.O_RDONLY,
-    "r+": os.O_RDWR,
-    "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-    "w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
-    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-    "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND,
-    "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-    "x+": os.O_RDWR | os.O_CREAT | os.O_EXCL,
-}
 
 
 class _Unfinished:
@@ -122,116 +109,56 @@ class OutputSink:
             target.flush()
 
 
-class FileService:
-    """``farside.fs.*``: the enclave's files, confined to ``root`` on this machine.
-
-    At most ``max_open_files`` are open at once; one more is an ``OSError`` (``EMFILE``)
-    inside the enclave that says so.
-    """
-
-    def __init__(self, root: Path, max_open_files: int = DEFAULT_MAX_OPEN_FILES) -> None:
-        self.root = root.resolve()
-        self.max_open_files = max_open_files
-        self._files: dict[int, int] = {}  # handle -> fd
-        self._opening = 0  # opens under way, counted against the cap
-        self._next = 1
-        self._lock = threading.Lock()
-
-    def _resolve(self, path: Any) -> Path:
-        if not isinstance(path, str) or not path or "\x00" in path:
-            raise ValueError("a file path must be a non-empty str")
-        full = (self.root / path).resolve()
-        if full != self.root and self.root not in full.parents:
-            raise PermissionError(
-                errno.EACCES, f"{path!r} is outside the directory the client allows"
-            )
-        return full
-
-    def _fd(self, handle: Any) -> int:
-        with self._lock:
-            fd = self._files.get(handle) if isinstance(handle, int) else None
-        if fd is None:
-            raise ValueError(f"no open host file with handle {handle!r}")
-        return fd
-
-    def open(self, path: Any, mode: Any) -> int:
-        flags = _FLAGS.get(mode) if isinstance(mode, str) else None
-        if flags is None:
-            raise ValueError(f"invalid file mode {mode!r}")
-        full = self._resolve(path)
-        with self._lock:
-            if len(self._files) + self._opening >= self.max_open_files:
-                raise OSError(
-                    errno.EMFILE,
-                    f"the enclave has {self.max_open_files} host files open, the most this "
-                    "client allows: close one, or load the enclave with a higher "
-                    "max_open_files (farside.load(..., max_open_files=N))",
-                )
-            self._opening += 1  # os.open may block (a FIFO): not under the lock
-        try:
-            fd = os.open(full, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
-        except BaseException:
-            with self._lock:
-                self._opening -= 1
-            raise
-        with self._lock:
-            self._opening -= 1
-            handle = self._next
-            self._next += 1
-            self._files[handle] = fd
-        return handle
-
-    def read(self, handle: Any, size: Any) -> bytes:
-        if not isinstance(size, int) or not 0 <= size <= MAX_READ:
-            raise ValueError(f"read size must be an int in [0, {MAX_READ}]")
-        return os.read(self._fd(handle), size)
-
-    def write(self, handle: Any, data: Any) -> int:
-        if not isinstance(data, bytes):
-            raise TypeError("write takes bytes")
-        return os.write(self._fd(handle), data)
-
-    def seek(self, handle: Any, offset: Any, whence: Any) -> int:
-        if not isinstance(offset, int) or whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
-            raise ValueError("invalid seek")
-        return os.lseek(self._fd(handle), offset, whence)
-
-    def close(self, handle: Any) -> None:
-        fd = self._fd(handle)
-        with self._lock:
-            self._files.pop(handle, None)
-        os.close(fd)
-
-    def close_all(self) -> None:
-        with self._lock:
-            fds, self._files = list(self._files.values()), {}
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
 class ExitHandlers:
-    """The client's exit-call dispatcher: the endpoint's handler on the client side."""
+    """The client's exit-call dispatcher: the endpoint's handler on the client side.
+
+    ``files_root`` None gives the enclave no files; ``files_readonly`` lets it only read
+    them; ``stdin`` lets it read this process's standard input (``farside.io.read_stdin``).
+    """
 
     def __init__(
         self,
-        files_root: Path,
+        files_root: Path | None,
         handlers: dict[str, Callable[..., Any]],
         *,
         max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+        files_readonly: bool = False,
+        stdin: bool = False,
     ) -> None:
-        self.files = FileService(files_root, max_open_files)
+        self.files = FileService(files_root, max_open_files, readonly=files_readonly)
         self.output = OutputSink()
+        self.stdin = stdin
         self._builtin: dict[str, Callable[..., Any]] = {
-            "farside.fs.open": self.files.open,
-            "farside.fs.read": self.files.read,
-            "farside.fs.write": self.files.write,
-            "farside.fs.seek": self.files.seek,
-            "farside.fs.close": self.files.close,
+            "farside.client.describe": self.describe,
+            "farside.io.read_stdin": self.read_stdin,
+            **self.files.handlers(),
         }
         self._user: dict[str, Callable[..., Any]] = {}
         for name, fn in handlers.items():
             self.register(name, fn)
+
+    def describe(self) -> dict[str, Any]:
+        """What the enclave's runtime asks once, at ``initialize``: how to present the
+        client's files, and whether it may read standard input."""
+        return {**self.files.describe(), "stdin": self.stdin}
+
+    def read_stdin(self, size: Any) -> bytes:
+        """Up to ``size`` bytes of this process's standard input (b"" at its end)."""
+        if type(size) is not int or not 0 <= size <= MAX_STDIN_READ:
+            raise ValueError(f"read size must be an int in [0, {MAX_STDIN_READ}]")
+        if not self.stdin:
+            raise PermissionError(
+                errno.EACCES,
+                "the client did not give this enclave its standard input (load it with "
+                "farside.load(..., stdin=True), or farside run --stdin)",
+            )
+        stream = sys.stdin
+        if stream is None or size == 0:
+            return b""
+        buffer = getattr(stream, "buffer", None)
+        if buffer is not None:
+            return bytes(buffer.read1(size))
+        return str(stream.read(max(1, size // 4))).encode()  # UTF-8: at most 4 bytes a char
 
     def register(self, name: str, fn: Callable[..., Any]) -> None:
         if not isinstance(name, str) or not name or name.startswith(RESERVED_PREFIX):

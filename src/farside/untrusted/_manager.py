@@ -22,7 +22,7 @@ from ._config import (
     RemoteProxyClientConfig,
     SimLoadConfig,
 )
-from ._exits import DEFAULT_MAX_OPEN_FILES
+from ._fileservice import DEFAULT_MAX_OPEN_FILES
 from ._session import open_session
 
 __all__ = ["EnclaveManager", "load"]
@@ -126,11 +126,13 @@ def load(
     config: EnclaveConfig | None = None,
     debug: bool = True,
     exit_handlers: Mapping[str, Callable[..., Any]] | None = None,
-    files_root: str | os.PathLike[str] | None = None,
+    files_root: str | os.PathLike[str] | None = ".",
     load_timeout: float = 30.0,
     policy: AttestationPolicy | None = None,
     sandbox: SandboxConfig | None = None,
     max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+    files_root_readonly: bool = False,
+    stdin: bool = False,
 ) -> EnclaveClient:
     """Load the enclave bundle at ``enclave_path`` and return its client: the short form.
 
@@ -138,10 +140,13 @@ def load(
     one. ``policy`` is what the enclave must prove before it gets anything (default:
     exactly this bundle, on a platform the provisioner vouches for, debug allowed as
     ``debug`` says); ``AttestationError`` names the check that failed. ``sandbox`` asks
-    the proxy for a stricter sandbox or resource limits (see ``SandboxConfig``);
-    ``max_open_files`` caps the files under ``files_root`` the enclave holds open. The
-    client is registered in ``EnclaveManager.instance()`` like any other, and destroys
-    the enclave when used as a context manager.
+    the proxy for a stricter sandbox or resource limits (see ``SandboxConfig``).
+    ``files_root`` is the enclave's file system (default ``"."``, the working directory;
+    None: no files, every file call is refused), ``files_root_readonly`` lets the
+    enclave only read it, and ``max_open_files`` caps the files there the enclave holds
+    open. ``stdin=True`` gives the enclave's ``input()`` and ``sys.stdin`` this process's
+    standard input. The client is registered in ``EnclaveManager.instance()`` like any
+    other, and destroys the enclave when used as a context manager.
     """
     if name is None:
         name = f"{Path(enclave_path).stem or 'enclave'}-{secrets.token_hex(4)}"
@@ -160,6 +165,8 @@ def load(
         ),
         exit_handlers=exit_handlers or {},
         files_root=files_root,
+        files_root_readonly=files_root_readonly,
         max_open_files=max_open_files,
+        stdin=stdin,
     )
     return EnclaveManager.instance().load_enclave(load_config)

@@ -133,20 +133,32 @@ def open_session(
         bundle = load_bundle(sim.enclave_path, debug=sim.debug)
     except BundleError as exc:
         raise EnclaveLoadError(str(exc)) from exc
-    root = Path(load_config.files_root if load_config.files_root is not None else os.getcwd())
-    if not root.is_dir():
+    root = Path(load_config.files_root) if load_config.files_root is not None else None
+    if root is not None and not root.is_dir():
         raise EnclaveLoadError(f"files_root {str(root)!r} is not a directory")
-    exits = ExitHandlers(
-        root, dict(load_config.exit_handlers), max_open_files=load_config.max_open_files
-    )
+    try:
+        exits = ExitHandlers(
+            root,
+            dict(load_config.exit_handlers),
+            max_open_files=load_config.max_open_files,
+            files_readonly=load_config.files_root_readonly,
+            stdin=load_config.stdin,
+        )
+    except OSError as exc:  # the root went away, or we may not open it
+        raise EnclaveLoadError(f"files_root {str(root)!r} cannot be opened: {exc}") from exc
     provisioner = proxy_config.provision
-    lease = _provision(load_config)
+    try:
+        lease = _provision(load_config)
+    except BaseException:
+        exits.files.close_all()
+        raise
     try:
         transport = factory.connect(
             lease.transport, lease.address, token=lease.token, tls=lease.tls
         )
     except BaseException:
         provisioner.release(lease)
+        exits.files.close_all()
         raise
     core = SessionCore(
         Role.CLIENT,
@@ -180,6 +192,7 @@ def open_session(
         transport.close(timeout=1.0)
         endpoint.fail(EnclaveLoadError("the enclave failed to load"))
         provisioner.release(lease)
+        exits.files.close_all()
         if isinstance(exc, EnclaveError) and not isinstance(exc, EnclaveLoadError):
             raise EnclaveLoadError(
                 f"loading enclave {load_config.name!r} failed: {exc}", code=exc.code
