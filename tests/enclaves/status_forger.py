@@ -10,6 +10,7 @@ until it is refused.
 from __future__ import annotations
 
 import os
+import posix
 import stat
 from typing import Any
 
@@ -43,11 +44,13 @@ class Forger(TrustedApplication):
 
     @ecall
     def flood_stderr(self, megabytes: int) -> dict[str, Any]:
+        # posix.write, not os.write: inside the enclave os.write(2) is the client's stderr;
+        # the proxy's own descriptor 2 (its log) is what a hostile enclave goes around for.
         chunk = b"x" * 2**20
         written = 0
         try:
             for _ in range(megabytes):
-                written += os.write(2, chunk)
+                written += posix.write(2, chunk)
         except OSError as exc:
             return {"written": written, "error": exc.errno}
         return {"written": written, "error": None}

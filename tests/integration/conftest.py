@@ -26,7 +26,7 @@ def transport(request: pytest.FixtureRequest) -> Iterator[str]:
     os.environ[TRANSPORT_VARIABLE] = request.param
     yield request.param
     if before is None:
-        del os.environ[TRANSPORT_VARIABLE]
+        os.environ.pop(TRANSPORT_VARIABLE, None)
     else:
         os.environ[TRANSPORT_VARIABLE] = before
 

@@ -34,6 +34,7 @@ from farside import tracing
 from farside.attestation.attester import KeyAttester
 from farside.provision.base import ProxyLease
 from farside.proxy.server import RemoteEnclaveProxyServer
+from farside.trusted import runtime
 
 from ._support import WORKER
 
@@ -93,10 +94,17 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture
 def provision(transport: str) -> Iterator[InProcessProvision]:
+    """A proxy in this process. Its runtime takes over what a proxy process owns: the
+    environment (the enclave's is its configuration's) and the runtime slot; both are
+    put back afterwards."""
     directory = Path(tempfile.mkdtemp(prefix="farside-test-tracing-"))
+    environment = dict(os.environ)
     try:
         yield InProcessProvision(directory, transport)
     finally:
+        os.environ.clear()
+        os.environ.update(environment)
+        runtime._current = None
         shutil.rmtree(directory, ignore_errors=True)
 
 
