@@ -112,7 +112,7 @@ class RemoteEnclaveProxyServer:
         attester: Attester | None = None,
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
-        transport: str = "grpc",
+        transport: str = factory.DEFAULT_TRANSPORT,
         sandbox: Sandbox | None = None,
         counters: ProxyCounters | None = None,
     ) -> None:
@@ -510,7 +510,7 @@ def run_proxy(
     max_workers: int = 256,
     worker_idle_timeout: float = 30.0,
     private_dir: str | None = None,
-    transport: str = "grpc",
+    transport: str = factory.DEFAULT_TRANSPORT,
     sandbox: SandboxMode = "best-effort",
     limits: SandboxConfig | None = None,
     attester: str = "sim",
