@@ -37,6 +37,7 @@ __all__ = [
     "Listener",
     "LostCallback",
     "OnOpen",
+    "ReadingGate",
     "Refusal",
     "batches",
     "refusal_error",
@@ -87,6 +88,25 @@ class ClientTransport(FrameSender, Protocol):
     def close(self, timeout: float = 5.0) -> None:
         """End our side after what is queued, wait up to ``timeout`` for the peer, drop it."""
         ...
+
+
+class ReadingGate(Protocol):
+    """What a session endpoint offers a transport whose reading any thread may do.
+
+    A transport with ``share_reading(gate)`` calls ``gate.start_reading(pump)`` once it
+    can be read (``pump(timeout) -> bool`` reads once and feeds what arrived; False once
+    the stream ended), runs its own reader thread as ``while gate.reader_turn(): pump(None);
+    gate.reader_done()``, and calls ``gate.reading_over()`` when the stream ends.
+    ``farside.transport.endpoint.Endpoint`` is one (leader/follower).
+    """
+
+    def start_reading(self, pump: Callable[[float | None], bool]) -> None: ...
+
+    def reader_turn(self, urgent: Callable[[], bool] | None = None) -> bool: ...
+
+    def reader_done(self) -> None: ...
+
+    def reading_over(self) -> None: ...
 
 
 OnOpen = Callable[[FrameSender], FrameSink]

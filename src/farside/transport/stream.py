@@ -31,9 +31,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import select
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections import deque
@@ -51,10 +51,11 @@ from .base import (
     FrameSink,
     LostCallback,
     OnOpen,
+    ReadingGate,
     Refusal,
-    batches,
     refusal_error,
 )
+from .framing import LENGTH, encode_frames, split_messages
 from .sockets import (
     HOST_SOCKETS,
     SocketAddress,
@@ -82,9 +83,13 @@ MAX_PENDING_HANDSHAKES = 8  # connections the proxy vets at once; more are dropp
 MAX_PENDING_PER_SOURCE = 2  # of which from one TCP source address
 _MAX_TOKEN_BYTES = 1024
 _MAX_ANSWER_BYTES = 1 << 16  # an empty message or one Close
-_LEN = struct.Struct(">I")
+_LEN = LENGTH
 _RECV_BYTES = 1 << 18
 _SENDMSG_PARTS = 64
+
+
+def _no_sink(frames: list[pb.Frame]) -> None:
+    raise RuntimeError("frames arrived before the connection started")
 
 
 def _within(sock: socket.socket, deadline: float) -> None:
@@ -248,6 +253,11 @@ class StreamConnection:
         self._lost_lock = threading.Lock()
         self._deadline: float | None = None  # the handshake's, while it runs
         self._leftover = b""  # read past the handshake: the reader starts with it
+        self._gate: ReadingGate | None = None
+        self._sink: FrameSink = _no_sink
+        self._rbuf = bytearray()  # what was read and not parsed yet (whoever reads)
+        self._read_over = False
+        self._poller = select.poll()
 
     # ----------------------------------------------------------------- sending
 
@@ -262,14 +272,8 @@ class StreamConnection:
 
     def send(self, frames: list[pb.Frame]) -> None:
         """Queue frames for the peer and write what the socket takes now (never blocks)."""
-        if len(frames) == 1:
-            body = pb.Batch(frames=frames).SerializeToString()
-            self._queue(_LEN.pack(len(body)) + body)
-            return
-        for batch in batches(frames):  # large values: no copy joins the batches
-            body = batch.SerializeToString()
-            self._queue(_LEN.pack(len(body)))
-            self._queue(body)
+        for part in encode_frames(frames):
+            self._queue(part)
 
     def _queue(self, data: bytes) -> None:
         outbox = self.outbox
@@ -396,12 +400,21 @@ class StreamConnection:
                 return None
             buffer += data
 
+    def share_reading(self, gate: ReadingGate) -> None:
+        """Let the threads waiting in ``gate`` (the session endpoint) read this connection
+        themselves (leader/follower; ``farside.transport.endpoint``). Before ``start``."""
+        self._gate = gate
+
     def start(self, sink: FrameSink, lost: LostCallback) -> None:
         """Start the reader (and the writer, which sleeps until a write would block)."""
         self._lost = lost
-        reader = threading.Thread(
-            target=self._read_loop, args=(sink,), name="farside-stream-reader", daemon=True
-        )
+        self._sink = sink
+        self._poller.register(self._sock, select.POLLIN)
+        self._rbuf = bytearray(self._leftover)
+        self._leftover = b""
+        if self._gate is not None:
+            self._gate.start_reading(self.pump)
+        reader = threading.Thread(target=self._read_loop, name="farside-stream-reader", daemon=True)
         writer = threading.Thread(
             target=self._write_loop, name="farside-stream-writer", daemon=True
         )
@@ -412,43 +425,55 @@ class StreamConnection:
         reader.start()
         self._reader = reader
 
-    def _read_loop(self, sink: FrameSink) -> None:
-        buffer = bytearray(self._leftover)
+    def _read_loop(self) -> None:
+        gate = self._gate
+        if gate is None:
+            while self.pump(None):
+                pass
+            return
+        while gate.reader_turn(lambda: self._ending or self.outbox.closing):
+            try:
+                going = self.pump(None)
+            finally:
+                gate.reader_done()
+            if not going:
+                return
+
+    def pump(self, timeout: float | None) -> bool:
+        """Read once (waiting up to ``timeout`` s; None: as long as it takes) and hand
+        every complete message's frames to the sink in one call. One thread at a time.
+
+        False once the stream has ended (then the loss is reported, once).
+        """
+        if self._read_over:
+            return False
         error: EnclaveError | None = None
         try:
-            while True:
-                offset = 0
-                while len(buffer) - offset >= _LEN.size:
-                    (size,) = _LEN.unpack_from(buffer, offset)
-                    if size > MAX_MESSAGE_BYTES:
-                        raise ConnectionError(
-                            f"the peer sent a {size}-byte message (the limit is "
-                            f"{MAX_MESSAGE_BYTES})"
-                        )
-                    end = offset + _LEN.size + size
-                    if len(buffer) < end:
-                        break
-                    with memoryview(buffer) as view, view[offset + _LEN.size : end] as message:
-                        batch = pb.Batch.FromString(message)  # type: ignore[arg-type]  # in place
-                    offset = end
-                    sink(list(batch.frames))
-                if offset:
-                    del buffer[:offset]
-                data = self._recv()
-                if data is None:
-                    if self._answer_end:
-                        self._end_writing()
-                    break
+            if timeout is not None and not self._poller.poll(max(0, int(timeout * 1000)) or 1):
+                return True
+            data = self._recv()
+            if data is None:
+                if self._answer_end:
+                    self._end_writing()
+            else:
+                buffer = self._rbuf
                 buffer += data
+                frames = split_messages(buffer)
+                if frames:
+                    self._sink(frames)
+                return True
         except (OSError, ssl.SSLError) as exc:
             error = EnclaveUnavailableError(f"lost the connection to {self.peer}: {exc}")
         except Exception as exc:  # an unparsable message, or a bug in a sink
             error = EnclaveUnavailableError(f"the session with {self.peer} failed: {exc!r}")
-        finally:
-            self._eof.set()
+        self._read_over = True
+        self._eof.set()
         if self._broken is not None and error is None:
             error = EnclaveUnavailableError(f"lost the connection to {self.peer}: {self._broken}")
         self._report(error or EnclaveUnavailableError(f"{self.peer} ended the session"))
+        if self._gate is not None:
+            self._gate.reading_over()
+        return False
 
     def _report(self, error: EnclaveError) -> None:
         with self._lost_lock:
@@ -527,6 +552,11 @@ class StreamClientTransport:
         self._connect_timeout = connect_timeout
         self._connection: StreamConnection | None = None
         self._closed = False
+        self._gate: ReadingGate | None = None
+
+    def share_reading(self, gate: ReadingGate) -> None:
+        """Let threads waiting in ``gate`` read the connection themselves (before ``start``)."""
+        self._gate = gate
 
     @property
     def backlog(self) -> int:
@@ -547,6 +577,8 @@ class StreamClientTransport:
         except (OSError, ssl.SSLError, ValueError) as exc:
             lost(EnclaveUnavailableError(f"cannot reach the enclave proxy at {self.target}: {exc}"))
             return
+        if self._gate is not None:
+            self._connection.share_reading(self._gate)
         self._connection.start(sink, lost)
 
     def _connect(self) -> StreamConnection:
