@@ -191,8 +191,8 @@ class RemoteEnclaveProxyServer:
         log.info("session opened")
         self._wake.set()
 
-        def feed(frames: list[Any]) -> None:
-            endpoint.feed(frames)
+        def feed(frames: list[Any], blobs: Any = ()) -> None:
+            endpoint.feed(frames, blobs)
             if endpoint.failure is not None:  # the client broke the protocol: end the session
                 outcome = "closed" if runtime.close_received else "lost"
                 self.stop(f"the session failed: {endpoint.failure}", outcome=outcome)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -186,7 +186,11 @@ class Endpoint:
     def _send_queued(self) -> None:
         frames = self.core.frames_to_send()
         if frames:
-            self._sender.send(frames)
+            blobs = self.core.blobs_to_send()
+            if blobs:
+                self._sender.send(frames, blobs)
+            else:
+                self._sender.send(frames)
 
     def _mailbox(self, thread: int) -> _Mailbox:
         box = self._mailboxes.get(thread)
@@ -202,6 +206,11 @@ class Endpoint:
                 box.cond.notify()
 
     # ----------------------------------------------------------------- leader/follower
+
+    @property
+    def max_value_size(self) -> int:
+        """The most bytes one value may hold in this session (as the core enforces it)."""
+        return self.core.max_value_size
 
     def start_reading(self, pump: Pump) -> None:
         """(transport) Waiting threads may read the wire from now on with ``pump``."""
@@ -534,11 +543,12 @@ class Endpoint:
 
     # ----------------------------------------------------------------- receiving
 
-    def feed(self, frames: list[pb.Frame]) -> None:
-        """Process frames from the peer (called by the transport's reader thread only)."""
+    def feed(self, frames: list[pb.Frame], blobs: Sequence[bytes] = ()) -> None:
+        """Process frames from the peer (called by whichever thread reads the wire, one
+        at a time); ``blobs``: the bytes of Blob frames received out of band."""
         with self._lock:
             try:
-                events = self.core.receive(frames)
+                events = self.core.receive(frames, blobs)
             except ProtocolError as exc:
                 self._send_queued()  # the Close that tells the peer why
                 self._fail_locked(exc)

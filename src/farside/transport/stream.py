@@ -37,6 +37,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from .._tls import TLSConfig
 from .base import (
     MAX_MESSAGE_BYTES,
     Admission,
+    Buffer,
     FrameSink,
     LostCallback,
     OnOpen,
@@ -55,7 +57,7 @@ from .base import (
     Refusal,
     refusal_error,
 )
-from .framing import LENGTH, encode_frames, split_messages
+from .framing import LENGTH, FrameReader, encode_frames
 from .sockets import (
     HOST_SOCKETS,
     SocketAddress,
@@ -85,10 +87,23 @@ _MAX_TOKEN_BYTES = 1024
 _MAX_ANSWER_BYTES = 1 << 16  # an empty message or one Close
 _LEN = LENGTH
 _RECV_BYTES = 1 << 18
+_RAW_DIRECT = 1 << 16  # a blob needing this much more is read straight into its buffer
 _SENDMSG_PARTS = 64
 
 
-def _no_sink(frames: list[pb.Frame]) -> None:
+def _after(parts: list[Buffer], sent: int) -> list[Buffer]:
+    """What of ``parts`` is left after the first ``sent`` bytes were written."""
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            rest = parts[index:]
+            if sent:
+                rest[0] = memoryview(part)[sent:]
+            return rest
+        sent -= len(part)
+    return []
+
+
+def _no_sink(frames: list[pb.Frame], blobs: Sequence[bytes] = ()) -> None:
     raise RuntimeError("frames arrived before the connection started")
 
 
@@ -143,7 +158,7 @@ class _TLS:
     def peer_certificate(self) -> bytes | None:
         return self._object.getpeercert(binary_form=True)
 
-    def encrypt(self, data: bytes) -> bytes:
+    def encrypt(self, data: Buffer) -> bytes:
         with self._lock:
             self._object.write(data)
             return self._outgoing.read()
@@ -255,7 +270,7 @@ class StreamConnection:
         self._leftover = b""  # read past the handshake: the reader starts with it
         self._gate: ReadingGate | None = None
         self._sink: FrameSink = _no_sink
-        self._rbuf = bytearray()  # what was read and not parsed yet (whoever reads)
+        self._frames = FrameReader()  # what was read and not parsed yet (whoever reads)
         self._read_over = False
         self._poller = select.poll()
 
@@ -270,18 +285,18 @@ class StreamConnection:
         """Wait up to ``timeout`` s for the backlog to fall to ``limit``; True if it did."""
         return self.outbox.wait_below(limit, timeout)
 
-    def send(self, frames: list[pb.Frame]) -> None:
-        """Queue frames for the peer and write what the socket takes now (never blocks)."""
-        for part in encode_frames(frames):
-            self._queue(part)
+    def send(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames (and the out-of-band bytes of their Blob frames) for the peer and
+        write what the socket takes now, in one system call (never blocks)."""
+        self._queue(encode_frames(frames, blobs))
 
-    def _queue(self, data: bytes) -> None:
+    def _queue(self, parts: list[Buffer]) -> None:
         outbox = self.outbox
         if self._broken is not None or outbox.closing:
             return  # the connection is gone; the endpoint learns it from the reader
         if self._tls is not None:
             try:
-                data = self._tls.encrypt(data)
+                parts = [self._tls.encrypt(part) for part in parts]
             except ssl.SSLError as exc:  # TLS failed (the reader reports why): never raise
                 self._break(exc)
                 return
@@ -290,30 +305,39 @@ class StreamConnection:
         if not outbox.parts and self._send_lock.acquire(blocking=False):
             try:
                 if not outbox.parts:
-                    try:
-                        sent = self._sock.send(data, socket.MSG_DONTWAIT)
-                    except (BlockingIOError, InterruptedError):
-                        sent = 0
-                    except OSError as exc:
-                        self._break(exc)
+                    left = self._send_now(parts)
+                    if not left:
                         return
-                    if sent == len(data):
-                        return
-                    data = memoryview(data)[sent:]  # type: ignore[assignment]
+                    parts = left
                 with outbox.lock:
-                    outbox.parts.append(data)
-                    outbox.backlog += len(data)
+                    outbox.parts.extend(parts)
+                    outbox.backlog += sum(len(part) for part in parts)
                 self._write(block=False)
             finally:
                 self._send_lock.release()
         else:
             with outbox.lock:
-                outbox.parts.append(data)
-                outbox.backlog += len(data)
+                outbox.parts.extend(parts)
+                outbox.backlog += sum(len(part) for part in parts)
         with outbox.lock:  # what is left waits for the peer: the writer's job
             if outbox.parts:
                 outbox.writer_wanted = True
                 outbox.wanted.notify()
+
+    def _send_now(self, parts: list[Buffer]) -> list[Buffer] | None:
+        """(holding the send lock, nothing queued) Write what the socket takes now, in
+        one system call; what is left (None: nothing, or the connection broke)."""
+        try:
+            if len(parts) == 1:
+                sent = self._sock.send(parts[0], socket.MSG_DONTWAIT)
+            else:
+                sent = self._sock.sendmsg(parts[:_SENDMSG_PARTS], (), socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._break(exc)
+            return None
+        return _after(parts, sent) or None
 
     def _break(self, exc: OSError) -> None:
         outbox = self.outbox
@@ -410,7 +434,7 @@ class StreamConnection:
         self._lost = lost
         self._sink = sink
         self._poller.register(self._sock, select.POLLIN)
-        self._rbuf = bytearray(self._leftover)
+        self._frames.feed(self._leftover)
         self._leftover = b""
         if self._gate is not None:
             self._gate.start_reading(self.pump)
@@ -451,17 +475,10 @@ class StreamConnection:
         try:
             if timeout is not None and not self._poller.poll(max(0, int(timeout * 1000)) or 1):
                 return True
-            data = self._recv()
-            if data is None:
-                if self._answer_end:
-                    self._end_writing()
-            else:
-                buffer = self._rbuf
-                buffer += data
-                frames = split_messages(buffer)
-                if frames:
-                    self._sink(frames)
+            if self._read_some():
                 return True
+            if self._answer_end:
+                self._end_writing()
         except (OSError, ssl.SSLError) as exc:
             error = EnclaveUnavailableError(f"lost the connection to {self.peer}: {exc}")
         except Exception as exc:  # an unparsable message, or a bug in a sink
@@ -474,6 +491,36 @@ class StreamConnection:
         if self._gate is not None:
             self._gate.reading_over()
         return False
+
+    def _read_some(self) -> bool:
+        """One read (it may block): feed what completes; False at the end of the stream."""
+        reader = self._frames
+        target = reader.raw_target() if self._tls is None else None
+        if target is not None and len(target) >= _RAW_DIRECT:
+            with target:
+                count = self._sock.recv_into(target)  # a blob's bytes, straight to their place
+            if not count:
+                return False
+            reader.raw_written(count)
+        else:
+            if target is not None:
+                target.release()
+            data = self._recv()
+            if data is None:
+                return False
+            reader.feed(data)
+        if self._gate is not None:
+            reader.max_blob_bytes = self._gate.max_value_size
+        frames, blobs = reader.take()
+        if frames:
+            self._deliver(frames, blobs)
+        return True
+
+    def _deliver(self, frames: list[pb.Frame], blobs: list[bytearray]) -> None:
+        if blobs:
+            self._sink(frames, blobs)
+        else:
+            self._sink(frames)
 
     def _report(self, error: EnclaveError) -> None:
         with self._lost_lock:
@@ -620,10 +667,10 @@ class StreamClientTransport:
             sock.close()
             raise
 
-    def send(self, frames: list[pb.Frame]) -> None:
-        """Queue frames for the proxy (never blocks)."""
+    def send(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames (and their blobs' bytes) for the proxy (never blocks)."""
         if self._connection is not None:
-            self._connection.send(frames)
+            self._connection.send(frames, blobs)
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish our side, wait up to ``timeout`` for the proxy to end, then hang up."""
@@ -747,7 +794,7 @@ class StreamListener:
         sink = self._on_open(connection)
         # The session is taken: from here a failure (the client already gone) must
         # reach on_lost. Queued, the answer goes first; a broken socket is the reader's.
-        connection._queue(_LEN.pack(0))
+        connection._queue([_LEN.pack(0)])
         connection.start(sink, self._on_lost)
 
     def finish(self) -> None:
