@@ -258,3 +258,17 @@ def test_blob_frames_the_core_refuses() -> None:
     core.state = core.state.READY
     with pytest.raises(ProtocolError, match="more of a blob it never started"):
         core.receive([pb.Frame(blob=pb.Blob(data=b"x"))])
+
+
+def test_blobs_are_received_into_fresh_buffers() -> None:
+    """Large ones straight into a bytes object (no copy after), small ones never into a
+    shared one (a hostile one-byte blob cannot change the interpreter's b"\\x00")."""
+    reader = FrameReader()
+    reader.feed(announce(1, 2**16) + raw(b"z") + raw(b"y" * 2**16))
+    frames, blobs = reader.take()
+    assert len(frames) == 2
+    assert blobs == [b"z", b"y" * 2**16]
+    assert type(blobs[0]) is bytearray
+    assert type(blobs[1]) is bytes
+    assert bytes(1) == b"\x00"
+    assert bytes(2**16) == b"\x00" * 2**16

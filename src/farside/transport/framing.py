@@ -27,6 +27,7 @@ batches and blobs are never joined: blobs are sliced views of the caller's bytes
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Sequence
 
 from .._proto.v1 import session_pb2 as pb
@@ -51,6 +52,28 @@ RAW_CHUNK = 4 * 2**20
 MAX_BLOB_BYTES = 256 * 2**20
 """Blob bytes one batch may announce, unless the reader is told the session's own limit
 on a value (``FrameReader.max_blob_bytes``; the stream sets it from its endpoint)."""
+
+
+_FRESH_BYTES_MIN = 1 << 16  # never a cached small bytes object (b"", one-byte ones)
+_BYTES_DATA = bytes.__basicsize__ - 1  # where a bytes object's data starts (CPython)
+
+
+def _blob_buffer(size: int) -> tuple[bytes | bytearray, memoryview]:
+    """A buffer for a blob of ``size`` bytes and a writable view of it.
+
+    On CPython, large blobs are received straight into a fresh ``bytes`` object (made
+    zeroed by calloc, so its pages are only touched by the receive; nothing else holds
+    it until it is full), which the session then hands on without a copy; elsewhere,
+    and for small sizes, into a ``bytearray`` the session copies once.
+    """
+    if size >= _FRESH_BYTES_MIN and sys.implementation.name == "cpython":
+        import ctypes  # only once a large value arrives: it costs the cold load otherwise
+
+        blob = bytes(size)
+        array = (ctypes.c_char * size).from_address(id(blob) + _BYTES_DATA)
+        return blob, memoryview(array).cast("B")
+    buffer = bytearray(size)
+    return buffer, memoryview(buffer)
 
 
 def encode_frames(frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> list[Buffer]:
@@ -105,12 +128,13 @@ class FrameReader:
         self._limit = limit
         self.max_blob_bytes = max_blob_bytes
         self._held: list[pb.Frame] = []  # frames waiting for their blobs' bytes
-        self._blobs: list[bytearray] = []  # the blobs announced, allocated from their sizes
+        self._blobs: list[bytes | bytearray] = []  # the blobs announced, allocated once
+        self._views: list[memoryview] = []  # writable views of them
         self._blob = 0  # the one being filled
         self._filled = 0  # its bytes so far
         self._chunk_left = 0  # bytes of the current raw chunk not yet seen
         self._ready_frames: list[pb.Frame] = []
-        self._ready_blobs: list[bytearray] = []
+        self._ready_blobs: list[bytes | bytearray] = []
 
     def feed(self, data: bytes) -> None:
         """Bytes read from the stream."""
@@ -120,8 +144,7 @@ class FrameReader:
         """Where the next bytes of the stream belong, if they are a blob's (a view of its
         buffer, as long as the current chunk); None when they must go through ``feed``."""
         if self._chunk_left and not self.buffer:
-            blob = self._blobs[self._blob]
-            return memoryview(blob)[self._filled : self._filled + self._chunk_left]
+            return self._views[self._blob][self._filled : self._filled + self._chunk_left]
         return None
 
     def raw_written(self, count: int) -> None:
@@ -130,7 +153,7 @@ class FrameReader:
         self._filled += count
         self._blob_progress()
 
-    def take(self) -> tuple[list[pb.Frame], list[bytearray]]:
+    def take(self) -> tuple[list[pb.Frame], list[bytes | bytearray]]:
         """The frames (and their blobs' bytes) complete so far, in order."""
         buffer = self.buffer
         offset = 0
@@ -140,8 +163,8 @@ class FrameReader:
                 count = min(self._chunk_left, len(buffer) - offset)
                 if not count:
                     break
-                blob = self._blobs[self._blob]
-                blob[self._filled : self._filled + count] = memoryview(buffer)[
+                view = self._views[self._blob]
+                view[self._filled : self._filled + count] = memoryview(buffer)[
                     offset : offset + count
                 ]
                 offset += count
@@ -198,7 +221,9 @@ class FrameReader:
                 f"limit of {self.max_blob_bytes})"
             )
         self._held = frames
-        self._blobs = [bytearray(size) for size in sizes]  # zeroed lazily by the kernel
+        buffers = [_blob_buffer(size) for size in sizes]
+        self._blobs = [blob for blob, _ in buffers]
+        self._views = [view for _, view in buffers]
         self._blob = self._filled = 0
 
     def _blob_progress(self) -> None:
@@ -207,6 +232,8 @@ class FrameReader:
         self._blob += 1
         self._filled = 0
         if self._blob == len(self._blobs):  # all there: the batch can go
+            for view in self._views:
+                view.release()
             self._ready_frames.extend(self._held)
             self._ready_blobs.extend(self._blobs)
-            self._held, self._blobs, self._blob = [], [], 0
+            self._held, self._blobs, self._views, self._blob = [], [], [], 0

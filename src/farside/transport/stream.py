@@ -516,7 +516,7 @@ class StreamConnection:
             self._deliver(frames, blobs)
         return True
 
-    def _deliver(self, frames: list[pb.Frame], blobs: list[bytearray]) -> None:
+    def _deliver(self, frames: list[pb.Frame], blobs: list[bytes | bytearray]) -> None:
         if blobs:
             self._sink(frames, blobs)
         else:
