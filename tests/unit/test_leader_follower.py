@@ -268,3 +268,42 @@ def test_cancelled_nested_call_unwinds(session: StreamSession) -> None:
     assert unwound.wait(WAIT)
     session.ph.entries["echo"] = lambda e: e.args[0]
     assert session.call(2, "echo", 7) == 7
+
+
+class CountingSocket:
+    """A socket whose writes are counted (everything else goes to the real one)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.writes: list[int] = []  # messages' parts per write
+
+    def send(self, data: Any, *args: Any) -> int:
+        self.writes.append(1)
+        return int(self._sock.send(data, *args))
+
+    def sendmsg(self, parts: list[Any], *args: Any) -> int:
+        self.writes.append(len(parts))
+        return int(self._sock.sendmsg(parts, *args))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_frames_of_threads_queued_while_one_writes_leave_in_one_write(
+    session: StreamSession,
+) -> None:
+    session.ph.entries["echo"] = lambda e: e.args[0]
+    assert session.call(1, "echo", 0) == 0
+    connection = session.transport._connection
+    assert connection is not None
+    counting = CountingSocket(connection._sock)
+    connection._sock = counting  # type: ignore[assignment]
+    tags = list(range(1, 7))
+    with connection._send_lock:  # as if a thread were writing: the others only queue
+        futures = {tag: in_thread(session.call, tag, "echo", tag * 7) for tag in tags}
+        wait_until(lambda: len(connection.outbox.parts) == len(tags))
+        assert counting.writes == []
+    connection.flush()  # what the writing thread does once it let go of the lock
+    for tag, future in futures.items():
+        assert future.result(WAIT) == tag * 7
+    assert counting.writes[0] == len(tags)  # six calls' messages, one system call

@@ -34,6 +34,20 @@ class CountingSender:
         else:
             self._sender.send(frames)
 
+    def queue(self, frames: list[Any], blobs: Any = ()) -> None:
+        """Count, then queue without writing (``flush`` writes), or send."""
+        self._on_sent(_size(frames) + sum(len(blob) for blob in blobs))
+        queue = getattr(self._sender, "queue", None)
+        if queue is not None:
+            queue(frames, blobs)
+        elif blobs:
+            self._sender.send(frames, blobs)
+        else:
+            self._sender.send(frames)
+
+    def flush(self) -> None:
+        getattr(self._sender, "flush", lambda: None)()
+
     def __getattr__(self, name: str) -> Any:  # backlog, wait_below, and whatever comes
         return getattr(self._sender, name)
 

@@ -63,6 +63,10 @@ __all__ = ["Endpoint", "EndpointStats", "Handler"]
 _READER = -1  # the transport's reader thread, as the leader
 
 
+def _nothing() -> None:
+    pass
+
+
 OUTPUT_BACKLOG = 8 * 2**20
 """Output waiting to leave beyond this many bytes blocks the thread that writes more."""
 
@@ -167,6 +171,11 @@ class Endpoint:
         self._reader_cond = threading.Condition(self._lf)
         self._reader_grace = reader_grace
         self.stats = EndpointStats()
+        # A sender that can queue now and write after our lock is released (the stream).
+        self._queue: Callable[[list[pb.Frame], Sequence[Any]], None] | None = getattr(
+            sender, "queue", None
+        )
+        self._flush: Callable[[], None] = getattr(sender, "flush", _nothing)
         self._failure: BaseException | None = None
         self._output_delay = output_delay
         self._flush_wanted = threading.Event()
@@ -191,6 +200,19 @@ class Endpoint:
                 self._sender.send(frames, blobs)
             else:
                 self._sender.send(frames)
+
+    def _queue_queued(self) -> bool:
+        """(under the lock) Queue what the core queued without writing it; True if the
+        caller must ``_flush`` once it let go of the lock. Threads queueing while another
+        writes have their frames written with its (one system call for the lot)."""
+        if self._queue is None:
+            self._send_queued()
+            return False
+        frames = self.core.frames_to_send()
+        if not frames:
+            return False
+        self._queue(frames, self.core.blobs_to_send())
+        return True
 
     def _mailbox(self, thread: int) -> _Mailbox:
         box = self._mailboxes.get(thread)
@@ -337,7 +359,9 @@ class Endpoint:
             self._raise_if_failed()
             box = self._mailbox(thread)
             call_id = self.core.start_call(thread, kind, name, args, kwargs, trace=trace)
-            self._send_queued()
+            queued = self._queue_queued()
+        if queued:
+            self._flush()
         return self._wait(thread, box, call_id, deadline)
 
     def dispose(self, thread: int) -> None:
@@ -520,6 +544,7 @@ class Endpoint:
                 raise
         finally:
             if not event.oneway:
+                queued = False
                 with self._lock:
                     if (
                         self.core.error is None
@@ -527,7 +552,9 @@ class Endpoint:
                         and not self.core.is_abandoned(event.thread)
                     ):
                         self.core.send_result(event.thread, event.call_id, value, error)
-                        self._send_queued()
+                        queued = self._queue_queued()
+                if queued:
+                    self._flush()
 
     def _to_exception(self, error: RemoteError) -> EnclaveError:
         return self._error_type(

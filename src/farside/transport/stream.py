@@ -290,7 +290,28 @@ class StreamConnection:
         write what the socket takes now, in one system call (never blocks)."""
         self._queue(encode_frames(frames, blobs))
 
-    def _queue(self, parts: list[Buffer]) -> None:
+    def queue(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames (and their blobs) without writing; ``flush`` writes. Callers queue
+        under their endpoint's lock (so frames keep their order) and flush after it."""
+        self._queue(encode_frames(frames, blobs), write=False)
+
+    def flush(self) -> None:
+        """Write what is queued, unless another thread is writing: it writes ours too."""
+        outbox = self.outbox
+        while outbox.parts and self._send_lock.acquire(blocking=False):
+            try:
+                full = self._write(block=False)
+            finally:
+                self._send_lock.release()
+            if full:  # the socket is full: the rest waits for the peer
+                with outbox.lock:
+                    if outbox.parts:
+                        outbox.writer_wanted = True
+                        outbox.wanted.notify()
+                return
+        # Not taken: its holder looks at the queue again once it has let go of the lock.
+
+    def _queue(self, parts: list[Buffer], *, write: bool = True) -> None:
         outbox = self.outbox
         if self._broken is not None or outbox.closing:
             return  # the connection is gone; the endpoint learns it from the reader
@@ -302,7 +323,7 @@ class StreamConnection:
                 return
         # The fast path: nothing queued ahead of us and nobody writing, so write now.
         # (Callers send under their endpoint's lock, so frames keep their order.)
-        if not outbox.parts and self._send_lock.acquire(blocking=False):
+        if write and not outbox.parts and self._send_lock.acquire(blocking=False):
             try:
                 if not outbox.parts:
                     left = self._send_now(parts)
@@ -312,17 +333,14 @@ class StreamConnection:
                 with outbox.lock:
                     outbox.parts.extend(parts)
                     outbox.backlog += sum(len(part) for part in parts)
-                self._write(block=False)
             finally:
                 self._send_lock.release()
         else:
             with outbox.lock:
                 outbox.parts.extend(parts)
                 outbox.backlog += sum(len(part) for part in parts)
-        with outbox.lock:  # what is left waits for the peer: the writer's job
-            if outbox.parts:
-                outbox.writer_wanted = True
-                outbox.wanted.notify()
+        if write:
+            self.flush()
 
     def _send_now(self, parts: list[Buffer]) -> list[Buffer] | None:
         """(holding the send lock, nothing queued) Write what the socket takes now, in
@@ -349,25 +367,25 @@ class StreamConnection:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # the reader reports it
 
-    def _write(self, *, block: bool) -> None:
+    def _write(self, *, block: bool) -> bool:
         """(holding the send lock) Write queued bytes until none are left, or, not
-        blocking, until the socket is full."""
+        blocking, until the socket is full (then True)."""
         outbox = self.outbox
         flags = 0 if block else socket.MSG_DONTWAIT
         while True:
             with outbox.lock:
                 if not outbox.parts or self._broken is not None:
-                    return
+                    return False
                 parts = list(itertools.islice(outbox.parts, _SENDMSG_PARTS))
             try:
                 sent = self._sock.sendmsg(parts, (), flags)
             except BlockingIOError:
-                return
+                return True
             except InterruptedError:
                 continue
             except OSError as exc:
                 self._break(exc)
-                return
+                return False
             with outbox.lock:
                 if self._broken is None:  # else _break (a failed encrypt) cleared the queue
                     outbox.consume(sent)
@@ -381,6 +399,7 @@ class StreamConnection:
                 closing = outbox.closing
             with self._send_lock:
                 self._write(block=True)
+            self.flush()  # queued while we let go of the lock: its sender left it to us
             if closing:
                 with outbox.lock:
                     if outbox.parts and self._broken is None:
@@ -671,6 +690,16 @@ class StreamClientTransport:
         """Queue frames (and their blobs' bytes) for the proxy (never blocks)."""
         if self._connection is not None:
             self._connection.send(frames, blobs)
+
+    def queue(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames without writing them (``flush`` writes)."""
+        if self._connection is not None:
+            self._connection.queue(frames, blobs)
+
+    def flush(self) -> None:
+        """Write what is queued (unless another thread is writing it)."""
+        if self._connection is not None:
+            self._connection.flush()
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish our side, wait up to ``timeout`` for the proxy to end, then hang up."""
