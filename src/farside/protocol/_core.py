@@ -455,7 +455,7 @@ class SessionCore:
     def _encode(self, value: Any, what: str) -> tuple[bytes, list[bytes | memoryview]]:
         blobs: list[bytes | memoryview] = []
         data = _values.encode(value, what=what, blobs=blobs)
-        size = len(data) + sum(len(blob) for blob in blobs)
+        size = len(data) + sum(len(blob) for blob in blobs) if blobs else len(data)
         if size > self._max_value_size:
             raise ValueError(
                 f"the {what} encode to {size} bytes, more than the limit of "

@@ -34,6 +34,7 @@ import logging
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections import deque
@@ -87,6 +88,7 @@ _MAX_TOKEN_BYTES = 1024
 _MAX_ANSWER_BYTES = 1 << 16  # an empty message or one Close
 _LEN = LENGTH
 _RECV_BYTES = 1 << 18
+_RECV_WAIT = 0.1  # (seconds) how long one read waits at most, with readers sharing
 _RAW_DIRECT = 1 << 16  # a blob needing this much more is read straight into its buffer
 _SENDMSG_PARTS = 64
 
@@ -273,6 +275,7 @@ class StreamConnection:
         self._frames = FrameReader()  # what was read and not parsed yet (whoever reads)
         self._read_over = False
         self._poller = select.poll()
+        self._recv_bounded = False  # SO_RCVTIMEO set: a recv returns within _RECV_WAIT
 
     # ----------------------------------------------------------------- sending
 
@@ -453,6 +456,14 @@ class StreamConnection:
         self._lost = lost
         self._sink = sink
         self._poller.register(self._sock, select.POLLIN)
+        if self._gate is not None:  # a waiting thread's recv returns within _RECV_WAIT
+            seconds = int(_RECV_WAIT)
+            micros = int((_RECV_WAIT - seconds) * 1e6)
+            with contextlib.suppress(OSError):  # if refused, waiting threads poll first
+                self._sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
+                )
+                self._recv_bounded = True
         self._frames.feed(self._leftover)
         self._leftover = b""
         if self._gate is not None:
@@ -492,9 +503,18 @@ class StreamConnection:
             return False
         error: EnclaveError | None = None
         try:
-            if timeout is not None and not self._poller.poll(max(0, int(timeout * 1000)) or 1):
+            # Waiting in recv itself (bounded by SO_RCVTIMEO) costs the peer's send less
+            # than waiting in poll; poll only for a shorter wait (a deadline near).
+            if (
+                timeout is not None
+                and (timeout < _RECV_WAIT or not self._recv_bounded)
+                and not self._poller.poll(max(0, int(timeout * 1000)) or 1)
+            ):
                 return True
-            if self._read_some():
+            try:
+                if self._read_some():
+                    return True
+            except BlockingIOError:  # SO_RCVTIMEO passed: nothing came
                 return True
             if self._answer_end:
                 self._end_writing()
