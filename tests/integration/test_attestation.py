@@ -119,11 +119,19 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
 
             start(spy, lost)
 
-        def spy_send(frames: list[pb.Frame]) -> None:
+        def spy_send(frames: list[pb.Frame], *blobs: Any) -> None:
             record.record("out", frames)
-            send(frames)
+            send(frames, *blobs)
 
         transport.start, transport.send = spy_start, spy_send
+        queue = getattr(transport, "queue", None)
+        if queue is not None:  # the stream: calls are queued, then flushed
+
+            def spy_queue(frames: list[pb.Frame], *blobs: Any) -> None:
+                record.record("out", frames)
+                queue(frames, *blobs)
+
+            transport.queue = spy_queue
         return transport
 
     monkeypatch.setattr(factory, "connect", spying_connect)
