@@ -110,28 +110,27 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
 
     def spying_connect(*args: Any, **kwargs: Any) -> Any:
         transport = connect(*args, **kwargs)  # whichever wire the session uses
-        start, send = transport.start, transport.send
+        start = transport.start
 
         def spy_start(sink: Any, lost: Any) -> None:
-            def spy(frames: list[pb.Frame]) -> None:
+            def spy(frames: list[pb.Frame], *blobs: Any) -> None:
                 record.record("in", frames)
-                sink(frames)
+                sink(frames, *blobs)
 
             start(spy, lost)
 
-        def spy_send(frames: list[pb.Frame], *blobs: Any) -> None:
-            record.record("out", frames)
-            send(frames, *blobs)
-
-        transport.start, transport.send = spy_start, spy_send
-        queue = getattr(transport, "queue", None)
-        if queue is not None:  # the stream: calls are queued, then flushed
-
-            def spy_queue(frames: list[pb.Frame], *blobs: Any) -> None:
+        def spying(method: Any) -> Any:
+            def spy(frames: list[pb.Frame], *blobs: Any) -> None:
                 record.record("out", frames)
-                queue(frames, *blobs)
+                method(frames, *blobs)
 
-            transport.queue = spy_queue
+            return spy
+
+        transport.start = spy_start
+        # every way a frame leaves: send, and queue (a batch the endpoint flushes later)
+        for name in ("send", "queue"):
+            if hasattr(transport, name):
+                setattr(transport, name, spying(getattr(transport, name)))
         return transport
 
     monkeypatch.setattr(factory, "connect", spying_connect)
