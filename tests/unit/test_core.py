@@ -674,6 +674,18 @@ def test_abandon_thread_cancels_and_drops_the_late_result(pair: CorePair) -> Non
     assert pair.to_client() == [ResultReceived(thread=T + 1, call_id=other, value=1)]
 
 
+def test_a_late_result_with_large_values_is_dropped_whole(pair: CorePair) -> None:
+    big = b"\x01" * _values.BLOB_THRESHOLD
+    call_id = pair.entry(T)
+    pair.client.abandon_thread(T)
+    pair.to_proxy()
+    pair.proxy.send_result(T, call_id, [big, big])
+    assert pair.to_client() == []
+    other = pair.entry(T + 1)  # its value's blobs are its own, not the dropped ones
+    pair.proxy.send_result(T + 1, other, big)
+    assert pair.to_client() == [ResultReceived(thread=T + 1, call_id=other, value=big)]
+
+
 def test_late_exit_calls_of_an_abandoned_thread_are_refused(pair: CorePair) -> None:
     call_id = pair.entry(T)
     pair.client.abandon_thread(T)

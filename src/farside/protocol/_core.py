@@ -911,6 +911,7 @@ class SessionCore:
         payload = self._take_chunks(frame.value)
         thread = self._outgoing.get(frame.call_id)
         if thread is None:
+            self._in_blobs, self._in_blob_bytes = [], 0  # a dropped value's blobs too
             if frame.call_id in self._abandoned_calls:
                 self._unwind_abandoned(frame.call_id)
                 return

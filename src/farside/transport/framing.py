@@ -29,6 +29,7 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .._proto.v1 import session_pb2 as pb
 from .base import MAX_MESSAGE_BYTES, Buffer, batches
@@ -74,6 +75,10 @@ def _blob_buffer(size: int) -> tuple[bytes | bytearray, memoryview]:
         return blob, memoryview(array).cast("B")
     buffer = bytearray(size)
     return buffer, memoryview(buffer)
+
+
+_BLOB_TAG = bytes([pb.Frame.DESCRIPTOR.fields_by_name["blob"].number << 3 | 2])
+"""The key of ``Frame.blob`` (field 10, length-delimited): every Blob frame's bytes hold it."""
 
 
 def encode_frames(frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> list[Buffer]:
@@ -198,15 +203,20 @@ class FrameReader:
                 break
             with memoryview(buffer) as view, view[offset + size_of : end] as message:
                 frames = pb.Batch.FromString(message).frames  # type: ignore[arg-type]  # in place
+            # A Blob frame's tag byte must be in the message: without one, none is there.
+            self._announce(frames, buffer.find(_BLOB_TAG, offset + size_of, end) >= 0)
             offset = end
-            self._announce(list(frames))
         if offset:
             del buffer[:offset]
         ready = self._ready_frames, self._ready_blobs
         self._ready_frames, self._ready_blobs = [], []
         return ready
 
-    def _announce(self, frames: list[pb.Frame]) -> None:
+    def _announce(self, frames: Any, tagged: bool) -> None:
+        if not tagged:  # the common case: no Blob frame
+            self._ready_frames.extend(frames)
+            return
+        frames = list(frames)
         sizes = [
             frame.blob.size
             for frame in frames
