@@ -22,7 +22,10 @@ import farside
 import farside.aio
 from farside.attestation.bundle_files import load_bundle
 
-from ._support import ENCLAVES
+from ._provision import QUICKSTART, ServerFactory, pki, servers
+from ._support import ENCLAVES, wait_until
+
+__all__ = ["pki", "servers"]  # fixtures used here
 
 PROBE = ENCLAVES / "aio_probe.py"
 
@@ -392,3 +395,22 @@ def test_loading_does_not_block_the_loop(tmp_path: Path) -> None:
     run(scenario)
     assert len(during) == 1
     assert during[0] >= 5  # 0 if the loop had been blocked
+
+
+def test_remote_provisioning_over_mtls(servers: ServerFactory) -> None:
+    """A provision server's proxy, over TLS (asyncio's, on the stream; grpc.aio's)."""
+    server = servers()
+    provision = servers.remote(server)
+
+    async def scenario() -> None:
+        async with farside.aio.load(
+            QUICKSTART, provision=provision, policy=servers.pki.policy()
+        ) as enclave:
+            sealed = await enclave.call("encrypt", "Asylo Rocks")
+            assert await enclave.call("decrypt", sealed) == "Asylo Rocks"
+            assert server.enclave_count() == 1
+            many = await asyncio.gather(*(enclave.call("encrypt", str(i)) for i in range(50)))
+            assert [await enclave.call("decrypt", s) for s in many] == [str(i) for i in range(50)]
+
+    run(scenario)
+    assert wait_until(lambda: server.enclave_count() == 0, 10)
