@@ -23,7 +23,7 @@ import farside.aio
 from farside.attestation.bundle_files import load_bundle
 
 from ._provision import QUICKSTART, ServerFactory, pki, servers
-from ._support import ENCLAVES, wait_until
+from ._support import ENCLAVES, process_gone, wait_until
 
 __all__ = ["pki", "servers"]  # fixtures used here
 
@@ -414,3 +414,35 @@ def test_remote_provisioning_over_mtls(servers: ServerFactory) -> None:
 
     run(scenario)
     assert wait_until(lambda: server.enclave_count() == 0, 10)
+
+
+def test_a_load_cancelled_while_its_proxy_starts_leaves_nothing(tmp_path: Path) -> None:
+    """The provisioner runs in a thread, past the cancellation: its proxy is released
+    once it is up (the suite's leak check fails the test otherwise)."""
+    started = threading.Event()
+    leases: list[farside.ProxyLease] = []
+
+    class Slow(farside.LocalProvision):
+        def provision(self, *, name: str, timeout: float) -> farside.ProxyLease:
+            started.set()
+            time.sleep(0.3)
+            lease = super().provision(name=name, timeout=timeout)
+            leases.append(lease)
+            return lease
+
+    async def scenario() -> None:
+        loading = asyncio.create_task(_load_then_close(Slow(stop_timeout=0.5), tmp_path))
+        await asyncio.to_thread(started.wait, 10)
+        loading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loading
+
+    run(scenario)
+    assert wait_until(lambda: len(leases) == 1, 10)
+    pid = leases[0].handle.process.pid
+    assert wait_until(lambda: process_gone(pid), 10)
+
+
+async def _load_then_close(provision: farside.Provisioner, root: Path) -> None:
+    async with farside.aio.load(PROBE, files_root=root, provision=provision):
+        raise AssertionError("the load was to be cancelled")
