@@ -304,6 +304,33 @@ def test_output_comes_before_the_result_and_in_order(
     assert at_notify == ["".join(f"line {i}\n" for i in range(50))]
 
 
+def test_one_way_calls_and_output_keep_their_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    numbered: list[tuple[int, str]] = []
+
+    async def numbered_handler(index: int) -> None:  # async one-way handlers too
+        numbered.append((index, capsys.readouterr().out))
+
+    async def scenario() -> None:
+        async with farside.aio.load(
+            PROBE, files_root=tmp_path, exit_handlers={"numbered": numbered_handler}
+        ) as enclave:
+            assert await enclave.call("notify_many", 200) == 200
+            assert [i for i, _ in numbered] == list(range(200))  # all before the result
+            await asyncio.gather(*(enclave.call("notify_many", 20) for _ in range(5)))
+            assert len(numbered) == 300
+
+    run(scenario)
+    # every "at N" line printed before a notification was written before its handler ran
+    # (output is written as it arrives, so later lines may be there already)
+    written = ""
+    for index, out in numbered[:200]:
+        written += out
+        assert written.startswith("".join(f"at {k}\n" for k in range(0, index, 10)))
+    assert written == "".join(f"at {k}\n" for k in range(0, 200, 10))
+
+
 def test_large_values_both_ways(tmp_path: Path) -> None:
     size = 20 * 2**20 + 12345
 
