@@ -269,6 +269,39 @@ def test_cancelled_inside_an_async_exit_handler(tmp_path: Path) -> None:
     run(scenario)
 
 
+def test_a_nested_call_given_up_fails_the_outer_call_too(tmp_path: Path) -> None:
+    """An async handler's nested call times out, or its task is cancelled there: the
+    whole task's stack is given up, in the enclave too, and the session goes on."""
+
+    async def scenario() -> None:
+        async with farside.aio.load(PROBE, files_root=tmp_path) as enclave:
+
+            async def times_out() -> Any:
+                return await enclave.call("spin", 30, "inner deadline", timeout=0.3)
+
+            async def runs_long() -> Any:
+                return await enclave.call("spin", 30, "inner cancelled")
+
+            enclave.register_exit_handler("times_out", times_out)
+            enclave.register_exit_handler("runs_long", runs_long)
+            with pytest.raises(farside.DeadlineExceededError):
+                await enclave.call("call_host", "times_out")
+            task = asyncio.create_task(enclave.call("call_host", "runs_long"))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+            async def both_seen() -> bool:
+                keys = await enclave.call("cancelled_keys")
+                return sorted(keys) == ["inner cancelled", "inner deadline"]
+
+            assert await eventually(both_seen)
+            assert await enclave.call("add", 2, 2) == 4
+
+    run(scenario)
+
+
 def test_a_deadline_raises_and_cancels_in_the_enclave(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with farside.aio.load(PROBE, files_root=tmp_path) as enclave:
