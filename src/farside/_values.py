@@ -4,7 +4,14 @@ Values are data only: ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``
 and ``list``/``tuple``/``dict`` of those (dict keys ``str`` or 64-bit ``int``). They
 are encoded with msgpack, never pickle, because decoding must not be able to run code
 on the receiving side of a trust boundary. Tuples and integers beyond 64 bits
-survive the round trip through two msgpack extension types.
+survive the round trip through two msgpack extension types. ``bytearray`` and
+``memoryview`` are sent as their bytes and arrive as ``bytes``.
+
+Large bytes travel out of band: ``encode(value, blobs=[])`` puts every bytes-like value
+of at least ``BLOB_THRESHOLD`` bytes into ``blobs`` (by reference, uncopied) and packs
+an extension in its place (type 3: the blob's index, 4 bytes big-endian); ``decode(data,
+blobs=...)`` puts them back, each exactly once. So msgpack never copies them; the
+session moves them beside the value (``Blob`` frames).
 
 ``encode`` raises ``TypeError`` naming the path of the first value it cannot send
 (``args[1]['key'][0]``), and ``ValueError`` for a value larger than ``decode``
@@ -29,6 +36,7 @@ import msgpack
 __all__ = [
     "MAX_DEPTH",
     "MAX_OBJECTS",
+    "BLOB_THRESHOLD",
     "MAX_TUPLE_DEPTH",
     "TUPLE_COPY_FACTOR",
     "Value",
@@ -75,6 +83,11 @@ _INT_KEY_MAX = 2**64 - 1
 _REFUSED = "invalid value encoding"
 _EXT_TUPLE = 1
 _EXT_BIGINT = 2
+_EXT_BLOB = 3
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+BLOB_THRESHOLD = 64 * 2**10
+"""Bytes-like values this large travel out of band when ``encode`` is given ``blobs``."""
 _SCALARS = (type(None), bool, int, float, str, bytes)
 _SUPPORTED = (*_SCALARS, list, tuple, dict)
 _nesting = threading.local()
@@ -96,7 +109,49 @@ class _TupleDepth:
         _nesting.depth -= 1
 
 
+class _Blob:
+    """Stands for ``blobs[index]`` while msgpack packs the value around it."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _as_bytes(value: bytes | bytearray | memoryview) -> bytes | memoryview:
+    """The bytes of a bytes-like value: itself (bytes), or a flat byte view (no copy if
+    it is contiguous)."""
+    if type(value) is bytes:
+        return value
+    view = memoryview(value)
+    if view.c_contiguous:
+        return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    return view.tobytes()
+
+
+def _extract(value: object, blobs: list[bytes | memoryview] | None) -> object:
+    """``value`` with large bytes-like values replaced by ``_Blob``s (appended to ``blobs``)
+    and small ``bytearray``/``memoryview`` values by ``bytes``. Only containers holding
+    such values are rebuilt; ``value`` has passed ``_Walk``."""
+    kind = type(value)
+    if kind in _BYTES_LIKE:
+        data = _as_bytes(value)  # type: ignore[arg-type]
+        if blobs is not None and len(data) >= BLOB_THRESHOLD:
+            blobs.append(data)
+            return _Blob(len(blobs) - 1)
+        return data if type(data) is bytes else bytes(data)
+    if kind is list:
+        return [_extract(item, blobs) for item in value]  # type: ignore[attr-defined]
+    if kind is tuple:
+        return tuple(_extract(item, blobs) for item in value)  # type: ignore[attr-defined]
+    if kind is dict:
+        return {key: _extract(item, blobs) for key, item in value.items()}  # type: ignore[attr-defined]
+    return value
+
+
 def _default(obj: object) -> msgpack.ExtType:
+    if type(obj) is _Blob:
+        return msgpack.ExtType(_EXT_BLOB, obj.index.to_bytes(4, "big"))
     if type(obj) is tuple:
         with _TupleDepth(TypeError):
             return msgpack.ExtType(_EXT_TUPLE, _packb(list(obj)))
@@ -122,7 +177,9 @@ class _Decoder:
     built so far pass the limit, not once it is whole.
     """
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, blobs: list[bytes] | None = None) -> None:
+        self._blobs = blobs
+        self._taken: set[int] = set()
         self._objects = MAX_OBJECTS
         self._tuple_copies = TUPLE_COPY_FACTOR * len(data) + _TUPLE_COPY_ALLOWANCE
         self._tuple_depth = 0
@@ -146,6 +203,14 @@ class _Decoder:
         if self._timestamps and type(value) is msgpack.Timestamp:
             raise ValueError("a msgpack timestamp is not a farside value")
         return value
+
+    def check_blobs(self) -> None:
+        """Every blob given was taken (once)."""
+        if self._blobs is not None and len(self._taken) != len(self._blobs):
+            raise ValueError(
+                f"{len(self._blobs) - len(self._taken)} of {len(self._blobs)} blobs "
+                "were sent but not referenced by the value"
+            )
 
     # The hooks run once per container, millions of times for some values: they call
     # no other method unless something is wrong.
@@ -211,6 +276,14 @@ class _Decoder:
             return tuple(inner)
         if code == _EXT_BIGINT:
             return int.from_bytes(data, "big", signed=True)
+        if code == _EXT_BLOB and self._blobs is not None:
+            index = int.from_bytes(data, "big")
+            if len(data) != 4 or index >= len(self._blobs) or index in self._taken:
+                raise ValueError(
+                    f"a blob reference to #{index} of {len(self._blobs)} (or one made twice)"
+                )
+            self._taken.add(index)
+            return self._blobs[index]
         raise ValueError(f"unknown msgpack extension type {code}")
 
 
@@ -220,6 +293,8 @@ class _Walk:
     def __init__(self, what: str) -> None:
         self._what = what
         self._objects = 0
+        self.views = False  # it holds a bytearray or memoryview (sent as bytes)
+        self.large = False  # it holds bytes of at least BLOB_THRESHOLD
 
     def _count(self, objects: int) -> None:
         self._objects += objects
@@ -236,6 +311,11 @@ class _Walk:
             return path, f"containers nested deeper than {MAX_DEPTH}"
         kind = type(value)
         if kind in _SCALARS:
+            if kind is bytes and len(value) >= BLOB_THRESHOLD:  # type: ignore[arg-type]
+                self.large = True
+            return None
+        if kind is bytearray or kind is memoryview:
+            self.views = True
             return None
         if isinstance(value, list | tuple) and kind in (list, tuple):
             self._count(1 + len(value))
@@ -258,22 +338,31 @@ class _Walk:
         return path, f"a value of type {kind.__module__}.{kind.__qualname__}"
 
 
-def encode(value: Value, *, what: str = "value") -> bytes:
+def encode(
+    value: Value, *, what: str = "value", blobs: list[bytes | memoryview] | None = None
+) -> bytes:
     """Encode ``value`` for the wire; ``what`` names it in the error message.
 
-    Raises ``TypeError`` for anything outside the supported types, naming its path,
-    and ``ValueError`` for a value of more than ``MAX_OBJECTS`` objects.
+    With ``blobs`` (a list), bytes-like values of at least ``BLOB_THRESHOLD`` bytes are
+    appended to it instead (out of band, see the module docstring). Raises ``TypeError``
+    for anything outside the supported types, naming its path, and ``ValueError`` for a
+    value of more than ``MAX_OBJECTS`` objects.
     """
     # Containers are walked first: msgpack packs some types we refuse (bytearray,
     # memoryview, dict keys that are neither str nor int), and nesting deeper than
     # MAX_DEPTH must be refused before packing it could exhaust the C stack.
     data = b""
-    container = type(value) in (list, tuple, dict)
-    found = _Walk(what).find_unsupported(value, what, 0) if container else None
+    kind = type(value)
+    container = kind in (list, tuple, dict)
+    walk = _Walk(what)
+    found = walk.find_unsupported(value, what, 0) if container else None
     if found is None:
         try:
-            if type(value) not in _SUPPORTED:
-                raise TypeError(type(value).__name__)
+            rebuild = container and (walk.views or (walk.large and blobs is not None))
+            if kind in _BYTES_LIKE or rebuild:
+                value = _extract(value, blobs)
+            elif kind not in _SUPPORTED:
+                raise TypeError(kind.__name__)
             data = _packb(value)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             found = _Walk(what).find_unsupported(value, what, 0) or (what, str(exc))
@@ -286,14 +375,20 @@ def encode(value: Value, *, what: str = "value") -> bytes:
     return data
 
 
-def decode(data: bytes) -> Value:
+def decode(data: bytes, *, blobs: list[bytes] | None = None) -> Value:
     """Decode bytes made by ``encode``; raises ``ValueError`` if they are not valid.
+
+    ``blobs`` are the values ``encode`` put out of band, in order: each must be
+    referenced exactly once.
 
     Also refuses, with a ``ValueError`` naming the limit, a value of more than
     ``MAX_OBJECTS`` objects, and tuples whose copies pass ``TUPLE_COPY_FACTOR``.
     """
     try:
-        return _Decoder(data).unpack(data)
+        decoder = _Decoder(data, blobs)
+        value = decoder.unpack(data)
+        decoder.check_blobs()
+        return value
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         detail = str(exc) or type(exc).__name__
         if "exceeds max_array_len" in detail or "exceeds max_map_len" in detail:

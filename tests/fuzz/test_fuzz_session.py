@@ -74,6 +74,7 @@ from farside.protocol import (
     Stream,
 )
 from farside.transport import Endpoint
+from farside.transport.base import inline_blobs
 from farside.transport.grpc import TOKEN_METADATA_KEY, GrpcClientTransport, channel_options
 
 BUNDLE = Bundle(
@@ -621,7 +622,7 @@ class ClientDriver:
             if isinstance(event, LoadedReceived):
                 core.start_call(7, CallKind.INITIALIZE, "", ({"env": {"A": "1"}},))
                 core.start_call(8, CallKind.ECALL, "nest", (1, "x"), {"k": (1, 2)})
-                core.start_call(9, CallKind.ECALL, "raise")
+                core.start_call(9, CallKind.ECALL, "raise", (b"\x07" * _values.BLOB_THRESHOLD,))
                 core.start_call(10, CallKind.ECALL, "nest", (b"\x00",))
                 core.abandon_thread(10)
             elif isinstance(event, CallReceived) and not event.oneway:
@@ -647,12 +648,12 @@ def run_session() -> tuple[list[pb.Frame], list[pb.Frame]]:
     up: list[pb.Frame] = []
     down: list[pb.Frame] = []
     for _ in range(50):
-        sent = wire(client.core.frames_to_send())
+        sent = wire(inline_blobs(client.core.frames_to_send(), client.core.blobs_to_send()))
         up += sent
         if sent:
             proxy.react(proxy.core.receive(sent))
         proxy.core.flush_output()
-        back = wire(proxy.core.frames_to_send())
+        back = wire(inline_blobs(proxy.core.frames_to_send(), proxy.core.blobs_to_send()))
         down += back
         if back:
             client.react(client.core.receive(back))
@@ -842,10 +843,10 @@ def busy_pair() -> tuple[ClientDriver, ProxyDriver]:
     with nested calls outstanding (threads 8 and 10 are mid-way)."""
     client, proxy = ClientDriver(), ProxyDriver()
     for _ in range(3):
-        sent = wire(client.core.frames_to_send())
+        sent = wire(inline_blobs(client.core.frames_to_send(), client.core.blobs_to_send()))
         if sent:
             proxy.react(proxy.core.receive(sent))
-        back = wire(proxy.core.frames_to_send())
+        back = wire(inline_blobs(proxy.core.frames_to_send(), proxy.core.blobs_to_send()))
         if back:
             client.react(client.core.receive(back))
     assert proxy.core.busy_threads()
@@ -1342,7 +1343,7 @@ def test_client_endpoint_fails_a_waiting_call_with_the_protocol_error(
 @pytest.fixture(scope="module")
 def provision() -> farside.LocalProvision:
     """One provisioner for the module: the last test checks it is unharmed."""
-    return farside.LocalProvision(idle_timeout=20.0, stop_timeout=1.0)
+    return farside.LocalProvision(transport="grpc", idle_timeout=20.0, stop_timeout=1.0)
 
 
 class RawSession:

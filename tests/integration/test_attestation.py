@@ -110,20 +110,27 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
 
     def spying_connect(*args: Any, **kwargs: Any) -> Any:
         transport = connect(*args, **kwargs)  # whichever wire the session uses
-        start, send = transport.start, transport.send
+        start = transport.start
 
         def spy_start(sink: Any, lost: Any) -> None:
-            def spy(frames: list[pb.Frame]) -> None:
+            def spy(frames: list[pb.Frame], *blobs: Any) -> None:
                 record.record("in", frames)
-                sink(frames)
+                sink(frames, *blobs)
 
             start(spy, lost)
 
-        def spy_send(frames: list[pb.Frame]) -> None:
-            record.record("out", frames)
-            send(frames)
+        def spying(method: Any) -> Any:
+            def spy(frames: list[pb.Frame], *blobs: Any) -> None:
+                record.record("out", frames)
+                method(frames, *blobs)
 
-        transport.start, transport.send = spy_start, spy_send
+            return spy
+
+        transport.start = spy_start
+        # every way a frame leaves: send, and queue (a batch the endpoint flushes later)
+        for name in ("send", "queue"):
+            if hasattr(transport, name):
+                setattr(transport, name, spying(getattr(transport, name)))
         return transport
 
     monkeypatch.setattr(factory, "connect", spying_connect)

@@ -43,6 +43,7 @@ from farside.protocol import (
     State,
     Stream,
 )
+from farside.transport.base import inline_blobs
 
 BUNDLE = Bundle(manifest=Manifest(name="tiny", entry="e.py"), files={"e.py": b"x = 1\n"})
 T = 7  # a client thread tag
@@ -80,9 +81,10 @@ class CorePair:
 
     def _move(self, source: SessionCore, target: SessionCore) -> list[Event]:
         frames = source.frames_to_send()
-        if self.serialize:
-            frames = wire(frames)
-        return target.receive(frames)
+        blobs = source.blobs_to_send()
+        if self.serialize:  # blobs inline, as gRPC carries them
+            return target.receive(wire(inline_blobs(frames, blobs)))
+        return target.receive(frames, [bytes(blob) for blob in blobs])  # out of band
 
     def to_proxy(self) -> list[Event]:
         """Deliver what the client queued; return the proxy's events."""

@@ -120,8 +120,8 @@ def add_remote_flags(parser: argparse.ArgumentParser) -> None:
         "--transport",
         choices=TRANSPORTS,
         default=None,
-        help="the session's wire: gRPC (default, or $FARSIDE_TRANSPORT) or the faster "
-        "stream transport (docs/performance.md)",
+        help="the session's wire: stream (default, or $FARSIDE_TRANSPORT), or gRPC "
+        "where only HTTP/2 passes between client and proxy (docs/performance.md)",
     )
     parser.add_argument(
         "--connect-timeout",

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from farside.transport.factory import ALL_TRANSPORTS
+from farside.transport.factory import ALL_TRANSPORTS, DEFAULT_TRANSPORT
 
 from . import _common as common
 
@@ -89,9 +89,10 @@ def _add_proxy_parser(sub: Any) -> None:
     proxy.add_argument(
         "--transport",
         choices=ALL_TRANSPORTS,
-        default="grpc",
-        help="the session's wire: a gRPC stream (default), or length-prefixed frames "
-        "on a plain socket (TLS 1.3 on TCP), which is several times faster; vsock is "
+        default=DEFAULT_TRANSPORT,
+        help="the session's wire: length-prefixed frames on a plain socket (TLS 1.3 on "
+        "TCP), the default and several times faster, or a gRPC stream (for HTTP/2 "
+        "infrastructure between client and proxy); vsock is "
         "those frames on a vsock port, for a proxy inside a Nitro Enclave whose parent "
         "runs `farside vsock-relay` (docs/hardware.md)",
     )

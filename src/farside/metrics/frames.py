@@ -27,21 +27,41 @@ class CountingSender:
         self._sender = sender
         self._on_sent = on_sent
 
-    def send(self, frames: list[Any]) -> None:
-        self._on_sent(_size(frames))
-        self._sender.send(frames)
+    def send(self, frames: list[Any], blobs: Any = ()) -> None:
+        self._on_sent(_size(frames) + sum(len(blob) for blob in blobs))
+        if blobs:
+            self._sender.send(frames, blobs)
+        else:
+            self._sender.send(frames)
+
+    def queue(self, frames: list[Any], blobs: Any = ()) -> None:
+        """Count, then queue without writing (``flush`` writes), or send."""
+        self._on_sent(_size(frames) + sum(len(blob) for blob in blobs))
+        queue = getattr(self._sender, "queue", None)
+        if queue is not None:
+            queue(frames, blobs)
+        elif blobs:
+            self._sender.send(frames, blobs)
+        else:
+            self._sender.send(frames)
+
+    def flush(self) -> None:
+        getattr(self._sender, "flush", lambda: None)()
 
     def __getattr__(self, name: str) -> Any:  # backlog, wait_below, and whatever comes
         return getattr(self._sender, name)
 
 
 def counting_sink(
-    sink: Callable[[list[Any]], None], on_received: Callable[[int], None]
-) -> Callable[[list[Any]], None]:
+    sink: Callable[..., None], on_received: Callable[[int], None]
+) -> Callable[..., None]:
     """``sink``, counting the frames it is given first."""
 
-    def counted(frames: list[Any]) -> None:
-        on_received(_size(frames))
-        sink(frames)
+    def counted(frames: list[Any], blobs: Any = ()) -> None:
+        on_received(_size(frames) + sum(len(blob) for blob in blobs))
+        if blobs:
+            sink(frames, blobs)
+        else:
+            sink(frames)
 
     return counted

@@ -23,7 +23,7 @@ with a Close frame, and every later use raises the same error.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,6 +178,12 @@ class SessionCore:
         self._max_depth = self.limits.max_depth
         self._max_value_size = self.limits.max_value_size
         self._chunks = bytearray()  # a value arriving in Chunk frames
+        self._in_blobs: list[bytes] = []  # its large bytes, arriving in Blob frames
+        self._in_blob_bytes = 0
+        self._oob: Iterator[bytes] = iter(())  # receive()'s out-of-band blobs
+        self._blob_part: bytearray | None = None  # an inline blob, until it is whole
+        self._blob_need = 0
+        self._out_blobs: list[bytes | memoryview] = []  # the bytes of the Blob frames queued
         # proxy: bundle being received
         self._manifest: Manifest | None = None
         self._files: list[tuple[str, int]] = []
@@ -189,6 +195,11 @@ class SessionCore:
         self._open_sandbox: SandboxConfig | None = None
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def max_value_size(self) -> int:
+        """The most bytes one call's arguments or result may take (after the Open)."""
+        return self._max_value_size
 
     def depth(self, thread: int) -> int:
         """Number of calls in flight on ``thread`` (0 when it is idle)."""
@@ -349,7 +360,7 @@ class SessionCore:
             )
         kw = dict(kwargs or {})
         try:
-            payload = self._encode([list(args), kw], "arguments")
+            payload, blobs = self._encode([list(args), kw], "arguments")
         except TypeError:
             # Name the bad value as the caller wrote it, not inside our [args, kwargs].
             _values.encode(list(args), what="args")
@@ -375,6 +386,7 @@ class SessionCore:
             self._next_id += 2
             self._stacks.setdefault(thread, []).append(_InFlight(call_id, True, kind))
             self._outgoing[call_id] = thread
+        self._emit_blobs(blobs)
         self._emit_chunks(chunks)
         self._emit(frame)
         return call_id
@@ -391,7 +403,8 @@ class SessionCore:
         stack = self._stacks.get(thread)
         if not stack or stack[-1].outgoing or stack[-1].call_id != call_id:
             raise RuntimeError(f"call {call_id} is not the innermost call on thread {thread}")
-        chunks, result = self._result(call_id, value, error)
+        blobs, chunks, result = self._result(call_id, value, error)
+        self._emit_blobs(blobs)
         self._emit_chunks(chunks)
         self._emit(pb.Frame(result=result))
         stack.pop()
@@ -400,16 +413,17 @@ class SessionCore:
 
     def _result(
         self, call_id: int, value: Any, error: RemoteError | None
-    ) -> tuple[list[bytes], pb.Result]:
+    ) -> tuple[list[bytes | memoryview], list[bytes], pb.Result]:
         if error is None:
             try:
-                chunks, last = self._split(self._encode(value, "result"))
-                return chunks, pb.Result(call_id=call_id, value=last)
+                payload, blobs = self._encode(value, "result")
+                chunks, last = self._split(payload)
+                return blobs, chunks, pb.Result(call_id=call_id, value=last)
             except (TypeError, ValueError) as exc:
                 error = RemoteError(
                     code=StatusCode.INVALID_ARGUMENT, type=type(exc).__name__, message=str(exc)
                 )
-        return [], pb.Result(call_id=call_id, error=_remote_error_to_pb(error))
+        return [], [], pb.Result(call_id=call_id, error=_remote_error_to_pb(error))
 
     def _split(self, payload: bytes) -> tuple[list[bytes], bytes]:
         """Cut a payload into leading chunks and the last piece that rides in its frame."""
@@ -425,14 +439,29 @@ class SessionCore:
         for data in chunks:
             self._emit(pb.Frame(chunk=pb.Chunk(data=data)))
 
-    def _encode(self, value: Any, what: str) -> bytes:
-        data = _values.encode(value, what=what)
-        if len(data) > self._max_value_size:
+    def _emit_blobs(self, blobs: list[bytes | memoryview]) -> None:
+        """Blob frames carry sizes only: the bytes wait in ``blobs_to_send`` for the
+        transport, which sends them beside the frames (or inlines them)."""
+        for data in blobs:
+            self._emit(pb.Frame(blob=pb.Blob(size=len(data))))
+            self._out_blobs.append(data)
+
+    def blobs_to_send(self) -> list[bytes | memoryview]:
+        """The bytes of the Blob frames ``frames_to_send`` returned, in order (the
+        transport sends them with those frames; a sender must take both together)."""
+        blobs, self._out_blobs = self._out_blobs, []
+        return blobs
+
+    def _encode(self, value: Any, what: str) -> tuple[bytes, list[bytes | memoryview]]:
+        blobs: list[bytes | memoryview] = []
+        data = _values.encode(value, what=what, blobs=blobs)
+        size = len(data) + sum(len(blob) for blob in blobs) if blobs else len(data)
+        if size > self._max_value_size:
             raise ValueError(
-                f"the {what} encode to {len(data)} bytes, more than the limit of "
+                f"the {what} encode to {size} bytes, more than the limit of "
                 f"{self._max_value_size} bytes per call"
             )
-        return data
+        return data, blobs
 
     def write_output(self, thread: int, stream: Stream, data: bytes) -> None:
         """(proxy) Buffer one-way output; it leaves before any later frame.
@@ -530,14 +559,17 @@ class SessionCore:
 
     # -------------------------------------------------------------- peer side
 
-    def receive(self, frames: Iterable[pb.Frame]) -> list[Event]:
+    def receive(self, frames: Iterable[pb.Frame], blobs: Iterable[bytes] = ()) -> list[Event]:
         """Process frames from the peer and return the events they produce.
 
-        Raises ``ProtocolError`` (and stays broken) if the peer broke the protocol.
+        ``blobs`` are the bytes of the frames' Blob frames that carry none, in order
+        (the stream transport receives them out of band). Raises ``ProtocolError`` (and
+        stays broken) if the peer broke the protocol.
         """
         if self.error is not None:
             raise self.error
         events: list[Event] = []
+        self._oob = iter(blobs)
         for frame in frames:
             if self.state is State.CLOSED:
                 break  # nothing after Close (or after we closed) matters
@@ -562,7 +594,8 @@ class SessionCore:
 
     def _receive_one(self, frame: pb.Frame, events: list[Event]) -> None:
         kind = frame.WhichOneof("kind")
-        if self._chunks and kind not in ("chunk", "call", "result"):
+        in_value = self._chunks or self._in_blob_bytes
+        if in_value and kind not in ("chunk", "blob", "call", "result"):
             raise ProtocolError(f"peer sent a {kind or 'empty'} frame in the middle of a value")
         handler = _HANDLERS.get((self.role, kind))
         if handler is None:
@@ -679,14 +712,58 @@ class SessionCore:
         )
 
     def _decode(self, payload: bytes, what: str) -> Any:
+        blobs = None
+        if self._blob_part is not None:
+            raise ProtocolError(f"peer sent {what} before the bytes of its blob")
+        if self._in_blobs:
+            blobs, self._in_blobs, self._in_blob_bytes = self._in_blobs, [], 0
         try:
-            return _values.decode(payload)
+            return _values.decode(payload, blobs=blobs)
         except ValueError as exc:
             raise ProtocolError(f"peer sent {what} that does not decode: {exc}") from None
 
+    def _on_blob(self, frame: pb.Blob, events: list[Event]) -> None:
+        """A large bytes value of the next Call or Result: whole from the transport
+        (``receive``'s blobs), or inline, its bytes in this frame and the next ones
+        (``size`` 0: more of the blob being received)."""
+        self._expect_state(State.READY, what="a blob")
+        size, data = frame.size, frame.data
+        part = self._blob_part
+        if size == 0:
+            if part is None or not data:
+                raise ProtocolError("peer sent more of a blob it never started")
+            if len(part) + len(data) > self._blob_need:
+                raise ProtocolError("peer sent more blob bytes than it declared")
+            part += data
+        else:
+            if part is not None:
+                raise ProtocolError("peer started a blob before the last one was complete")
+            if len(self._chunks) + self._in_blob_bytes + size > self._max_value_size:
+                raise ProtocolError(
+                    f"peer sent a value larger than the limit of {self._max_value_size} bytes"
+                )
+            self._in_blob_bytes += size
+            if not data:
+                whole = next(self._oob, None)
+                if whole is None:
+                    raise ProtocolError("peer sent a blob frame without its bytes")
+                if len(whole) != size:
+                    raise ProtocolError(
+                        f"peer sent a blob of {len(whole)} bytes declared as {size}"
+                    )
+                self._in_blobs.append(whole if type(whole) is bytes else bytes(whole))
+                return
+            if len(data) > size:
+                raise ProtocolError("peer sent more blob bytes than it declared")
+            self._blob_need = size
+            part = self._blob_part = bytearray(data)
+        if len(part) == self._blob_need:
+            self._in_blobs.append(bytes(part))
+            self._blob_part = None
+
     def _on_chunk(self, frame: pb.Chunk, events: list[Event]) -> None:
         self._expect_state(State.READY, what="a value chunk")
-        if len(self._chunks) + len(frame.data) > self._max_value_size:
+        if len(self._chunks) + self._in_blob_bytes + len(frame.data) > self._max_value_size:
             raise ProtocolError(
                 f"peer sent a value larger than the limit of {self._max_value_size} bytes"
             )
@@ -833,7 +910,7 @@ class SessionCore:
                 f"peer sent a result for call {frame.call_id}, which was never made"
             )
         outcome = frame.WhichOneof("outcome")
-        if outcome != "value" and self._chunks:
+        if outcome != "value" and (self._chunks or self._in_blob_bytes):
             raise ProtocolError("peer sent value chunks followed by an error result")
         payload = self._take_chunks(frame.value)
         thread = self._outgoing.get(frame.call_id)
@@ -934,6 +1011,8 @@ _HANDLERS: dict[tuple[Role, str | None], Any] = {
     (Role.PROXY, "dispose"): SessionCore._on_dispose,
     (Role.CLIENT, "chunk"): SessionCore._on_chunk,
     (Role.PROXY, "chunk"): SessionCore._on_chunk,
+    (Role.CLIENT, "blob"): SessionCore._on_blob,
+    (Role.PROXY, "blob"): SessionCore._on_blob,
     (Role.CLIENT, "close"): SessionCore._on_close,
     (Role.PROXY, "close"): SessionCore._on_close,
 }

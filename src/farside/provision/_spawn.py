@@ -22,6 +22,7 @@ from typing import IO
 
 from .._errors import EnclaveLoadError
 from ..metrics.report import ProxyReport
+from ..transport.factory import DEFAULT_TRANSPORT
 
 __all__ = [
     "READY_PREFIX",
@@ -59,7 +60,7 @@ def proxy_command(
     python: str | None = None,
     idle_timeout: float = 30.0,
     parent_pid: int | None = None,
-    transport: str = "grpc",
+    transport: str = DEFAULT_TRANSPORT,
     extra: Sequence[str] = (),
 ) -> list[str]:
     """The command line of ``farside proxy`` (the token goes to its stdin)."""
@@ -76,8 +77,7 @@ def proxy_command(
     ]
     if parent_pid is not None:
         command += ["--parent-pid", str(parent_pid)]
-    if transport != "grpc":
-        command += ["--transport", transport]
+    command += ["--transport", transport]
     return command + list(extra)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from .._errors import StatusCode
 from .._proto.v1 import provision_pb2 as pb
 from ..metrics.report import ProxyReport
+from ..transport.factory import DEFAULT_TRANSPORT
 
 __all__ = ["Placement", "ProvisionBackend", "ProxySpec", "RefusedError", "Started"]
 
@@ -47,7 +48,7 @@ class ProxySpec:
     client_ca_pem: bytes = b""
     idle_timeout: float = 30.0
     start_timeout: float = 30.0
-    transport: str = "grpc"  # validated by the server against farside.transport.TRANSPORTS
+    transport: str = DEFAULT_TRANSPORT  # validated by the server against TRANSPORTS
     sandbox_args: tuple[str, ...] = ()  # the server's --sandbox and limit flags
     attester_args: tuple[str, ...] = ()  # the server's --attester flags (single host only)
     report_metrics: bool = False  # the server keeps metrics: the proxy reports its counters

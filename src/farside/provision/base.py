@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from .._tls import TLSConfig
+from ..transport.factory import DEFAULT_TRANSPORT
 
 __all__ = ["ProxyLease", "Provisioner", "parse_node_label"]
 
@@ -34,7 +35,7 @@ class ProxyLease:
 
     address: str
     token: str
-    transport: str = "grpc"
+    transport: str = DEFAULT_TRANSPORT
     tls: TLSConfig | None = None
     tls_public_key: bytes = b""
     platform_keys: tuple[bytes, ...] = ()

@@ -103,9 +103,9 @@ class LocalProvision:
     ``max_workers`` bounds the enclave's worker threads (one per client thread, beyond
     it a call gets ``RESOURCE_EXHAUSTED``), and a worker idle for
     ``worker_idle_timeout`` seconds (its client thread may have ended) exits.
-    ``transport`` is the session's wire: "grpc" (the default, or
-    ``$FARSIDE_TRANSPORT``) or "stream", length-prefixed frames on the Unix
-    socket, which is several times faster (docs/performance.md).
+    ``transport`` is the session's wire: "stream" (the default, or
+    ``$FARSIDE_TRANSPORT``), length-prefixed frames on the Unix socket, or "grpc",
+    a gRPC stream, several times slower (docs/performance.md).
     ``sandbox`` is the proxies' own sandbox mode (``farside proxy --sandbox``): the
     least they apply whatever a load config asks; ``"off"`` only for measurements and
     debugging. ``platform_dir`` (``farside platform init``) makes the platform agent sign

@@ -128,8 +128,9 @@ class RemoteProvision:
     mTLS), used for the server and for the proxies it starts; ``token`` is the
     server's bearer token, if it requires one. Without ``tls`` the connection is
     plaintext, which is only sensible on loopback: farside logs a warning otherwise.
-    ``transport`` is the sessions' wire: "grpc" (the default, or
-    ``$FARSIDE_TRANSPORT``) or "stream" (TLS 1.3 on a plain TCP connection).
+    ``transport`` is the sessions' wire: "stream" (the default, or
+    ``$FARSIDE_TRANSPORT``; TLS 1.3 on a plain TCP connection) or "grpc" (a gRPC stream,
+    for HTTP/2 infrastructure between the client and the proxies).
     ``node_label`` (``"key=value"``, e.g. ``"tee=sgx"``) asks a server in fleet mode
     to place the enclave on a host carrying that label.
     """

@@ -45,7 +45,7 @@ from .._proto.v1 import provision_pb2 as pb, provision_pb2_grpc as pb_grpc
 from .._tls import TLSConfig
 from ..metrics.aggregate import Totals, counter_rows
 from ..metrics.report import ProxyReport
-from ..transport.factory import TRANSPORTS
+from ..transport.factory import DEFAULT_TRANSPORT, TRANSPORTS
 from ..transport.grpc import server_credentials
 from .backend import Placement, ProvisionBackend, ProxySpec, RefusedError, Started
 from .base import parse_node_label
@@ -184,7 +184,7 @@ class _Enclave:
     name: str
     client: str
     placement: Placement | None = None  # None while it starts
-    transport: str = "grpc"
+    transport: str = DEFAULT_TRANSPORT
     started: float = field(default_factory=time.monotonic)
     gone: threading.Event = field(default_factory=threading.Event)  # its slot is free
 
@@ -394,7 +394,7 @@ class ProvisionServer:
         *,
         label: str = "",
         timeout: float | None = None,
-        transport: str = "grpc",
+        transport: str = DEFAULT_TRANSPORT,
     ) -> tuple[str, Started]:
         """Start a proxy for ``client``; return its enclave id and what the client is told.
 
@@ -671,7 +671,7 @@ class _Servicer(pb_grpc.ProvisionerServicer):  # type: ignore[misc]
             label=request.node_label,
             # leave a moment to answer before the caller's deadline passes
             timeout=None if remaining is None else remaining - 0.5,
-            transport=request.transport or "grpc",
+            transport=request.transport or "grpc",  # empty: an older client, before stream
         )
         return pb.ProvisionResponse(
             enclave_id=enclave_id,

@@ -112,7 +112,7 @@ class RemoteEnclaveProxyServer:
         attester: Attester | None = None,
         max_workers: int = 256,
         worker_idle_timeout: float = 30.0,
-        transport: str = "grpc",
+        transport: str = factory.DEFAULT_TRANSPORT,
         sandbox: Sandbox | None = None,
         counters: ProxyCounters | None = None,
     ) -> None:
@@ -191,8 +191,8 @@ class RemoteEnclaveProxyServer:
         log.info("session opened")
         self._wake.set()
 
-        def feed(frames: list[Any]) -> None:
-            endpoint.feed(frames)
+        def feed(frames: list[Any], blobs: Any = ()) -> None:
+            endpoint.feed(frames, blobs)
             if endpoint.failure is not None:  # the client broke the protocol: end the session
                 outcome = "closed" if runtime.close_received else "lost"
                 self.stop(f"the session failed: {endpoint.failure}", outcome=outcome)
@@ -510,7 +510,7 @@ def run_proxy(
     max_workers: int = 256,
     worker_idle_timeout: float = 30.0,
     private_dir: str | None = None,
-    transport: str = "grpc",
+    transport: str = factory.DEFAULT_TRANSPORT,
     sandbox: SandboxMode = "best-effort",
     limits: SandboxConfig | None = None,
     attester: str = "sim",

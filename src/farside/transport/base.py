@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,8 +37,10 @@ __all__ = [
     "Listener",
     "LostCallback",
     "OnOpen",
+    "ReadingGate",
     "Refusal",
     "batches",
+    "inline_blobs",
     "refusal_error",
 ]
 
@@ -46,8 +48,13 @@ MAX_MESSAGE_BYTES = 16 * 2**20
 """The largest message either end accepts; batches are ~4 MiB, large values 1 MiB chunks."""
 BATCH_BYTES = 4 * 2**20
 
-FrameSink = Callable[[list[pb.Frame]], None]
-"""Where a transport delivers the frames it received (the session endpoint's ``feed``)."""
+Buffer = bytes | memoryview
+"""A blob's bytes as the sender holds them (a view of the caller's value, not a copy)."""
+FrameSink = Callable[..., None]
+"""Where a transport delivers the frames it received, ``sink(frames)`` or ``sink(frames,
+blobs)`` with the bytes of Blob frames received out of band (the endpoint's ``feed``)."""
+BLOB_PIECE = 2**20
+"""Inline (gRPC, memory), a blob's bytes travel in Blob frames of this many bytes."""
 LostCallback = Callable[[EnclaveError], None]
 """Called once if the connection ends for any reason but this side's own close."""
 
@@ -61,7 +68,10 @@ class FrameSender(Protocol):
     read enough, so a slow reader holds the enclave back instead of growing memory.
     """
 
-    def send(self, frames: list[pb.Frame]) -> None: ...
+    def send(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue ``frames``; ``blobs`` are the bytes of their Blob frames that carry none
+        (``SessionCore.blobs_to_send``), in order: sent with them, out of band or inline."""
+        ...
 
     @property
     def backlog(self) -> int: ...
@@ -87,6 +97,31 @@ class ClientTransport(FrameSender, Protocol):
     def close(self, timeout: float = 5.0) -> None:
         """End our side after what is queued, wait up to ``timeout`` for the peer, drop it."""
         ...
+
+
+class ReadingGate(Protocol):
+    """What a session endpoint offers a transport whose reading any thread may do.
+
+    A transport with ``share_reading(gate)`` calls ``gate.start_reading(pump)`` once it
+    can be read (``pump(timeout) -> bool`` reads once and feeds what arrived; False once
+    the stream ended), runs its own reader thread as ``while gate.reader_turn(): pump(None);
+    gate.reader_done()``, and calls ``gate.reading_over()`` when the stream ends.
+    ``farside.transport.endpoint.Endpoint`` is one (leader/follower).
+    """
+
+    @property
+    def max_value_size(self) -> int:
+        """The most bytes one value may hold in this session (bounds what a reader
+        allocates for blobs the peer announces)."""
+        ...
+
+    def start_reading(self, pump: Callable[[float | None], bool]) -> None: ...
+
+    def reader_turn(self, urgent: Callable[[], bool] | None = None) -> bool: ...
+
+    def reader_done(self) -> None: ...
+
+    def reading_over(self) -> None: ...
 
 
 OnOpen = Callable[[FrameSender], FrameSink]
@@ -174,3 +209,23 @@ def batches(frames: list[pb.Frame]) -> Iterator[pb.Batch]:
             start, size = index, 0
         size += frame_size
     yield pb.Batch(frames=frames[start:])
+
+
+def inline_blobs(frames: list[pb.Frame], blobs: Sequence[Buffer]) -> list[pb.Frame]:
+    """``frames`` with the ``blobs`` put inside their Blob frames, for a transport that
+    carries only frames: each blob's first ``BLOB_PIECE`` bytes in its Blob frame, the rest
+    in Blob frames of size 0 right after it (one copy of the bytes)."""
+    if not blobs:
+        return frames
+    out: list[pb.Frame] = []
+    pending = iter(blobs)
+    for frame in frames:
+        if frame.WhichOneof("kind") != "blob" or frame.blob.data:
+            out.append(frame)
+            continue
+        data = next(pending)
+        view = memoryview(data).cast("B")
+        out.append(pb.Frame(blob=pb.Blob(size=len(view), data=bytes(view[:BLOB_PIECE]))))
+        for start in range(BLOB_PIECE, len(view), BLOB_PIECE):
+            out.append(pb.Frame(blob=pb.Blob(data=bytes(view[start : start + BLOB_PIECE]))))
+    return out

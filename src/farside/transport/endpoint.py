@@ -11,14 +11,26 @@ What runs an incoming call, and what happens to output and to the session's
 end, is up to the ``Handler`` the owner supplies: the client serves exit calls,
 the proxy serves entry calls. This module knows no transport: it sends through any
 ``FrameSender`` (``farside.transport.base``).
+
+Leader/follower. A transport whose reading any thread may do (the stream transport)
+offers it through ``share_reading(endpoint)``: then a thread waiting for its mail
+(a client thread for its result, a proxy worker for its next call) reads the wire
+itself while no other thread does (it *leads*), so one calling thread pays no thread
+wake-up per crossing. What it reads for other threads goes to their mailboxes (and
+wakes them); once its own mail is there, or its deadline passes, it gives up the
+lead, waking one waiting thread (a *follower*) to take it. The transport's own
+reader thread leads only when no thread has waited for ``READER_GRACE`` seconds, to
+see what arrives unasked (output after a call, the peer's end). The endpoint counts
+``reads`` (by waiting threads and by the reader) and ``wakeups`` (a waiting thread
+woken with mail another thread read) in ``stats``, which tests read.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,7 +58,13 @@ from ..protocol import (
 )
 from .base import FrameSender
 
-__all__ = ["Endpoint", "Handler"]
+__all__ = ["Endpoint", "EndpointStats", "Handler"]
+
+_READER = -1  # the transport's reader thread, as the leader
+
+
+def _nothing() -> None:
+    pass
 
 
 OUTPUT_BACKLOG = 8 * 2**20
@@ -87,6 +105,40 @@ class _Dispose:
 
 Mail = CallReceived | ResultReceived | LoadedReceived | _Failure | _Stop | _Dispose
 
+READER_GRACE = 0.005
+"""The transport's reader leads only after no thread has waited for this long (seconds)."""
+LEAD_POLL = 0.1
+"""A leading thread looks at its mailbox at least this often (mail other threads put)."""
+
+Pump = Callable[[float | None], bool]
+"""Read the wire once (waiting up to the timeout, None: forever) and feed what arrived;
+False once the stream has ended (the transport has reported the loss)."""
+
+
+class _Mailbox:
+    """One session thread's mail, guarded by the endpoint's leader/follower lock."""
+
+    __slots__ = ("cond", "items", "waiting")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.items: deque[Mail] = deque()
+        self.cond = threading.Condition(lock)
+        self.waiting = False  # its thread is blocked in _take, as a follower
+
+
+class EndpointStats:
+    """What the leader/follower reading did (counters; read by tests and benchmarks)."""
+
+    __slots__ = ("led_reads", "reader_reads", "wakeups")
+
+    def __init__(self) -> None:
+        self.led_reads = 0  # reads of the wire by a thread waiting for its own mail
+        self.reader_reads = 0  # reads by the transport's reader thread
+        self.wakeups = 0  # a blocked waiting thread woken with mail read by another
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
 
 class Endpoint:
     """Drive ``core`` from many threads; see the module docstring."""
@@ -100,6 +152,7 @@ class Endpoint:
         error_type: type[EnclaveCallError] = EnclaveCallError,
         error_from_exception: Callable[[BaseException], RemoteError],
         output_delay: float = 0.002,
+        reader_grace: float = READER_GRACE,
     ) -> None:
         self.core = core
         self._sender = sender
@@ -107,12 +160,30 @@ class Endpoint:
         self._error_type = error_type
         self._error_from_exception = error_from_exception
         self._lock = threading.Lock()
-        self._mailboxes: dict[int, queue.SimpleQueue[Mail]] = {}
+        self._mailboxes: dict[int, _Mailbox] = {}
+        # Leader/follower (see the module docstring): all under _lf, taken after _lock.
+        self._lf = threading.Lock()
+        self._pump: Pump | None = None  # set while a transport lets waiting threads read
+        self._reading_over = False
+        self._leader: int | None = None  # the thread reading the wire (_READER: the reader)
+        self._followers: list[_Mailbox] = []  # blocked waiting threads, in arrival order
+        self._active_at = 0.0  # when a thread last waited for mail
+        self._reader_cond = threading.Condition(self._lf)
+        self._reader_grace = reader_grace
+        self.stats = EndpointStats()
+        # A sender that can queue now and write after our lock is released (the stream).
+        self._queue: Callable[[list[pb.Frame], Sequence[Any]], None] | None = getattr(
+            sender, "queue", None
+        )
+        self._flush: Callable[[], None] = getattr(sender, "flush", _nothing)
         self._failure: BaseException | None = None
         self._output_delay = output_delay
         self._flush_wanted = threading.Event()
         self._flusher: threading.Thread | None = None
         self._mailbox(0)  # the session's own: LoadedReceived waits here
+        share = getattr(sender, "share_reading", None)
+        if share is not None:
+            share(self)
 
     @property
     def failure(self) -> BaseException | None:
@@ -124,13 +195,137 @@ class Endpoint:
     def _send_queued(self) -> None:
         frames = self.core.frames_to_send()
         if frames:
-            self._sender.send(frames)
+            blobs = self.core.blobs_to_send()
+            if blobs:
+                self._sender.send(frames, blobs)
+            else:
+                self._sender.send(frames)
 
-    def _mailbox(self, thread: int) -> queue.SimpleQueue[Mail]:
+    def _queue_queued(self) -> bool:
+        """(under the lock) Queue what the core queued without writing it; True if the
+        caller must ``_flush`` once it let go of the lock. Threads queueing while another
+        writes have their frames written with its (one system call for the lot)."""
+        if self._queue is None:
+            self._send_queued()
+            return False
+        frames = self.core.frames_to_send()
+        if not frames:
+            return False
+        self._queue(frames, self.core.blobs_to_send())
+        return True
+
+    def _mailbox(self, thread: int) -> _Mailbox:
         box = self._mailboxes.get(thread)
         if box is None:
-            box = self._mailboxes[thread] = queue.SimpleQueue()
+            box = self._mailboxes[thread] = _Mailbox(self._lf)
         return box
+
+    def _put(self, box: _Mailbox, mail: Mail) -> None:
+        with self._lf:
+            box.items.append(mail)
+            if box.waiting:
+                self.stats.wakeups += 1
+                box.cond.notify()
+
+    # ----------------------------------------------------------------- leader/follower
+
+    @property
+    def max_value_size(self) -> int:
+        """The most bytes one value may hold in this session (as the core enforces it)."""
+        return self.core.max_value_size
+
+    def start_reading(self, pump: Pump) -> None:
+        """(transport) Waiting threads may read the wire from now on with ``pump``."""
+        with self._lf:
+            if not self._reading_over:
+                self._pump = pump
+
+    def reading_over(self) -> None:
+        """(transport) The stream ended: nobody reads any more; the reader may go."""
+        with self._lf:
+            self._reading_over = True
+            self._pump = None
+            self._reader_cond.notify_all()
+            for box in self._followers:
+                box.cond.notify()
+
+    def reader_turn(self, urgent: Callable[[], bool] | None = None) -> bool:
+        """(the transport's reader thread) Wait until it should read; False: stop reading.
+
+        It reads when no thread leads and none has waited for ``READER_GRACE`` seconds,
+        or (within ``LEAD_POLL``) as soon as no thread leads once ``urgent()`` is true
+        (the transport is closing and waits for the peer's end).
+        """
+        with self._lf:
+            while True:
+                if self._reading_over:
+                    return False
+                if self._leader is None and not self._followers:
+                    idle = time.monotonic() - self._active_at
+                    if idle >= self._reader_grace or (urgent is not None and urgent()):
+                        self._leader = _READER
+                        return True
+                    self._reader_cond.wait(min(self._reader_grace - idle, LEAD_POLL))
+                else:
+                    self._reader_cond.wait(min(self._reader_grace, LEAD_POLL))
+
+    def reader_done(self) -> None:
+        """(the transport's reader thread) One read is fed: let a waiting thread lead."""
+        with self._lf:
+            self.stats.reader_reads += 1
+            self._leader = None
+            if self._followers:
+                self._followers[0].cond.notify()
+
+    def _take(self, box: _Mailbox, deadline: float | None) -> Mail | None:
+        """The next mail of ``box`` (None once ``deadline`` passed), reading the wire
+        ourselves while nobody else does."""
+        lf = self._lf
+        lf.acquire()
+        try:
+            while True:
+                if box.items:
+                    return box.items.popleft()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                pump = self._pump
+                if pump is not None and self._leader is None:
+                    me = threading.get_ident()
+                    self._leader = me
+                    lf.release()
+                    try:
+                        self._lead(pump, box, deadline)
+                    finally:
+                        lf.acquire()
+                        if self._leader == me:
+                            self._leader = None
+                    continue
+                box.waiting = True
+                self._followers.append(box)
+                try:
+                    box.cond.wait(left)
+                finally:
+                    box.waiting = False
+                    self._followers.remove(box)
+        finally:
+            self._active_at = time.monotonic()
+            if self._leader is None and self._followers:
+                self._followers[0].cond.notify()  # pass the lead on
+            lf.release()
+
+    def _lead(self, pump: Pump, box: _Mailbox, deadline: float | None) -> None:
+        """Read the wire until ``box`` has mail, ``deadline`` passes or the stream ends."""
+        while not box.items:
+            wait = LEAD_POLL
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return
+            self.stats.led_reads += 1
+            if not pump(wait):
+                self.reading_over()
+                return
 
     def run_locked(self, action: Callable[[SessionCore], Any]) -> Any:
         """Run ``action(core)`` under the lock and send what it queued.
@@ -164,7 +359,9 @@ class Endpoint:
             self._raise_if_failed()
             box = self._mailbox(thread)
             call_id = self.core.start_call(thread, kind, name, args, kwargs, trace=trace)
-            self._send_queued()
+            queued = self._queue_queued()
+        if queued:
+            self._flush()
         return self._wait(thread, box, call_id, deadline)
 
     def dispose(self, thread: int) -> None:
@@ -233,15 +430,14 @@ class Endpoint:
     def wait_loaded(self, timeout: float) -> LoadedReceived:
         """(client) Wait for the proxy's answer to the bundle; raise on failure or timeout."""
         box = self._mailboxes[0]
-        try:
-            mail = box.get(timeout=timeout)
-        except queue.Empty:
+        mail = self._take(box, time.monotonic() + timeout)
+        if mail is None:
             raise DeadlineExceededError(
                 f"the enclave proxy did not load the bundle within {timeout:g} s"
-            ) from None
+            )
         if isinstance(mail, LoadedReceived):
             return mail
-        box.put(mail)
+        self._put(box, mail)
         if isinstance(mail, _Failure):
             raise mail.error
         raise RuntimeError(f"unexpected {mail!r} while waiting for the bundle to load")
@@ -254,11 +450,11 @@ class Endpoint:
         """
         box = self._mailboxes[thread]
         while True:
-            try:
-                mail = box.get(timeout=idle_timeout)
-            except queue.Empty:
+            deadline = None if idle_timeout is None else time.monotonic() + idle_timeout
+            mail = self._take(box, deadline)
+            if mail is None:
                 with self._lock:
-                    if self.core.depth(thread) == 0 and box.empty():
+                    if self.core.depth(thread) == 0 and not box.items:
                         del self._mailboxes[thread]
                         return
                 continue
@@ -266,12 +462,12 @@ class Endpoint:
                 self._serve_call(mail)
             elif isinstance(mail, _Dispose):
                 with self._lock:
-                    if self._mailboxes.get(thread) is box and box.empty():
+                    if self._mailboxes.get(thread) is box and not box.items:
                         del self._mailboxes[thread]
                         return
                 # a call came after all (a peer that disposed too early): serve it
             elif isinstance(mail, _Failure | _Stop):
-                box.put(mail)  # sticky
+                self._put(box, mail)  # sticky
                 if isinstance(mail, _Failure):
                     raise mail.error
                 return
@@ -281,25 +477,22 @@ class Endpoint:
     # ----------------------------------------------------------------- waiting
 
     def _next_mail(
-        self, thread: int, box: queue.SimpleQueue[Mail], call_id: int | None, deadline: float | None
+        self, thread: int, box: _Mailbox, call_id: int | None, deadline: float | None
     ) -> Mail:
         try:
-            if deadline is None:
-                return box.get()
-            return box.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            self._abandon(thread, box)
-            raise DeadlineExceededError(
-                "the call's timeout passed; it was cancelled in the enclave"
-            ) from None
+            mail = self._take(box, deadline)
         except KeyboardInterrupt:
             if call_id is not None:  # Ctrl-C: give the call up as if it timed out
                 self._abandon(thread, box)
             raise
+        if mail is None:
+            self._abandon(thread, box)
+            raise DeadlineExceededError(
+                "the call's timeout passed; it was cancelled in the enclave"
+            )
+        return mail
 
-    def _wait(
-        self, thread: int, box: queue.SimpleQueue[Mail], call_id: int | None, deadline: float | None
-    ) -> Any:
+    def _wait(self, thread: int, box: _Mailbox, call_id: int | None, deadline: float | None) -> Any:
         disposed = False  # the client thread ended while this call unwinds: serve() exits after
         try:
             while True:
@@ -317,26 +510,27 @@ class Endpoint:
                 elif isinstance(mail, LoadedReceived):
                     raise ProtocolError("a Loaded frame reached a call's waiter")
                 else:  # _Failure or _Stop: sticky, so every waiter on this thread sees it
-                    box.put(mail)
+                    self._put(box, mail)
                     if isinstance(mail, _Failure):
                         raise mail.error
                     return None
         finally:
             if disposed:
-                box.put(_Dispose())
+                self._put(box, _Dispose())
 
-    def _abandon(self, thread: int, box: queue.SimpleQueue[Mail]) -> None:
+    def _abandon(self, thread: int, box: _Mailbox) -> None:
         with self._lock:
             ids = self.core.abandon_thread(thread)
             self._send_queued()
         # Outer calls of this thread, waiting further up the stack, fail the same way.
         for _ in ids[:-1]:
-            box.put(
+            self._put(
+                box,
                 _Failure(
                     DeadlineExceededError(
                         "an inner call timed out; the thread's calls were cancelled in the enclave"
                     )
-                )
+                ),
             )
 
     def _serve_call(self, event: CallReceived) -> None:
@@ -350,6 +544,7 @@ class Endpoint:
                 raise
         finally:
             if not event.oneway:
+                queued = False
                 with self._lock:
                     if (
                         self.core.error is None
@@ -357,7 +552,9 @@ class Endpoint:
                         and not self.core.is_abandoned(event.thread)
                     ):
                         self.core.send_result(event.thread, event.call_id, value, error)
-                        self._send_queued()
+                        queued = self._queue_queued()
+                if queued:
+                    self._flush()
 
     def _to_exception(self, error: RemoteError) -> EnclaveError:
         return self._error_type(
@@ -373,11 +570,12 @@ class Endpoint:
 
     # ----------------------------------------------------------------- receiving
 
-    def feed(self, frames: list[pb.Frame]) -> None:
-        """Process frames from the peer (called by the transport's reader thread only)."""
+    def feed(self, frames: list[pb.Frame], blobs: Sequence[bytes] = ()) -> None:
+        """Process frames from the peer (called by whichever thread reads the wire, one
+        at a time); ``blobs``: the bytes of Blob frames received out of band."""
         with self._lock:
             try:
-                events = self.core.receive(frames)
+                events = self.core.receive(frames, blobs)
             except ProtocolError as exc:
                 self._send_queued()  # the Close that tells the peer why
                 self._fail_locked(exc)
@@ -389,7 +587,7 @@ class Endpoint:
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, ResultReceived):
-            self._mailboxes[event.thread].put(event)
+            self._put(self._mailboxes[event.thread], event)
         elif isinstance(event, CallReceived):
             self._route_call(event)
         elif isinstance(event, CloseReceived):
@@ -405,12 +603,12 @@ class Endpoint:
                 )
             self.fail(error)
         elif isinstance(event, LoadedReceived):
-            self._mailboxes[0].put(event)
+            self._put(self._mailboxes[0], event)
         elif isinstance(event, DisposeReceived):
             with self._lock:
                 box = self._mailboxes.get(event.thread)
             if box is not None:
-                box.put(_Dispose())  # after whatever it still has to serve
+                self._put(box, _Dispose())  # after whatever it still has to serve
             self._handler.handle_event(event)
         else:
             self._handler.handle_event(event)
@@ -421,12 +619,12 @@ class Endpoint:
             # thread serves them, in order with the rest, never the reader thread.
             box = self._mailboxes.get(event.thread)
             if box is not None:
-                box.put(event)
+                self._put(box, event)
             return
         with self._lock:  # under the lock: an idle worker may be dropping this mailbox
             box = self._mailboxes.get(event.thread)
             if box is not None:
-                box.put(event)
+                self._put(box, event)
                 return
             box = self._mailbox(event.thread)  # before the worker starts: it serves this box
             if not self._handler.start_thread(event.thread, event.kind):
@@ -443,7 +641,7 @@ class Endpoint:
                 )
                 self._send_queued()
                 return
-            box.put(event)
+            self._put(box, event)
 
     # ----------------------------------------------------------------- ending
 
@@ -458,11 +656,11 @@ class Endpoint:
         self._failure = error
         self.core.connection_lost()
         for box in self._mailboxes.values():
-            box.put(_Failure(error))
+            self._put(box, _Failure(error))
         self._flush_wanted.set()
 
     def stop_threads(self) -> None:
         """Tell every thread serving in ``serve`` to return."""
         with self._lock:
             for box in self._mailboxes.values():
-                box.put(_Stop())
+                self._put(box, _Stop())

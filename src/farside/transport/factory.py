@@ -43,7 +43,10 @@ ALL_TRANSPORTS = tuple(_MODULES)
 TRANSPORTS = tuple(name for name in _MODULES if name not in _GUEST_ONLY)
 """The transports provisioners use, as ``LocalProvision(transport=...)`` and the CLI take them."""
 TRANSPORT_VARIABLE = "FARSIDE_TRANSPORT"
-DEFAULT_TRANSPORT = "grpc"
+DEFAULT_TRANSPORT = "stream"
+"""What provisioners choose when neither ``transport`` nor ``$FARSIDE_TRANSPORT`` names one:
+the stream transport (docs/performance.md); "grpc" is the choice behind HTTP/2
+infrastructure (proxies, load balancers, service meshes that speak only HTTP/2)."""
 
 
 def choose_transport(transport: str | None) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,11 +25,13 @@ from .._tls import TLSConfig
 from .base import (
     MAX_MESSAGE_BYTES,
     Admission,
+    Buffer,
     FrameSink,
     LostCallback,
     OnOpen,
     Refusal,
     batches,
+    inline_blobs,
     refusal_error,
 )
 
@@ -195,9 +197,9 @@ class GrpcClientTransport:
         if not self._closing:
             lost(EnclaveUnavailableError(f"the enclave proxy at {self.target} ended the session"))
 
-    def send(self, frames: list[pb.Frame]) -> None:
-        """Queue frames for the proxy (never blocks)."""
-        self._outgoing.put(frames)
+    def send(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames for the proxy (never blocks); blobs go inside their frames."""
+        self._outgoing.put(inline_blobs(frames, blobs))
 
     def close(self, timeout: float = 5.0) -> None:
         """Half-close, wait up to ``timeout`` for the proxy to end the stream, then drop it."""
@@ -227,9 +229,9 @@ class SessionServicer(pb_grpc.EnclaveSessionServicer):  # type: ignore[misc]
         self._outgoing = _Outbox()
         self._finished = False
 
-    def send(self, frames: list[pb.Frame]) -> None:
-        """Queue frames for the client (never blocks)."""
-        self._outgoing.put(frames)
+    def send(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames for the client (never blocks); blobs go inside their frames."""
+        self._outgoing.put(inline_blobs(frames, blobs))
 
     @property
     def backlog(self) -> int:

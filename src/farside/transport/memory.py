@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .._errors import EnclaveError, EnclaveUnavailableError
 from .._proto.v1 import session_pb2 as pb
+from .base import Buffer, inline_blobs
 
 __all__ = ["MemoryPipe"]
 
@@ -33,10 +34,10 @@ class MemoryPipe:
         """Always True: nothing is ever held back."""
         return True
 
-    def send(self, frames: list[pb.Frame]) -> None:
-        """Queue frames (serialized now, parsed on the other side)."""
+    def send(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames (serialized now, parsed on the other side); blobs go inline."""
         if not self._closed:
-            self._queue.put(pb.Batch(frames=frames).SerializeToString())
+            self._queue.put(pb.Batch(frames=inline_blobs(frames, blobs)).SerializeToString())
 
     def start(self, sink: Sink, lost: Callable[[EnclaveError], None]) -> None:
         """Deliver every batch to ``sink``; call ``lost`` when the pipe is closed."""

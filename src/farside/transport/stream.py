@@ -31,12 +31,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import select
 import socket
 import ssl
 import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +50,15 @@ from .._tls import TLSConfig
 from .base import (
     MAX_MESSAGE_BYTES,
     Admission,
+    Buffer,
     FrameSink,
     LostCallback,
     OnOpen,
+    ReadingGate,
     Refusal,
-    batches,
     refusal_error,
 )
+from .framing import LENGTH, FrameReader, encode_frames
 from .sockets import (
     HOST_SOCKETS,
     SocketAddress,
@@ -82,9 +86,27 @@ MAX_PENDING_HANDSHAKES = 8  # connections the proxy vets at once; more are dropp
 MAX_PENDING_PER_SOURCE = 2  # of which from one TCP source address
 _MAX_TOKEN_BYTES = 1024
 _MAX_ANSWER_BYTES = 1 << 16  # an empty message or one Close
-_LEN = struct.Struct(">I")
+_LEN = LENGTH
 _RECV_BYTES = 1 << 18
+_RECV_WAIT = 0.1  # (seconds) how long one read waits at most, with readers sharing
+_RAW_DIRECT = 1 << 16  # a blob needing this much more is read straight into its buffer
 _SENDMSG_PARTS = 64
+
+
+def _after(parts: list[Buffer], sent: int) -> list[Buffer]:
+    """What of ``parts`` is left after the first ``sent`` bytes were written."""
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            rest = parts[index:]
+            if sent:
+                rest[0] = memoryview(part)[sent:]
+            return rest
+        sent -= len(part)
+    return []
+
+
+def _no_sink(frames: list[pb.Frame], blobs: Sequence[bytes] = ()) -> None:
+    raise RuntimeError("frames arrived before the connection started")
 
 
 def _within(sock: socket.socket, deadline: float) -> None:
@@ -138,7 +160,7 @@ class _TLS:
     def peer_certificate(self) -> bytes | None:
         return self._object.getpeercert(binary_form=True)
 
-    def encrypt(self, data: bytes) -> bytes:
+    def encrypt(self, data: Buffer) -> bytes:
         with self._lock:
             self._object.write(data)
             return self._outgoing.read()
@@ -248,6 +270,12 @@ class StreamConnection:
         self._lost_lock = threading.Lock()
         self._deadline: float | None = None  # the handshake's, while it runs
         self._leftover = b""  # read past the handshake: the reader starts with it
+        self._gate: ReadingGate | None = None
+        self._sink: FrameSink = _no_sink
+        self._frames = FrameReader()  # what was read and not parsed yet (whoever reads)
+        self._read_over = False
+        self._poller = select.poll()
+        self._recv_bounded = False  # SO_RCVTIMEO set: a recv returns within _RECV_WAIT
 
     # ----------------------------------------------------------------- sending
 
@@ -260,56 +288,77 @@ class StreamConnection:
         """Wait up to ``timeout`` s for the backlog to fall to ``limit``; True if it did."""
         return self.outbox.wait_below(limit, timeout)
 
-    def send(self, frames: list[pb.Frame]) -> None:
-        """Queue frames for the peer and write what the socket takes now (never blocks)."""
-        if len(frames) == 1:
-            body = pb.Batch(frames=frames).SerializeToString()
-            self._queue(_LEN.pack(len(body)) + body)
-            return
-        for batch in batches(frames):  # large values: no copy joins the batches
-            body = batch.SerializeToString()
-            self._queue(_LEN.pack(len(body)))
-            self._queue(body)
+    def send(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames (and the out-of-band bytes of their Blob frames) for the peer and
+        write what the socket takes now, in one system call (never blocks)."""
+        self._queue(encode_frames(frames, blobs))
 
-    def _queue(self, data: bytes) -> None:
+    def queue(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames (and their blobs) without writing; ``flush`` writes. Callers queue
+        under their endpoint's lock (so frames keep their order) and flush after it."""
+        self._queue(encode_frames(frames, blobs), write=False)
+
+    def flush(self) -> None:
+        """Write what is queued, unless another thread is writing: it writes ours too."""
+        outbox = self.outbox
+        while outbox.parts and self._send_lock.acquire(blocking=False):
+            try:
+                full = self._write(block=False)
+            finally:
+                self._send_lock.release()
+            if full:  # the socket is full: the rest waits for the peer
+                with outbox.lock:
+                    if outbox.parts:
+                        outbox.writer_wanted = True
+                        outbox.wanted.notify()
+                return
+        # Not taken: its holder looks at the queue again once it has let go of the lock.
+
+    def _queue(self, parts: list[Buffer], *, write: bool = True) -> None:
         outbox = self.outbox
         if self._broken is not None or outbox.closing:
             return  # the connection is gone; the endpoint learns it from the reader
         if self._tls is not None:
             try:
-                data = self._tls.encrypt(data)
+                parts = [self._tls.encrypt(part) for part in parts]
             except ssl.SSLError as exc:  # TLS failed (the reader reports why): never raise
                 self._break(exc)
                 return
         # The fast path: nothing queued ahead of us and nobody writing, so write now.
         # (Callers send under their endpoint's lock, so frames keep their order.)
-        if not outbox.parts and self._send_lock.acquire(blocking=False):
+        if write and not outbox.parts and self._send_lock.acquire(blocking=False):
             try:
                 if not outbox.parts:
-                    try:
-                        sent = self._sock.send(data, socket.MSG_DONTWAIT)
-                    except (BlockingIOError, InterruptedError):
-                        sent = 0
-                    except OSError as exc:
-                        self._break(exc)
+                    left = self._send_now(parts)
+                    if not left:
                         return
-                    if sent == len(data):
-                        return
-                    data = memoryview(data)[sent:]  # type: ignore[assignment]
+                    parts = left
                 with outbox.lock:
-                    outbox.parts.append(data)
-                    outbox.backlog += len(data)
-                self._write(block=False)
+                    outbox.parts.extend(parts)
+                    outbox.backlog += sum(len(part) for part in parts)
             finally:
                 self._send_lock.release()
         else:
             with outbox.lock:
-                outbox.parts.append(data)
-                outbox.backlog += len(data)
-        with outbox.lock:  # what is left waits for the peer: the writer's job
-            if outbox.parts:
-                outbox.writer_wanted = True
-                outbox.wanted.notify()
+                outbox.parts.extend(parts)
+                outbox.backlog += sum(len(part) for part in parts)
+        if write:
+            self.flush()
+
+    def _send_now(self, parts: list[Buffer]) -> list[Buffer] | None:
+        """(holding the send lock, nothing queued) Write what the socket takes now, in
+        one system call; what is left (None: nothing, or the connection broke)."""
+        try:
+            if len(parts) == 1:
+                sent = self._sock.send(parts[0], socket.MSG_DONTWAIT)
+            else:
+                sent = self._sock.sendmsg(parts[:_SENDMSG_PARTS], (), socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._break(exc)
+            return None
+        return _after(parts, sent) or None
 
     def _break(self, exc: OSError) -> None:
         outbox = self.outbox
@@ -321,25 +370,25 @@ class StreamConnection:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # the reader reports it
 
-    def _write(self, *, block: bool) -> None:
+    def _write(self, *, block: bool) -> bool:
         """(holding the send lock) Write queued bytes until none are left, or, not
-        blocking, until the socket is full."""
+        blocking, until the socket is full (then True)."""
         outbox = self.outbox
         flags = 0 if block else socket.MSG_DONTWAIT
         while True:
             with outbox.lock:
                 if not outbox.parts or self._broken is not None:
-                    return
+                    return False
                 parts = list(itertools.islice(outbox.parts, _SENDMSG_PARTS))
             try:
                 sent = self._sock.sendmsg(parts, (), flags)
             except BlockingIOError:
-                return
+                return True
             except InterruptedError:
                 continue
             except OSError as exc:
                 self._break(exc)
-                return
+                return False
             with outbox.lock:
                 if self._broken is None:  # else _break (a failed encrypt) cleared the queue
                     outbox.consume(sent)
@@ -353,6 +402,7 @@ class StreamConnection:
                 closing = outbox.closing
             with self._send_lock:
                 self._write(block=True)
+            self.flush()  # queued while we let go of the lock: its sender left it to us
             if closing:
                 with outbox.lock:
                     if outbox.parts and self._broken is None:
@@ -396,12 +446,29 @@ class StreamConnection:
                 return None
             buffer += data
 
+    def share_reading(self, gate: ReadingGate) -> None:
+        """Let the threads waiting in ``gate`` (the session endpoint) read this connection
+        themselves (leader/follower; ``farside.transport.endpoint``). Before ``start``."""
+        self._gate = gate
+
     def start(self, sink: FrameSink, lost: LostCallback) -> None:
         """Start the reader (and the writer, which sleeps until a write would block)."""
         self._lost = lost
-        reader = threading.Thread(
-            target=self._read_loop, args=(sink,), name="farside-stream-reader", daemon=True
-        )
+        self._sink = sink
+        self._poller.register(self._sock, select.POLLIN)
+        if self._gate is not None:  # a waiting thread's recv returns within _RECV_WAIT
+            seconds = int(_RECV_WAIT)
+            micros = int((_RECV_WAIT - seconds) * 1e6)
+            with contextlib.suppress(OSError):  # if refused, waiting threads poll first
+                self._sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
+                )
+                self._recv_bounded = True
+        self._frames.feed(self._leftover)
+        self._leftover = b""
+        if self._gate is not None:
+            self._gate.start_reading(self.pump)
+        reader = threading.Thread(target=self._read_loop, name="farside-stream-reader", daemon=True)
         writer = threading.Thread(
             target=self._write_loop, name="farside-stream-writer", daemon=True
         )
@@ -412,43 +479,87 @@ class StreamConnection:
         reader.start()
         self._reader = reader
 
-    def _read_loop(self, sink: FrameSink) -> None:
-        buffer = bytearray(self._leftover)
+    def _read_loop(self) -> None:
+        gate = self._gate
+        if gate is None:
+            while self.pump(None):
+                pass
+            return
+        while gate.reader_turn(lambda: self._ending or self.outbox.closing):
+            try:
+                going = self.pump(None)
+            finally:
+                gate.reader_done()
+            if not going:
+                return
+
+    def pump(self, timeout: float | None) -> bool:
+        """Read once (waiting up to ``timeout`` s; None: as long as it takes) and hand
+        every complete message's frames to the sink in one call. One thread at a time.
+
+        False once the stream has ended (then the loss is reported, once).
+        """
+        if self._read_over:
+            return False
         error: EnclaveError | None = None
         try:
-            while True:
-                offset = 0
-                while len(buffer) - offset >= _LEN.size:
-                    (size,) = _LEN.unpack_from(buffer, offset)
-                    if size > MAX_MESSAGE_BYTES:
-                        raise ConnectionError(
-                            f"the peer sent a {size}-byte message (the limit is "
-                            f"{MAX_MESSAGE_BYTES})"
-                        )
-                    end = offset + _LEN.size + size
-                    if len(buffer) < end:
-                        break
-                    with memoryview(buffer) as view, view[offset + _LEN.size : end] as message:
-                        batch = pb.Batch.FromString(message)  # type: ignore[arg-type]  # in place
-                    offset = end
-                    sink(list(batch.frames))
-                if offset:
-                    del buffer[:offset]
-                data = self._recv()
-                if data is None:
-                    if self._answer_end:
-                        self._end_writing()
-                    break
-                buffer += data
+            # Waiting in recv itself (bounded by SO_RCVTIMEO) costs the peer's send less
+            # than waiting in poll; poll only for a shorter wait (a deadline near).
+            if (
+                timeout is not None
+                and (timeout < _RECV_WAIT or not self._recv_bounded)
+                and not self._poller.poll(max(0, int(timeout * 1000)) or 1)
+            ):
+                return True
+            try:
+                if self._read_some():
+                    return True
+            except BlockingIOError:  # SO_RCVTIMEO passed: nothing came
+                return True
+            if self._answer_end:
+                self._end_writing()
         except (OSError, ssl.SSLError) as exc:
             error = EnclaveUnavailableError(f"lost the connection to {self.peer}: {exc}")
         except Exception as exc:  # an unparsable message, or a bug in a sink
             error = EnclaveUnavailableError(f"the session with {self.peer} failed: {exc!r}")
-        finally:
-            self._eof.set()
+        self._read_over = True
+        self._eof.set()
         if self._broken is not None and error is None:
             error = EnclaveUnavailableError(f"lost the connection to {self.peer}: {self._broken}")
         self._report(error or EnclaveUnavailableError(f"{self.peer} ended the session"))
+        if self._gate is not None:
+            self._gate.reading_over()
+        return False
+
+    def _read_some(self) -> bool:
+        """One read (it may block): feed what completes; False at the end of the stream."""
+        reader = self._frames
+        target = reader.raw_target() if self._tls is None else None
+        if target is not None and len(target) >= _RAW_DIRECT:
+            with target:
+                count = self._sock.recv_into(target)  # a blob's bytes, straight to their place
+            if not count:
+                return False
+            reader.raw_written(count)
+        else:
+            if target is not None:
+                target.release()
+            data = self._recv()
+            if data is None:
+                return False
+            reader.feed(data)
+        if self._gate is not None:
+            reader.max_blob_bytes = self._gate.max_value_size
+        frames, blobs = reader.take()
+        if frames:
+            self._deliver(frames, blobs)
+        return True
+
+    def _deliver(self, frames: list[pb.Frame], blobs: list[bytes | bytearray]) -> None:
+        if blobs:
+            self._sink(frames, blobs)
+        else:
+            self._sink(frames)
 
     def _report(self, error: EnclaveError) -> None:
         with self._lost_lock:
@@ -527,6 +638,11 @@ class StreamClientTransport:
         self._connect_timeout = connect_timeout
         self._connection: StreamConnection | None = None
         self._closed = False
+        self._gate: ReadingGate | None = None
+
+    def share_reading(self, gate: ReadingGate) -> None:
+        """Let threads waiting in ``gate`` read the connection themselves (before ``start``)."""
+        self._gate = gate
 
     @property
     def backlog(self) -> int:
@@ -547,6 +663,8 @@ class StreamClientTransport:
         except (OSError, ssl.SSLError, ValueError) as exc:
             lost(EnclaveUnavailableError(f"cannot reach the enclave proxy at {self.target}: {exc}"))
             return
+        if self._gate is not None:
+            self._connection.share_reading(self._gate)
         self._connection.start(sink, lost)
 
     def _connect(self) -> StreamConnection:
@@ -588,10 +706,20 @@ class StreamClientTransport:
             sock.close()
             raise
 
-    def send(self, frames: list[pb.Frame]) -> None:
-        """Queue frames for the proxy (never blocks)."""
+    def send(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames (and their blobs' bytes) for the proxy (never blocks)."""
         if self._connection is not None:
-            self._connection.send(frames)
+            self._connection.send(frames, blobs)
+
+    def queue(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames without writing them (``flush`` writes)."""
+        if self._connection is not None:
+            self._connection.queue(frames, blobs)
+
+    def flush(self) -> None:
+        """Write what is queued (unless another thread is writing it)."""
+        if self._connection is not None:
+            self._connection.flush()
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish our side, wait up to ``timeout`` for the proxy to end, then hang up."""
@@ -715,7 +843,7 @@ class StreamListener:
         sink = self._on_open(connection)
         # The session is taken: from here a failure (the client already gone) must
         # reach on_lost. Queued, the answer goes first; a broken socket is the reader's.
-        connection._queue(_LEN.pack(0))
+        connection._queue([_LEN.pack(0)])
         connection.start(sink, self._on_lost)
 
     def finish(self) -> None:

@@ -40,7 +40,7 @@ class Batch(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("open", "bundle", "loaded", "call", "result", "output", "cancel", "close", "chunk", "dispose")
+    __slots__ = ("open", "bundle", "loaded", "call", "result", "output", "cancel", "close", "chunk", "blob", "dispose")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Frame(_message.Message):
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
     DISPOSE_FIELD_NUMBER: _ClassVar[int]
     open: Open
     bundle: BundleChunk
@@ -60,8 +61,9 @@ class Frame(_message.Message):
     cancel: Cancel
     close: Close
     chunk: Chunk
+    blob: Blob
     dispose: Dispose
-    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., bundle: _Optional[_Union[BundleChunk, _Mapping]] = ..., loaded: _Optional[_Union[Loaded, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., output: _Optional[_Union[Output, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., dispose: _Optional[_Union[Dispose, _Mapping]] = ...) -> None: ...
+    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., bundle: _Optional[_Union[BundleChunk, _Mapping]] = ..., loaded: _Optional[_Union[Loaded, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., output: _Optional[_Union[Output, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., dispose: _Optional[_Union[Dispose, _Mapping]] = ...) -> None: ...
 
 class Dispose(_message.Message):
     __slots__ = ("thread",)
@@ -74,6 +76,14 @@ class Chunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class Blob(_message.Message):
+    __slots__ = ("size", "data")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    data: bytes
+    def __init__(self, size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("name", "entry", "product_id", "security_version", "debug")
