@@ -375,6 +375,11 @@ def test_large_values_both_ways(tmp_path: Path) -> None:
             assert blob == bytes(range(256)) * (size // 256) + bytes(size % 256)
             sent = os.urandom(size)
             assert await enclave.call("measure", sent) == [size, sum(sent[::4096])]
+            # several out-of-band values in one call, across the raw chunks' boundaries
+            values = [os.urandom(70_000), os.urandom(4 * 2**20 + 1), b"x" * 10]
+            values.append(bytearray(os.urandom(65_536)))  # arrives as bytes
+            echoed = await enclave.call("echo", values, key=memoryview(values[0]))
+            assert echoed == {"args": [[bytes(v) for v in values]], "kwargs": {"key": values[0]}}
 
     run(scenario)
 

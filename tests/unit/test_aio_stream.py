@@ -149,6 +149,39 @@ def test_an_oversized_message_in_the_session_ends_it_with_a_clear_error(tmp_path
     assert "1073741824-byte message" in str(lost[0])
 
 
+def _message(frames: list[pb.Frame]) -> bytes:
+    body = pb.Batch(frames=frames).SerializeToString()
+    return struct.pack(">I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    ("after_the_answer", "says"),
+    [
+        (struct.pack(">I", 0x8000_0000 | 4) + b"abcd", "raw bytes no blob announced"),
+        (_message([pb.Frame(blob=pb.Blob(size=2**31))]), "beyond the limit"),
+    ],
+    ids=["unannounced-raw-chunk", "oversized-blob"],
+)
+def test_hostile_out_of_band_framing_ends_the_session(
+    tmp_path: Path, after_the_answer: bytes, says: str
+) -> None:
+    fake = FakeProxy(tmp_path / "fake.sock", struct.pack(">I", 0) + after_the_answer)
+
+    async def scenario() -> list[EnclaveError]:
+        client = AsyncClient()
+        client.transport = AsyncStreamClientTransport(fake.address, token=TOKEN)
+        await client.transport.start(client.frames.extend, client.lost.append)
+        await until(lambda: client.lost)
+        return client.lost
+
+    try:
+        lost = asyncio.run(scenario())
+    finally:
+        fake.close()
+    assert isinstance(lost[0], EnclaveUnavailableError)
+    assert says in str(lost[0])
+
+
 def test_a_flood_is_queued_and_arrives_in_order(proxy: Proxy) -> None:
     chunk = b"z" * (1 << 20)
 

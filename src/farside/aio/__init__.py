@@ -10,7 +10,7 @@
 itself before anything of the client's reaches it, as in the sync API. Each asyncio
 task that calls the enclave gets its own enclave worker (task affinity); cancelling
 a task cancels its call in the enclave. The wire is driven by the event loop itself
-(an ``asyncio.Protocol`` for the stream transport, ``grpc.aio`` for gRPC); what must
+(an ``asyncio.BufferedProtocol`` for the stream transport, ``grpc.aio`` for gRPC); what must
 block (reading the bundle, starting a proxy, verifying evidence, the file service)
 runs in a thread. A client belongs to the loop it was loaded on.
 """

@@ -2,7 +2,7 @@
 
 The same wires, the same frames and the same handshakes as ``farside.transport``'s
 threaded client ends, driven by the event loop instead of reader and writer threads:
-``stream`` is an ``asyncio.Protocol`` on the socket (with asyncio's TLS for TCP), and
+``stream`` is an ``asyncio.BufferedProtocol`` on the socket (with asyncio's TLS for TCP), and
 ``grpc`` is a ``grpc.aio`` channel. ``connect(name, ...)`` picks one by the lease's
 transport name and imports only that module, so the stream never loads gRPC. Only the
 client has an event-loop end: proxies keep their threads.

@@ -10,12 +10,13 @@ the loop, for a large backlog to go out.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..._proto.v1 import session_pb2 as pb
     from ..._tls import TLSConfig
-    from ..base import FrameSink, LostCallback
+    from ..base import Buffer, FrameSink, LostCallback
 
 __all__ = ["AsyncClientTransport", "connect"]
 
@@ -29,17 +30,23 @@ class AsyncClientTransport(Protocol):
     """The client's end of a session on an event loop."""
 
     target: str
+    max_blob_bytes: int
+    """The most bytes of large values one received batch may announce out of band (the
+    session's value limit: the stream's reader allocates no more); set before ``start``.
+    gRPC carries them inline, bounded by the session core."""
 
     async def start(self, sink: FrameSink, lost: LostCallback) -> None:
-        """Connect and authenticate; then every batch that arrives goes to ``sink``.
+        """Connect and authenticate; then what arrives goes to ``sink`` (``sink(frames)``,
+        or ``sink(frames, blobs)`` with the bytes of Blob frames received out of band).
 
         A failure to connect, or a refusal, is reported through ``lost`` (not raised),
         as is any later loss of the connection.
         """
         ...
 
-    def send(self, frames: list[pb.Frame]) -> None:
-        """Queue frames for the proxy (never blocks)."""
+    def send(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames for the proxy (never blocks); ``blobs`` are the bytes of their
+        Blob frames that carry none (``SessionCore.blobs_to_send``), in order."""
         ...
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -21,7 +22,8 @@ import grpc.aio
 from ..._errors import EnclaveError, EnclaveLoadError, EnclaveUnavailableError, StatusCode
 from ..._proto.v1 import session_pb2 as pb, session_pb2_grpc as pb_grpc
 from ..._tls import TLSConfig
-from ..base import FrameSink, LostCallback, Refusal, batches, refusal_error
+from ..base import Buffer, FrameSink, LostCallback, Refusal, batches, inline_blobs, refusal_error
+from ..framing import MAX_BLOB_BYTES
 from ..grpc import TOKEN_METADATA_KEY, channel_credentials, channel_options
 
 __all__ = ["AsyncGrpcClientTransport", "connect"]
@@ -48,6 +50,7 @@ class AsyncGrpcClientTransport:
         self, target: str, *, token: str, credentials: grpc.ChannelCredentials | None = None
     ) -> None:
         self.target = target
+        self.max_blob_bytes = MAX_BLOB_BYTES  # inline on gRPC: the core bounds them
         self._token = token
         self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
@@ -132,11 +135,11 @@ class AsyncGrpcClientTransport:
             self._queue.clear()
             self._backlog = 0
 
-    def send(self, frames: list[pb.Frame]) -> None:
-        """Queue frames for the proxy (never blocks)."""
+    def send(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames for the proxy (never blocks); large values' ``blobs`` go inline."""
         if self._ended or self._closing or self._wanted is None:
             return
-        for batch in batches(frames):
+        for batch in batches(inline_blobs(frames, blobs)):
             size = batch.ByteSize()
             self._backlog += size
             self._queue.append((batch, size))

@@ -5,11 +5,14 @@ for TCP) the client sends ``PREFACE`` and its token as one message, the proxy an
 with an empty message (accepted) or a ``Batch`` holding one ``Close`` (refused), then
 both sides send ``Batch`` messages, each a 4-byte big-endian length and the batch.
 
-No threads: ``data_received`` parses the messages in place and hands each batch to
-the sink on the loop, and ``send`` writes into the loop's transport, which keeps what
-the socket cannot take now (``backlog``; ``drain`` waits for it, through asyncio's
-flow control). The socket is connected and tuned (keepalive, no Nagle) exactly as the
-threaded client's.
+No threads: the protocol (an ``asyncio.BufferedProtocol``) has the loop read into the
+framing's buffers (``farside.transport.framing.FrameReader``: a large value's bytes go
+straight into the buffer allocated for them) and hands what is complete, frames and
+out-of-band blobs, to the sink on the loop; ``send`` writes the framing's messages
+(``encode_frames``: batches, then each blob as raw chunks) into the loop's transport,
+which keeps what the socket cannot take now (``backlog``; ``drain`` waits for it,
+through asyncio's flow control). The socket is connected and tuned (keepalive, no
+Nagle) exactly as the threaded client's.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import struct
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -26,14 +29,15 @@ from google.protobuf.message import DecodeError
 from ..._errors import EnclaveError, EnclaveUnavailableError, StatusCode
 from ..._proto.v1 import session_pb2 as pb
 from ..._tls import TLSConfig
-from ..base import MAX_MESSAGE_BYTES, FrameSink, LostCallback, Refusal, batches, refusal_error
+from ..base import Buffer, FrameSink, LostCallback, Refusal, refusal_error
+from ..framing import LENGTH, MAX_BLOB_BYTES, FrameReader, encode_frames
 from ..sockets import HOST_SOCKETS, SocketScheme
 from ..stream import HANDSHAKE_TIMEOUT, PREFACE, client_context
 
 __all__ = ["AsyncStreamClientTransport", "connect"]
 
-_LEN = struct.Struct(">I")
 _MAX_ANSWER_BYTES = 1 << 16  # an empty message or one Close
+_READ_BYTES = 1 << 18  # what one read may take when it is not a blob's
 _HIGH_WATER = 4 * 2**20  # drain() waits while more than this waits for the socket
 
 
@@ -43,13 +47,16 @@ class _RefusedError(Exception):
         self.refusal = refusal
 
 
-class _SessionProtocol(asyncio.Protocol):
-    """Parses the proxy's messages as they arrive; the first one is its verdict."""
+class _SessionProtocol(asyncio.BufferedProtocol):
+    """Reads the proxy's messages as they arrive; the first one is its verdict."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, peer: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, peer: str, max_blob_bytes: int) -> None:
         self._loop = loop
         self._peer = peer
-        self._buffer = bytearray()
+        self._answer = bytearray()  # the verdict, read before the session's framing
+        self._frames = FrameReader(max_blob_bytes=max_blob_bytes)
+        self._scratch = bytearray(_READ_BYTES)
+        self._into_blob = False  # the last buffer given out was a blob's
         self.verdict: asyncio.Future[bytes] = loop.create_future()
         self.ended: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.Transport | None = None
@@ -67,9 +74,34 @@ class _SessionProtocol(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=_HIGH_WATER)
 
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        self._parse()
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.verdict.done():
+            target = self._frames.raw_target()
+            if target is not None:  # a blob's bytes: read straight into their place
+                self._into_blob = True
+                return target
+        self._into_blob = False
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            if self._into_blob:
+                self._frames.raw_written(nbytes)
+            elif not self.verdict.done():
+                self._answer += self._scratch[:nbytes]
+                self._read_verdict()
+            else:  # straight from the read buffer into the framing's (one copy)
+                self._frames.buffer += memoryview(self._scratch)[:nbytes]
+            self._deliver()
+        except Exception as exc:
+            self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        """What was read cannot go on (hostile framing, or a bug in a sink): end it."""
+        if isinstance(exc, ConnectionError):
+            self._fail(EnclaveUnavailableError(f"lost the connection to {self._peer}: {exc}"))
+        else:
+            self._fail(EnclaveUnavailableError(f"the session with {self._peer} failed: {exc!r}"))
 
     def eof_received(self) -> bool | None:
         return None  # the proxy ended its side: end ours too (after what is queued)
@@ -98,13 +130,43 @@ class _SessionProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------ ours
 
+    def _read_verdict(self) -> None:
+        """The proxy's answer: one message of at most ``_MAX_ANSWER_BYTES``; what came
+        after it is the session's."""
+        if len(self._answer) < LENGTH.size:
+            return
+        (size,) = LENGTH.unpack_from(self._answer)
+        if size > _MAX_ANSWER_BYTES:
+            raise ConnectionError(
+                f"the peer sent a {size}-byte answer (the limit is {_MAX_ANSWER_BYTES})"
+            )
+        end = LENGTH.size + size
+        if len(self._answer) < end:
+            return
+        self.verdict.set_result(bytes(self._answer[LENGTH.size : end]))
+        self._frames.feed(bytes(self._answer[end:]))
+        self._answer = bytearray()
+
     def begin(self, sink: FrameSink, lost: LostCallback) -> None:
         """The session is admitted: frames go to ``sink`` from now on (and any read)."""
         self._sink = sink
         self._lost = lost
-        self._parse()
+        try:
+            self._deliver()
+        except Exception as exc:
+            self._broken(exc)
         if self.ended.done():
             self._report()
+
+    def _deliver(self) -> None:
+        if self._sink is None:
+            return  # the verdict is being read: frames wait for begin()
+        frames, blobs = self._frames.take()
+        if frames:
+            if blobs:
+                self._sink(frames, blobs)
+            else:
+                self._sink(frames)
 
     def _report(self) -> None:
         lost, self._lost = self._lost, None
@@ -116,39 +178,6 @@ class _SessionProtocol(asyncio.Protocol):
             self._error = error
         if self.transport is not None:
             self.transport.abort()  # connection_lost reports it
-
-    def _parse(self) -> None:
-        buffer = self._buffer
-        offset = 0
-        try:
-            while len(buffer) - offset >= _LEN.size:
-                if self.verdict.done() and self._sink is None:
-                    break  # the verdict is being read: frames wait for begin()
-                (size,) = _LEN.unpack_from(buffer, offset)
-                limit = MAX_MESSAGE_BYTES if self.verdict.done() else _MAX_ANSWER_BYTES
-                if size > limit:
-                    raise ConnectionError(
-                        f"the peer sent a {size}-byte message (the limit is {limit})"
-                    )
-                end = offset + _LEN.size + size
-                if len(buffer) < end:
-                    break
-                if not self.verdict.done():
-                    self.verdict.set_result(bytes(buffer[offset + _LEN.size : end]))
-                    offset = end
-                    continue
-                with memoryview(buffer) as view, view[offset + _LEN.size : end] as message:
-                    batch = pb.Batch.FromString(message)  # type: ignore[arg-type]  # in place
-                offset = end
-                assert self._sink is not None
-                self._sink(list(batch.frames))
-        except ConnectionError as exc:
-            self._fail(EnclaveUnavailableError(f"lost the connection to {self._peer}: {exc}"))
-        except Exception as exc:  # an unparsable message, or a bug in a sink
-            self._fail(EnclaveUnavailableError(f"the session with {self._peer} failed: {exc!r}"))
-        finally:
-            if offset:
-                del buffer[:offset]
 
     def _wake_drainer(self) -> None:
         waiter, self._drained = self._drained, None
@@ -179,8 +208,10 @@ class AsyncStreamClientTransport:
         server_hostname: str | None = None,
         connect_timeout: float = HANDSHAKE_TIMEOUT,
         sockets: SocketScheme = HOST_SOCKETS,
+        max_blob_bytes: int = MAX_BLOB_BYTES,
     ) -> None:
         self.target = target
+        self.max_blob_bytes = max_blob_bytes
         self._token = token.encode()
         self._tls = tls
         self._server_hostname = server_hostname
@@ -228,7 +259,9 @@ class AsyncStreamClientTransport:
         loop = asyncio.get_running_loop()
         where = self._sockets.resolve(self.target, listening=False)
         sock = socket.socket(where.family, socket.SOCK_STREAM)
-        protocol = _SessionProtocol(loop, f"the enclave proxy at {self.target}")
+        protocol = _SessionProtocol(
+            loop, f"the enclave proxy at {self.target}", self.max_blob_bytes
+        )
         transport: asyncio.Transport | None = None
         try:
             sock.setblocking(False)
@@ -244,7 +277,7 @@ class AsyncStreamClientTransport:
             await loop.create_connection(lambda: protocol, sock=sock, **kwargs)
             transport = protocol.transport
             assert transport is not None
-            transport.write(PREFACE + _LEN.pack(len(self._token)) + self._token)
+            transport.write(PREFACE + LENGTH.pack(len(self._token)) + self._token)
             answer = await protocol.verdict
             if answer:
                 try:
@@ -264,20 +297,15 @@ class AsyncStreamClientTransport:
                 sock.close()
             raise
 
-    def send(self, frames: list[pb.Frame]) -> None:
-        """Queue frames for the proxy (never blocks; dropped once the connection is gone)."""
+    def send(self, frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> None:
+        """Queue frames, and the bytes of their Blob frames out of band, for the proxy
+        (never blocks; dropped once the connection is gone)."""
         protocol = self._protocol
         if protocol is None or protocol.transport is None or protocol.transport.is_closing():
             return
         write = protocol.transport.write
-        if len(frames) == 1:
-            body = pb.Batch(frames=frames).SerializeToString()
-            write(_LEN.pack(len(body)) + body)
-            return
-        for batch in batches(frames):  # large values: no copy joins the batches
-            body = batch.SerializeToString()
-            write(_LEN.pack(len(body)))
-            write(body)
+        for part in encode_frames(frames, blobs):  # large values: no copy joins them
+            write(part)
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Finish our side after what is queued, wait up to ``timeout`` for the proxy to

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +107,11 @@ class AsyncEndpoint:
     def _send_queued(self) -> None:
         frames = self.core.frames_to_send()
         if frames:
-            self._transport.send(frames)
+            blobs = self.core.blobs_to_send()
+            if blobs:
+                self._transport.send(frames, blobs)
+            else:
+                self._transport.send(frames)
 
     def run(self, action: Callable[[SessionCore], Any]) -> Any:
         """Run ``action(core)`` and send what it queued; raise the failure if it ended."""
@@ -285,12 +289,13 @@ class AsyncEndpoint:
 
     # ----------------------------------------------------------------- receiving
 
-    def feed(self, frames: list[pb.Frame]) -> None:
-        """Process frames from the proxy (the transport calls it on the loop)."""
+    def feed(self, frames: list[pb.Frame], blobs: Sequence[bytes] = ()) -> None:
+        """Process frames from the proxy (the transport calls it on the loop); ``blobs``:
+        the bytes of Blob frames received out of band."""
         if self._failure is not None:
             return
         try:
-            events = self.core.receive(frames)
+            events = self.core.receive(frames, blobs)
         except ProtocolError as exc:
             self._send_queued()  # the Close that tells the peer why
             self.fail(exc)

@@ -74,10 +74,12 @@ async def _open(load_config: EnclaveLoadConfig) -> AsyncEnclaveClient:
     except BaseException:
         await asyncio.to_thread(opening.release)
         raise
+    core = opening.new_core()
+    transport.max_blob_bytes = core.max_value_size  # what its reader may allocate
     counters = client_metrics.COUNTERS  # opted in (farside.metrics.enable): count the bytes
     sender: Any = transport if counters is None else CountingSender(transport, counters.add_sent)
     endpoint = AsyncEndpoint(
-        opening.new_core(), sender, opening.exits, error_from_exception=client_error, loop=loop
+        core, sender, opening.exits, error_from_exception=client_error, loop=loop
     )
     sink = (
         endpoint.feed if counters is None else counting_sink(endpoint.feed, counters.add_received)
