@@ -116,7 +116,8 @@ class _Recorder:
 
 
 def _short(text: str) -> str:
-    text = " ".join(text.split())
+    lines = text.strip().splitlines()  # the first line: a remote traceback stays in the log
+    text = " ".join(lines[0].split()) if lines else ""
     return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 1] + "…"
 
 
@@ -157,6 +158,7 @@ class Slot:
         self.attestation = "not loaded yet"
         self.proxy = ""
         self.proxy_pid: int | None = None
+        self.measurement: str | None = None  # kept after the enclave fails, until a reload
         self.loads = 0
         self.position: dict[str, Any] = {
             "x": max(spec.x, spec.radius),
@@ -175,7 +177,6 @@ class Slot:
 
     def status(self) -> dict[str, Any]:
         """What the page shows about this circle."""
-        enclave = self.enclave
         return {
             "name": self.spec.name,
             "color": self.spec.color,
@@ -186,7 +187,7 @@ class Slot:
             "alive": self.alive,
             "state": self.state,
             "error": self.error,
-            "measurement": enclave.measurement if enclave is not None else None,
+            "measurement": self.measurement,
             "attestation": self.attestation,
             "proxy": self.proxy,
             "proxy_pid": self.proxy_pid,
@@ -201,6 +202,7 @@ class Slot:
         recorder = _Recorder(circles.provision)
         self.state, self.error = "loading", None
         self.attestation = "attesting…"
+        self.proxy, self.proxy_pid, self.measurement = "", None, None
         self.loads += 1
         try:
             enclave = await _enclaves.load(
@@ -212,14 +214,13 @@ class Slot:
                 load_timeout=circles.load_timeout,
             )
         except Exception as exc:
-            self.proxy, self.proxy_pid = "", None
             if isinstance(exc, farside.AttestationError):
                 self.attestation = describe_error(exc)
             else:
                 self.attestation = "not attested: the load failed"
             self._fail(exc)
             return
-        self.enclave = enclave
+        self.enclave, self.measurement = enclave, enclave.measurement
         self.proxy, self.proxy_pid = recorder.where()
         self.attestation = circles.attestation_line(enclave)
         self.state = "alive"
