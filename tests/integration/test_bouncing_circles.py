@@ -88,7 +88,7 @@ def test_routes_four_enclaves_one_measurement_moving() -> None:
         assert all(c["alive"] and c["error"] is None for c in shown)
         # One source, four configurations: one measurement, the one pinned in the policy.
         assert {c["measurement"] for c in shown} == {started["expected_measurement"]}
-        assert all(c["attestation"].startswith("verified: measurement") for c in shown)
+        assert all(c["attestation"].startswith("verified: pinned measurement") for c in shown)
         assert len({c["proxy_pid"] for c in shown}) == 4
 
         first = await _get(client, "/calc")

@@ -335,17 +335,11 @@ class Circles:
         self._closed = False
 
     def attestation_line(self, enclave: _enclaves.AsyncEnclave) -> str:
+        """What the page says of an enclave's attestation (it passed: it is loaded)."""
         identity = enclave.identity
-        platform = (
-            "a platform key given with --platform-key"
-            if self.platform_keys
-            else "this machine's local platform key"
-        )
-        return (
-            f"verified: measurement {identity.measurement.hex()[:16]}… is the pinned one, "
-            f"{'debug' if identity.debug else 'production'} enclave, evidence signed by "
-            f"{platform}, bound to this session"
-        )
+        platform = "a --platform-key platform" if self.platform_keys else "the local platform"
+        kind = "debug" if identity.debug else "production"
+        return f"verified: pinned measurement, {kind} enclave, evidence signed by {platform}"
 
     # -------------------------------------------------------------- routes' work
 
