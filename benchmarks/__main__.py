@@ -41,8 +41,10 @@ FARSIDE_HOW = (
     'provision=LocalProvision(transport=T), exit_handlers={"echo": ...})` once per transport, '
     "default settings otherwise (with --tls: `RemoteProvision` to an in-process provision "
     'server, mTLS); large values: `enclave.call("echo", value)`; calls/s: N threads each '
-    'calling `enclave.call("empty")` in a loop'
+    'calling `enclave.call("empty")` in a loop; aio: `async with farside.aio.load(...)`, '
+    "the same calls awaited from one task, and calls/s from 64 tasks"
 )
+AIO_TASKS = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +105,8 @@ def _farside(
         rows += scenarios.throughput(enclave, label, values, plan.reps, transport)
         progress(f"g: {label} 1, 4, 16 client threads")
         rows += scenarios.concurrency(enclave, label, (1, 4, 16), plan.duration, transport)
+    progress(f"b, g: {label} aio: one task's calls, 64 tasks")
+    rows += scenarios.aio(target, label, plan.calls, plan.warmup, AIO_TASKS, plan.duration)
     return rows
 
 

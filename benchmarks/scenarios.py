@@ -8,6 +8,7 @@ start with ``farside.<transport>.``. The baselines they are compared with are in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import farside
+import farside.aio
 from farside.transport import factory
 
 from ._rows import PAYLOAD, Row, latency_row, row, size_name, throughput_row
@@ -54,15 +56,26 @@ class Farside:
             + (" (TLS)" if self.tls else "")
         )
 
-    def load(self) -> farside.EnclaveClient:
-        provision: Any = (
+    def _provision(self) -> Any:
+        return (
             farside.RemoteProvision(self.address, tls=self.client_tls, transport=self.transport)
             if self.tls
             else farside.LocalProvision(transport=self.transport)
         )
+
+    def load(self) -> farside.EnclaveClient:
         return farside.load(
             ENCLAVE,
-            provision=provision,
+            provision=self._provision(),
+            policy=self.policy,
+            exit_handlers={"echo": lambda value: value},
+        )
+
+    def aio_load(self) -> Any:
+        """``farside.aio.load`` of the same enclave, the same way (await it in a loop)."""
+        return farside.aio.load(
+            ENCLAVE,
+            provision=self._provision(),
             policy=self.policy,
             exit_handlers={"echo": lambda value: value},
         )
@@ -228,6 +241,61 @@ def concurrency(
             threads=n,
         )
         for n in threads
+    ]
+
+
+# ---------------------------------------------------------------- (b, g) asyncio
+
+
+def aio(
+    target: Farside, label: str, calls: int, warmup: int, tasks: int, duration: float
+) -> list[Row]:
+    """``farside.aio`` on its own loop: one task's empty-call latency, and empty calls/s
+    from ``tasks`` concurrent tasks (each its own enclave worker)."""
+
+    async def measure() -> tuple[list[float], float]:
+        async with target.aio_load() as enclave:
+            clock = time.perf_counter
+            for _ in range(warmup):
+                await enclave.call("empty")
+            samples = []
+            for _ in range(calls):
+                start = clock()
+                await enclave.call("empty")
+                samples.append(clock() - start)
+            counts = [0] * tasks
+            ready = asyncio.Barrier(tasks + 1)
+            stop = asyncio.Event()
+
+            async def worker(index: int) -> None:
+                await enclave.call("empty")  # each task's first call sets up its worker
+                await ready.wait()
+                count = 0
+                while not stop.is_set():
+                    await enclave.call("empty")
+                    count += 1
+                counts[index] = count
+
+            running = [asyncio.create_task(worker(i)) for i in range(tasks)]
+            await ready.wait()
+            start = clock()
+            await asyncio.sleep(duration)
+            stop.set()
+            await asyncio.gather(*running)
+            return samples, sum(counts) / (clock() - start)
+
+    samples, rate = asyncio.run(measure())
+    key = f"farside.{target.transport}.aio"
+    return [
+        latency_row("b", f"{key}.empty", f"{label} aio: one task's empty call", samples),
+        row(
+            "g",
+            f"{key}.calls_s.{tasks}",
+            f"{label} aio: empty calls/s, {tasks} tasks",
+            value=rate,
+            unit="calls/s",
+            tasks=tasks,
+        ),
     ]
 
 

@@ -74,6 +74,7 @@ def for_transport(rows: list[Row], transport: str, *, default: bool, family: str
     empty, nested = get(f"{me}.empty"), get(f"{me}.nested")
     one, sixteen = get(f"{me}.calls_s.1"), get(f"{me}.calls_s.16")
     cold = get(f"{me}.cold_load")
+    aio_empty = get(f"{me}.aio.empty")
     loop, empties = get(f"{me}.print_loop"), get(f"{me}.print_empties")
 
     def ratio(ident: str, name: str, value: float | None, *bound: Any, **kw: Any) -> Ratio:
@@ -148,6 +149,13 @@ def for_transport(rows: list[Row], transport: str, *, default: bool, family: str
             "s",
         ),
         ratio("idle_rss", "idle proxy RSS", get(f"{me}.idle_rss"), "≤", 60, "MiB"),
+        ratio(
+            "aio/sync",
+            "farside.aio: one task's empty call / the sync client's (issue 17)",
+            _divide(aio_empty, empty),
+            "≤",
+            1.0,
+        ),
         ratio(
             "print_loop",
             "10,000-line print loop / 10,000 empty calls (issue 6)",

@@ -36,6 +36,19 @@ def test_farside_latency_scenario_runs() -> None:
     )
 
 
+@pytest.mark.parametrize("transport", scenarios.TRANSPORTS)
+def test_aio_scenario_runs(transport: str) -> None:
+    target = scenarios.Farside(transport=transport)
+    rows = scenarios.aio(target, "farside", calls=5, warmup=2, tasks=4, duration=0.2)
+    assert [r["key"] for r in rows] == [
+        f"farside.{transport}.aio.empty",
+        f"farside.{transport}.aio.calls_s.4",
+    ]
+    assert rows[0]["n"] == 5
+    assert rows[0]["median_us"] > 0
+    assert rows[1]["value"] > 0
+
+
 def test_default_transport_is_asked_of_farside(monkeypatch: pytest.MonkeyPatch) -> None:
     for transport in scenarios.TRANSPORTS:
         monkeypatch.setenv("FARSIDE_TRANSPORT", transport)
@@ -103,6 +116,7 @@ def _fake_rows(scale: float) -> list[dict[str, Any]]:
         me = f"farside.{transport}"
         rows += [
             {"section": "b", "key": f"{me}.empty", "name": me, "median_us": 70.0 * scale},
+            {"section": "b", "key": f"{me}.aio.empty", "name": me, "median_us": 63.0 * scale},
             {"section": "c", "key": f"{me}.nested", "name": me, "median_us": 180.0},
             {"section": "f", "key": f"{me}.echo.{big}", "name": me, "value": 250.0},
             {"section": "g", "key": f"{me}.calls_s.1", "name": me, "value": 10_000.0},
@@ -160,6 +174,8 @@ def test_targets_are_computed_against_the_matching_baselines() -> None:
     assert ratios["stream.cold_load"]["value"] == pytest.approx(0.2)
     assert ratios["stream.print_loop"]["value"] is None  # not measured: n/a, not a failure
     assert ratios["stream.print_loop"]["met"] is None
+    assert ratios["stream.aio/sync"]["value"] == pytest.approx(0.9)
+    assert ratios["stream.aio/sync"]["met"] is True
 
 
 def test_report_folds_runs_into_medians_ranges_and_counts(tmp_path: Path) -> None:

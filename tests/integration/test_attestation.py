@@ -516,7 +516,7 @@ class HandSession:
             SessionCore(Role.CLIENT),
             self.transport,
             ExitHandlers(files_root, {}),
-            error_from_exception=_session._client_error,
+            error_from_exception=_session.client_error,
         )
         self.transport.start(self.endpoint.feed, self.endpoint.fail)
         self.endpoint.run_locked(

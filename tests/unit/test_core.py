@@ -721,6 +721,24 @@ def test_abandoned_exit_call_in_progress_is_still_answered(pair: CorePair) -> No
     ]
 
 
+def test_abandoned_while_serving_an_exit_call_answers_it_after_the_cancel(
+    pair: CorePair,
+) -> None:
+    """An asyncio task cancelled in its async exit handler: no call of its own is nested
+    in the exit call, so no late result would ever unwind it; the core answers it now."""
+    outer = pair.entry(T)
+    exit_id = pair.exit(T)
+    assert pair.client.abandon_thread(T) == [outer]
+    events = pair.to_proxy()
+    assert events[0] == CancelReceived(thread=T, call_id=outer)
+    assert [(e.call_id, e.error and e.error.code) for e in events[1:]] == [  # type: ignore[union-attr]
+        (exit_id, StatusCode.CANCELLED)
+    ]
+    pair.proxy.send_result(T, outer, "late")  # the worker unwinds: dropped, no error
+    assert pair.to_client() == []
+    assert pair.client.state is pair.proxy.state is State.READY
+
+
 def test_start_call_on_an_abandoned_thread_is_refused_locally(pair: CorePair) -> None:
     pair.entry(T)
     pair.client.abandon_thread(T)

@@ -476,7 +476,10 @@ class SessionCore:
         thread are tolerated: results are dropped, new exit calls are refused with
         ``CANCELLED``, and the exit calls the thread was serving are answered with
         ``CANCELLED`` as the calls nested in them finish, so the proxy's worker
-        unwinds. The thread's tag must not be used again.
+        unwinds; exit calls on top of the stack (the client gave up while serving one,
+        with no call of its own nested in it: an asyncio task cancelled in an async exit
+        handler) are answered with ``CANCELLED`` at once, after the ``Cancel``. The
+        thread's tag must not be used again.
         """
         self._require_role(Role.CLIENT, "abandon_thread")
         stack = self._stacks.pop(thread, [])
@@ -489,6 +492,7 @@ class SessionCore:
             self._abandoned_stacks[thread] = stack
         if ids and self.state is State.READY and self.error is None:
             self._emit(pb.Frame(cancel=pb.Cancel(call_id=ids[0])))
+            self._answer_cancelled(stack)
         return ids
 
     def dispose_thread(self, thread: int) -> None:
@@ -867,6 +871,12 @@ class SessionCore:
         index = next((i for i, e in enumerate(stack) if e.call_id == call_id and e.outgoing), None)
         if index is not None:
             del stack[index:]
+        self._answer_cancelled(stack)
+        if not stack:
+            self._abandoned_stacks.pop(thread, None)
+
+    def _answer_cancelled(self, stack: list[_InFlight]) -> None:
+        """Answer the peer's calls on top of an abandoned ``stack`` with ``CANCELLED``."""
         while stack and not stack[-1].outgoing:
             entry = stack.pop()
             error = RemoteError(
@@ -877,8 +887,6 @@ class SessionCore:
             self._emit(
                 pb.Frame(result=pb.Result(call_id=entry.call_id, error=_remote_error_to_pb(error)))
             )
-        if not stack:
-            self._abandoned_stacks.pop(thread, None)
 
     def _on_output(self, frame: pb.Output, events: list[Event]) -> None:
         self._expect_state(State.READY, what="output")

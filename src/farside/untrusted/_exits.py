@@ -170,6 +170,15 @@ class ExitHandlers:
             raise TypeError(f"exit handler {name!r} must be callable")
         self._user[name] = fn
 
+    def lookup(self, name: str) -> tuple[Callable[..., Any] | None, bool]:
+        """The function serving exit call ``name`` (None if none), and whether it is a
+        built-in service (files, stdin: they may block, so an event loop runs them in a
+        thread)."""
+        fn = self._builtin.get(name)
+        if fn is not None:
+            return fn, True
+        return self._user.get(name), False
+
     def handle_call(self, event: CallReceived) -> Any:
         fn = self._builtin.get(event.name) or self._user.get(event.name)
         tracer = tracing.TRACER
@@ -180,17 +189,22 @@ class ExitHandlers:
         return self._run_handler(fn, event)
 
     @staticmethod
-    def _run_handler(fn: Callable[..., Any] | None, event: CallReceived) -> Any:
+    def missing(name: str) -> EnclaveError:
+        """The error for an exit call no handler serves."""
+        # This crosses into the enclave (as HostCallError) and maybe back: the fix in
+        # both the terms the client may be using goes in the message itself.
+        return EnclaveError(
+            f"no exit handler is registered for {name!r}: register one on the "
+            f"client, with farside.load(..., exit_handlers={{{name!r}: function}}) "
+            f"or client.register_exit_handler({name!r}, function); farside run "
+            f"takes --exit-handler {name}=MODULE:FUNCTION",
+            code=StatusCode.NOT_FOUND,
+        )
+
+    @classmethod
+    def _run_handler(cls, fn: Callable[..., Any] | None, event: CallReceived) -> Any:
         if fn is None:
-            # This crosses into the enclave (as HostCallError) and maybe back: the fix in
-            # both the terms the client may be using goes in the message itself.
-            raise EnclaveError(
-                f"no exit handler is registered for {event.name!r}: register one on the "
-                f"client, with farside.load(..., exit_handlers={{{event.name!r}: function}}) "
-                f"or client.register_exit_handler({event.name!r}, function); farside run "
-                f"takes --exit-handler {event.name}=MODULE:FUNCTION",
-                code=StatusCode.NOT_FOUND,
-            )
+            raise cls.missing(event.name)
         return fn(*event.args, **event.kwargs)
 
     def handle_event(self, event: Event) -> None:

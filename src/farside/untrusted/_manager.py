@@ -25,7 +25,7 @@ from ._config import (
 from ._fileservice import DEFAULT_MAX_OPEN_FILES
 from ._session import open_session
 
-__all__ = ["EnclaveManager", "load"]
+__all__ = ["EnclaveManager", "load", "load_config_for"]
 
 log = logging.getLogger("farside")
 
@@ -148,6 +148,42 @@ def load(
     standard input. The client is registered in ``EnclaveManager.instance()`` like any
     other, and destroys the enclave when used as a context manager.
     """
+    load_config = load_config_for(
+        enclave_path,
+        name=name,
+        provision=provision,
+        config=config,
+        debug=debug,
+        exit_handlers=exit_handlers,
+        files_root=files_root,
+        load_timeout=load_timeout,
+        policy=policy,
+        sandbox=sandbox,
+        max_open_files=max_open_files,
+        files_root_readonly=files_root_readonly,
+        stdin=stdin,
+    )
+    return EnclaveManager.instance().load_enclave(load_config)
+
+
+def load_config_for(
+    enclave_path: str | os.PathLike[str],
+    *,
+    name: str | None,
+    provision: Provisioner | None,
+    config: EnclaveConfig | None,
+    debug: bool,
+    exit_handlers: Mapping[str, Callable[..., Any]] | None,
+    files_root: str | os.PathLike[str] | None,
+    load_timeout: float,
+    policy: AttestationPolicy | None,
+    sandbox: SandboxConfig | None,
+    max_open_files: int,
+    files_root_readonly: bool,
+    stdin: bool,
+) -> EnclaveLoadConfig:
+    """The ``EnclaveLoadConfig`` that ``load``'s arguments stand for (``farside.aio.load``
+    takes the same)."""
     if name is None:
         name = f"{Path(enclave_path).stem or 'enclave'}-{secrets.token_hex(4)}"
     proxy_config = RemoteProxyClientConfig(
@@ -156,7 +192,7 @@ def load(
         policy=policy,
         sandbox=sandbox,
     )
-    load_config = EnclaveLoadConfig(
+    return EnclaveLoadConfig(
         name=name,
         config=config if config is not None else EnclaveConfig(),
         remote_load_config=RemoteLoadConfig(
@@ -169,4 +205,3 @@ def load(
         max_open_files=max_open_files,
         stdin=stdin,
     )
-    return EnclaveManager.instance().load_enclave(load_config)
