@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import farside
+import farside.aio
 from farside.attestation import load_bundle
-
-from . import _enclaves
 
 __all__ = [
     "CIRCLES",
@@ -152,7 +151,7 @@ class Slot:
     def __init__(self, spec: CircleSpec, circles: Circles) -> None:
         self.spec = spec
         self._circles = circles
-        self.enclave: _enclaves.AsyncEnclave | None = None
+        self.enclave: farside.aio.AsyncEnclaveClient | None = None
         self.state = "not loaded"  # "loading", "alive", "dead"
         self.error: str | None = None
         self.attestation = "not loaded yet"
@@ -205,8 +204,8 @@ class Slot:
         self.proxy, self.proxy_pid, self.measurement = "", None, None
         self.loads += 1
         try:
-            enclave = await _enclaves.load(
-                str(circles.enclave_path),
+            enclave = await farside.aio.load(
+                circles.enclave_path,
                 name=f"{self.spec.name}-{self.loads}",
                 provision=recorder,
                 policy=circles.policy,
@@ -253,7 +252,7 @@ class Slot:
         except Exception as exc:
             self._fail(exc)
 
-    async def _serve(self, enclave: _enclaves.AsyncEnclave) -> None:
+    async def _serve(self, enclave: farside.aio.AsyncEnclaveClient) -> None:
         """Make every call of this enclave, from this one task (one enclave worker)."""
         timeout = self._circles.call_timeout
         while True:
@@ -281,7 +280,7 @@ class Slot:
         log.warning("%s: %s", self.spec.name, self.error)
         self._circles.discard(self._detach())
 
-    def _detach(self) -> tuple[_enclaves.AsyncEnclave | None, asyncio.Task[None] | None]:
+    def _detach(self) -> tuple[farside.aio.AsyncEnclaveClient | None, asyncio.Task[None] | None]:
         enclave, runner = self.enclave, self._runner
         self.enclave, self._runner = None, None
         while not self._requests.empty():
@@ -334,7 +333,7 @@ class Circles:
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def attestation_line(self, enclave: _enclaves.AsyncEnclave) -> str:
+    def attestation_line(self, enclave: farside.aio.AsyncEnclaveClient) -> str:
         """What the page says of an enclave's attestation (it passed: it is loaded)."""
         identity = enclave.identity
         platform = "a --platform-key platform" if self.platform_keys else "the local platform"
@@ -384,7 +383,7 @@ class Circles:
     # -------------------------------------------------------------- ending
 
     def discard(
-        self, parts: tuple[_enclaves.AsyncEnclave | None, asyncio.Task[None] | None]
+        self, parts: tuple[farside.aio.AsyncEnclaveClient | None, asyncio.Task[None] | None]
     ) -> None:
         """Destroy a failed enclave in the background (``close`` waits for it)."""
         task = asyncio.create_task(self.destroy(*parts, name="a failed enclave"))
@@ -393,7 +392,7 @@ class Circles:
 
     async def destroy(
         self,
-        enclave: _enclaves.AsyncEnclave | None,
+        enclave: farside.aio.AsyncEnclaveClient | None,
         runner: asyncio.Task[None] | None,
         *,
         name: str,
