@@ -104,3 +104,16 @@ def test_remote_without_the_platform_key_shows_the_attestation_failure(root: Pat
                 assert circle["attestation"].startswith("AttestationError"), circle
                 assert "platform" in circle["attestation"]
             assert get(f"{server.url}/calc")["ticks"] == 1  # the page still draws, all grey
+
+
+def test_the_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import bouncing_circles
+
+    argv = ["--seconds", "0.3", "--provisioning", "local", "--transport", "stream"]
+    assert bouncing_circles.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["provis.", "wire", "/calc", "ticks/s", "median", "ms", "p99", "ms"]
+    assert lines[1].split()[:3] == ["local", "stream", "concurrent"]
+    assert lines[2].split()[:4] == ["local", "stream", "in", "turn"]
+    assert float(lines[1].split()[3]) > 0
+    assert lines[-1].startswith("local stream: concurrent / in turn ticks/s = ")
