@@ -3,10 +3,12 @@
     python -m farside.examples.bouncing_circles [--host 127.0.0.1] [--port 8888]
         [--remote HOST:PORT --tls-ca FILE --tls-cert FILE --tls-key FILE
          --platform-key FILE] [--transport grpc|stream] [--call-timeout S] [--sequential]
+        [--once]
 
 It prints ``bouncing circles: serving on http://HOST:PORT/circles`` once it listens
 (``--port 0`` picks a free port) and runs until SIGINT or SIGTERM; then it destroys
 the four enclaves (each says so from inside, through its ``finalize``) and exits 0.
+``--once`` serves nothing: it loads, moves and prints the four circles, and exits.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import farside
+
+if TYPE_CHECKING:
+    from .circles import Circles
 
 __all__ = ["main", "parser", "provisioner"]
 
@@ -44,6 +50,12 @@ def parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="give up loading an enclave after this long (default 30)",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="no web server: load the four enclaves, move the circles one tick, print "
+        "each one's state, destroy them, and exit (1 if any circle is grey)",
     )
     p.add_argument(
         "--sequential",
@@ -91,20 +103,45 @@ def provisioner(args: argparse.Namespace) -> farside.Provisioner:
     return farside.RemoteProvision(args.remote, tls=tls, token=token, transport=args.transport)
 
 
-async def serve(args: argparse.Namespace) -> None:
-    """Serve until SIGINT or SIGTERM, then destroy the enclaves."""
-    from aiohttp import web
-
+def _circles(args: argparse.Namespace) -> Circles:
     from .circles import Circles
-    from .web import make_app
 
-    circles = Circles(
+    return Circles(
         provision=provisioner(args),
         platform_keys=args.platform_key,
         call_timeout=args.call_timeout,
         load_timeout=args.load_timeout,
         concurrent=not args.sequential,
     )
+
+
+async def once(args: argparse.Namespace) -> bool:
+    """Load, set up and move the four circles once; print them; True if all are alive."""
+    circles = _circles(args)
+    try:
+        await circles.start(700, 500)
+        snapshot = await circles.tick()
+    finally:
+        await circles.close()
+    for circle in snapshot["circles"]:
+        where = f"({circle['x']}, {circle['y']}) r={circle['radius']}"
+        print(f"{circle['name']}: {circle['state']}, {circle['fill']} at {where}")
+        print(f"  measurement {circle['measurement'] or '-'}")
+        print(f"  attestation {circle['attestation']}")
+        if circle["error"]:
+            print(f"  error {circle['error']}")
+    same = "one measurement" if snapshot["same_measurement"] else "DIFFERENT measurements"
+    print(f"{len(snapshot['circles'])} enclaves, {same}")
+    return all(circle["alive"] for circle in snapshot["circles"])
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Serve until SIGINT or SIGTERM, then destroy the enclaves."""
+    from aiohttp import web
+
+    from .web import make_app
+
+    circles = _circles(args)
     runner = web.AppRunner(make_app(circles), handle_signals=False, access_log=None)
     await runner.setup()
     try:
@@ -127,13 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
+        if args.once:
+            return 0 if asyncio.run(once(args)) else 1
         import aiohttp  # noqa: F401
     except ImportError:
-        print(
-            "bouncing circles needs aiohttp: pip install 'farside[circles]'",
-            file=sys.stderr,
-        )
+        print("bouncing circles needs aiohttp: pip install 'farside[circles]'", file=sys.stderr)
         return 2
+    except (ValueError, OSError) as exc:
+        print(f"bouncing circles: error: {exc}", file=sys.stderr)
+        return 1
     try:
         asyncio.run(serve(args))
     except (ValueError, OSError) as exc:
