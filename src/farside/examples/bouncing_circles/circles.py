@@ -261,8 +261,11 @@ class Slot:
                 continue
             try:
                 value = await enclave.call(entry, *args, timeout=timeout)
-            except asyncio.CancelledError:
-                future.cancel()
+            except asyncio.CancelledError:  # the enclave is being let go: answer, then stop
+                if not future.done():
+                    future.set_exception(
+                        farside.EnclaveUnavailableError("the enclave is being destroyed")
+                    )
                 raise
             except Exception as exc:
                 if not future.done():
