@@ -85,6 +85,14 @@ class AioProbe(TrustedApplication):
         return value
 
     @ecall
+    def notify_many(self, count: int) -> int:
+        for index in range(count):
+            host.notify("numbered", index)
+            if index % 10 == 0:
+                print(f"at {index}")
+        return count
+
+    @ecall
     def blob(self, size: int) -> bytes:
         return bytes(range(256)) * (size // 256) + bytes(size % 256)
 

@@ -23,7 +23,7 @@ import farside.aio
 from farside.attestation.bundle_files import load_bundle
 
 from ._provision import QUICKSTART, ServerFactory, pki, servers
-from ._support import ENCLAVES, wait_until
+from ._support import ENCLAVES, process_gone, wait_until
 
 __all__ = ["pki", "servers"]  # fixtures used here
 
@@ -304,6 +304,33 @@ def test_output_comes_before_the_result_and_in_order(
     assert at_notify == ["".join(f"line {i}\n" for i in range(50))]
 
 
+def test_one_way_calls_and_output_keep_their_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    numbered: list[tuple[int, str]] = []
+
+    async def numbered_handler(index: int) -> None:  # async one-way handlers too
+        numbered.append((index, capsys.readouterr().out))
+
+    async def scenario() -> None:
+        async with farside.aio.load(
+            PROBE, files_root=tmp_path, exit_handlers={"numbered": numbered_handler}
+        ) as enclave:
+            assert await enclave.call("notify_many", 200) == 200
+            assert [i for i, _ in numbered] == list(range(200))  # all before the result
+            await asyncio.gather(*(enclave.call("notify_many", 20) for _ in range(5)))
+            assert len(numbered) == 300
+
+    run(scenario)
+    # every "at N" line printed before a notification was written before its handler ran
+    # (output is written as it arrives, so later lines may be there already)
+    written = ""
+    for index, out in numbered[:200]:
+        written += out
+        assert written.startswith("".join(f"at {k}\n" for k in range(0, index, 10)))
+    assert written == "".join(f"at {k}\n" for k in range(0, 200, 10))
+
+
 def test_large_values_both_ways(tmp_path: Path) -> None:
     size = 20 * 2**20 + 12345
 
@@ -414,3 +441,35 @@ def test_remote_provisioning_over_mtls(servers: ServerFactory) -> None:
 
     run(scenario)
     assert wait_until(lambda: server.enclave_count() == 0, 10)
+
+
+def test_a_load_cancelled_while_its_proxy_starts_leaves_nothing(tmp_path: Path) -> None:
+    """The provisioner runs in a thread, past the cancellation: its proxy is released
+    once it is up (the suite's leak check fails the test otherwise)."""
+    started = threading.Event()
+    leases: list[farside.ProxyLease] = []
+
+    class Slow(farside.LocalProvision):
+        def provision(self, *, name: str, timeout: float) -> farside.ProxyLease:
+            started.set()
+            time.sleep(0.3)
+            lease = super().provision(name=name, timeout=timeout)
+            leases.append(lease)
+            return lease
+
+    async def scenario() -> None:
+        loading = asyncio.create_task(_load_then_close(Slow(stop_timeout=0.5), tmp_path))
+        await asyncio.to_thread(started.wait, 10)
+        loading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loading
+
+    run(scenario)
+    assert wait_until(lambda: len(leases) == 1, 10)
+    pid = leases[0].handle.process.pid
+    assert wait_until(lambda: process_gone(pid), 10)
+
+
+async def _load_then_close(provision: farside.Provisioner, root: Path) -> None:
+    async with farside.aio.load(PROBE, files_root=root, provision=provision):
+        raise AssertionError("the load was to be cancelled")

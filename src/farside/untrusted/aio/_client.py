@@ -213,6 +213,7 @@ class AsyncEnclaveClient:
             await asyncio.shield(self._closing)
             return
         self._closing = self._loop.create_future()
+        self._closed = True  # new calls are refused from now on
         finalize_error: EnclaveError | None = None
         try:
             if not skip_finalize and self._endpoint.failure is None:
@@ -229,7 +230,6 @@ class AsyncEnclaveClient:
                 except EnclaveError as exc:
                     finalize_error = exc
         finally:
-            self._closed = True
             with contextlib.suppress(EnclaveError):
                 self._endpoint.run(lambda core: core.close())
             try:

@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..._config import EnclaveConfig, SandboxConfig
 from ..._errors import EnclaveCallError, EnclaveError, EnclaveLoadError, EnclaveNameError
@@ -33,6 +33,8 @@ from ._endpoint import AsyncEndpoint
 
 __all__ = ["load"]
 
+T = TypeVar("T")
+
 _names: set[str] = set()  # the names of this process's asyncio clients, loaded or loading
 _names_lock = threading.Lock()  # clients of different loops (threads) share it
 
@@ -42,10 +44,29 @@ def _forget(client: AsyncEnclaveClient) -> None:
         _names.discard(client.name)
 
 
+async def _off_loop(fn: Callable[[], T], undo: Callable[[T], None]) -> T:
+    """``fn()`` in a thread; if the caller is cancelled meanwhile, ``undo`` its result
+    once it comes (in a thread of its own: the loop may be ending), so that a load
+    cancelled while a proxy starts leaves no proxy behind."""
+    # A plain future, not a task: asyncio.run's ending cancels tasks, and the undo must
+    # still see the result.
+    future = asyncio.get_running_loop().run_in_executor(None, fn)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+
+        def undo_later(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                threading.Thread(target=undo, args=(done.result(),), daemon=True).start()
+
+        future.add_done_callback(undo_later)
+        raise
+
+
 async def _open(load_config: EnclaveLoadConfig) -> AsyncEnclaveClient:
     loop = asyncio.get_running_loop()
-    opening = await asyncio.to_thread(Opening, load_config)
-    lease = await asyncio.to_thread(opening.provision)
+    opening = await _off_loop(lambda: Opening(load_config), lambda o: o.exits.files.close_all())
+    lease = await _off_loop(opening.provision, lambda _: opening.release())
     try:
         transport = await asyncio.to_thread(  # TLS settings are files
             aio_transport.connect, lease.transport, lease.address, token=lease.token, tls=lease.tls
