@@ -34,6 +34,11 @@ class AioProbe(TrustedApplication):
         return threading.get_ident()
 
     @ecall
+    def worker(self) -> str:
+        """The name of the enclave worker running this call (one per client task)."""
+        return threading.current_thread().name
+
+    @ecall
     def sleep(self, seconds: float) -> str:
         time.sleep(seconds)
         return "slept"

@@ -125,28 +125,30 @@ def test_attestation_comes_before_any_input(tmp_path: Path) -> None:
 def test_each_task_has_its_own_worker_disposed_when_it_ends(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with farside.aio.load(PROBE, files_root=tmp_path) as enclave:
-            mine = await enclave.call("ident")
-            assert await enclave.call("ident") == mine  # the same task, the same worker
-            before = len(await enclave.call("workers"))
+            mine = await enclave.call("worker")
+            assert await enclave.call("worker") == mine  # the same task, the same worker
             gate = asyncio.Event()
 
-            async def task_worker() -> tuple[int, int]:
-                first = await enclave.call("ident")
+            async def task_worker() -> tuple[str, str]:
+                first = await enclave.call("worker")
                 await gate.wait()
-                return first, await enclave.call("ident")
+                return first, await enclave.call("worker")
 
             tasks = [asyncio.create_task(task_worker()) for _ in range(5)]
             await asyncio.sleep(0.2)
-            assert len(await enclave.call("workers")) == before + 5
+            alive = set(await enclave.call("workers"))
             gate.set()
             pairs = await asyncio.gather(*tasks)
             assert all(a == b for a, b in pairs)
-            assert len({a for a, _ in pairs} | {mine}) == 6
+            theirs = {a for a, _ in pairs}
+            assert len(theirs | {mine}) == 6
+            assert theirs | {mine} <= alive
 
-            async def back_to_before() -> bool:
-                return len(await enclave.call("workers")) == before
+            async def theirs_gone() -> bool:
+                return not theirs & set(await enclave.call("workers"))
 
-            assert await eventually(back_to_before)  # the ended tasks' workers went
+            assert await eventually(theirs_gone)  # the ended tasks' workers went
+            assert mine in await enclave.call("workers")
 
     run(scenario)
 
@@ -267,10 +269,43 @@ def test_cancelled_inside_an_async_exit_handler(tmp_path: Path) -> None:
     run(scenario)
 
 
+def test_a_nested_call_given_up_fails_the_outer_call_too(tmp_path: Path) -> None:
+    """An async handler's nested call times out, or its task is cancelled there: the
+    whole task's stack is given up, in the enclave too, and the session goes on."""
+
+    async def scenario() -> None:
+        async with farside.aio.load(PROBE, files_root=tmp_path) as enclave:
+
+            async def times_out() -> Any:
+                return await enclave.call("spin", 30, "inner deadline", timeout=0.3)
+
+            async def runs_long() -> Any:
+                return await enclave.call("spin", 30, "inner cancelled")
+
+            enclave.register_exit_handler("times_out", times_out)
+            enclave.register_exit_handler("runs_long", runs_long)
+            with pytest.raises(farside.DeadlineExceededError):
+                await enclave.call("call_host", "times_out")
+            task = asyncio.create_task(enclave.call("call_host", "runs_long"))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+            async def both_seen() -> bool:
+                keys = await enclave.call("cancelled_keys")
+                return sorted(keys) == ["inner cancelled", "inner deadline"]
+
+            assert await eventually(both_seen)
+            assert await enclave.call("add", 2, 2) == 4
+
+    run(scenario)
+
+
 def test_a_deadline_raises_and_cancels_in_the_enclave(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with farside.aio.load(PROBE, files_root=tmp_path) as enclave:
-            mine = await enclave.call("ident")
+            mine = await enclave.call("worker")
             with pytest.raises(farside.DeadlineExceededError):
                 await enclave.call("spin", 30, "deadline", timeout=0.3)
 
@@ -278,7 +313,7 @@ def test_a_deadline_raises_and_cancels_in_the_enclave(tmp_path: Path) -> None:
                 return await enclave.call("cancelled_keys") == ["deadline"]
 
             assert await eventually(seen)
-            assert await enclave.call("ident") != mine  # a fresh worker after a timeout
+            assert await enclave.call("worker") != mine  # a fresh worker after a timeout
 
     run(scenario)
 

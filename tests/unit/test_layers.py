@@ -36,6 +36,7 @@ def loaded_by(statement: str) -> set[str]:
         "farside.trusted",
         "farside.transport.sockets",
         "farside.transport.stream",
+        "farside.transport.aio.stream",
         "farside.transport.vsock",
         "farside.transport.relay",
         "farside.transport.endpoint",
