@@ -367,8 +367,14 @@ def signal_pid(pid: int, sig: int) -> bool:
         return False
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds() -> Counter[str]:
+    """This process's open descriptors, by kind (socket, pipe, a file's path, ...)."""
+    kinds: Counter[str] = Counter()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            kinds[re.sub(r":\[\d+\]$", "", target)] += 1
+    return kinds
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> bool:
@@ -583,7 +589,9 @@ class Chaos:
         self.server: subprocess.Popen[bytes] | None = None
         self.server_address = ""
         self.remote: Any = None
-        self.local = {t: farside.LocalProvision(transport=t) for t in ("grpc", "stream")}
+        self.local = {
+            t: farside.LocalProvision(transport=t, stop_timeout=2.0) for t in ("grpc", "stream")
+        }
         self.sessions: dict[str, Session] = {}
         self.pool_lock = threading.Lock()
         self.stop_traffic = threading.Event()
@@ -592,7 +600,7 @@ class Chaos:
         self.netns: NetnsServer | None = None
         self.netns_wanted = netns
         self.netns_why = ""
-        self.fd_baseline: int | None = None
+        self.fd_baseline: Counter[str] | None = None
         self.sink = OutputSink(self.record)
         self.paused: set[int] = set()  # pids we stopped and owe a SIGCONT
 
@@ -905,20 +913,21 @@ class Chaos:
         for session in sessions:
             self.destroy(session.client, f"the {session.slot} session", broken=session.broken)
         self.settle()
-        counts: list[int] = []
+        counts: list[Counter[str]] = []
 
         def steady() -> bool:
             counts.append(open_fds())
-            return self.fd_baseline is None or counts[-1] <= self.fd_baseline
+            return self.fd_baseline is None or counts[-1].total() <= self.fd_baseline.total()
 
         wait_until(steady, 5, 0.1)
         if self.fd_baseline is None:
             self.fd_baseline = counts[-1]
-            log(f"descriptors at the first quiet point: {self.fd_baseline}")
-        elif counts[-1] > self.fd_baseline:
+            log(f"descriptors at the first quiet point: {self.fd_baseline.total()}")
+        elif counts[-1].total() > self.fd_baseline.total():
             self.record.violation(
-                f"this process holds {counts[-1]} descriptors at a quiet point, "
-                f"{self.fd_baseline} at the first"
+                f"this process holds {counts[-1].total()} descriptors at a quiet point, "
+                f"{self.fd_baseline.total()} at the first; more: "
+                f"{dict(counts[-1] - self.fd_baseline)}"
             )
             self.fd_baseline = counts[-1]
         for slot in SLOTS:
@@ -1096,6 +1105,8 @@ class NetnsServer:
             t: farside.RemoteProvision(self.address, tls=tls, transport=t)
             for t in ("grpc", "stream")
         }
+        for provision in self.provision.values():  # its channel, before the first quiet point
+            provision.server_status(timeout=20)
 
     def pids(self) -> set[int]:
         return (
@@ -1639,8 +1650,8 @@ def _none(c: Chaos, r: random.Random) -> tuple[Any, ...]:
 
 # kind: (inject, weight, weight in --ci, what it does, may touch provisioning)
 FAULTS: dict[str, Fault] = {
-    "proxy-kill": Fault(proxy_kill, 6, 8, "kill -9 a session's proxy while calls wait", True),
-    "proxy-stop": Fault(proxy_stop, 4, 4, "SIGSTOP a proxy for a while, then SIGCONT", True),
+    "proxy-kill": Fault(proxy_kill, 6, 4, "kill -9 a session's proxy while calls wait", True),
+    "proxy-stop": Fault(proxy_stop, 4, 2, "SIGSTOP a proxy for a while, then SIGCONT", True),
     "agent-kill": Fault(agent_kill, 3, 2, "kill -9 the local or the server's platform agent", True),
     "agent-stop": Fault(agent_stop, 2, 0, "SIGSTOP a platform agent while a load waits", True),
     "server-kill": Fault(server_kill, 2, 0, "kill -9 the provision server; restart it", True),
@@ -1652,12 +1663,12 @@ FAULTS: dict[str, Fault] = {
     ),
     "client-stop": Fault(client_stop, 2, 0, "SIGSTOP a client process, then SIGCONT", True),
     "net-cut": Fault(net_cut, 3, 0, "take the link to a namespaced server down, then up", True),
-    "garbage-frame": Fault(garbage_frame, 5, 8, "a malformed frame on a live session", True),
-    "truncated-frame": Fault(truncated_frame, 4, 4, "a truncated or oversized stream frame", True),
-    "stranger-bytes": Fault(stranger_bytes, 4, 14, "junk on a proxy's socket from a stranger"),
-    "garbage-server": Fault(garbage_server, 3, 6, "junk on the provision server's port", True),
-    "deadline-storm": Fault(deadline_storm, 6, 14, "8-20 calls with 2-200 ms deadlines"),
-    "hostile-fork": Fault(_hostile("fork", _none), 2, 6, "enclave forks"),
+    "garbage-frame": Fault(garbage_frame, 5, 4, "a malformed frame on a live session", True),
+    "truncated-frame": Fault(truncated_frame, 4, 2, "a truncated or oversized stream frame", True),
+    "stranger-bytes": Fault(stranger_bytes, 4, 16, "junk on a proxy's socket from a stranger"),
+    "garbage-server": Fault(garbage_server, 3, 2, "junk on the provision server's port", True),
+    "deadline-storm": Fault(deadline_storm, 6, 16, "8-20 calls with 2-200 ms deadlines"),
+    "hostile-fork": Fault(_hostile("fork", _none), 2, 8, "enclave forks"),
     "hostile-threads": Fault(
         _hostile("threads", _threads_args), 2, 1, "enclave starts hundreds of threads"
     ),
@@ -1703,7 +1714,7 @@ FAULTS: dict[str, Fault] = {
         4,
         "enclave opens hundreds of host files",
     ),
-    "hostile-signal": Fault(_hostile("signal_parent", _none), 2, 6, "enclave signals its parent"),
+    "hostile-signal": Fault(_hostile("signal_parent", _none), 2, 8, "enclave signals its parent"),
     "hostile-chmod": Fault(
         _hostile("chmod", _none), 2, 6, "enclave chmods the interpreter's files"
     ),
