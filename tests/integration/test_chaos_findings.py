@@ -268,6 +268,23 @@ def test_stale_work_directories_are_swept(tmp_path: Path) -> None:
     assert stale in removed
 
 
+def test_stale_work_directories_are_swept_without_requests(tmp_path: Path) -> None:
+    """An orphaned proxy that dies uncleanly leaves its directory after the server's last
+    request: the server sweeps on a timer too (the chaos campaign's one violation)."""
+    server = ProvisionServer(
+        server_module.ProvisionServerConfig(port=0, workdir=tmp_path, insecure=True)
+    )
+    server.sweep_interval = 0.2
+    server.start()
+    try:
+        stale = tmp_path / "farside-server-dead"
+        (stale / "0123456789abcdef").mkdir(parents=True)
+        (stale / ".server.lock").touch()
+        assert wait_until(lambda: not stale.exists(), 10)  # was: until the next request
+    finally:
+        server.stop()
+
+
 def test_a_released_proxy_that_stopped_itself_is_killed(servers: ServerFactory) -> None:
     server = servers(grace=1.0)
     client = servers.load(servers.remote(server))

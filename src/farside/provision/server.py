@@ -169,6 +169,8 @@ class ProvisionServerConfig:
 
 
 WORKDIR_PREFIX = "farside-server-"
+SWEEP_INTERVAL = 10.0
+"""How often a server sweeps what dead servers left in its work directory's parent."""
 _WORKDIR_LOCK = ".server.lock"
 
 
@@ -295,6 +297,8 @@ class ProvisionServer:
         self._lock = threading.Lock()
         self._enclaves: dict[str, _Enclave] = {}
         self._stopping = False
+        self._stopped = threading.Event()
+        self.sweep_interval = SWEEP_INTERVAL
         self.totals = Totals()
         self._metrics: Any = None  # the /metrics server, once started
         self._hosts_cache: tuple[float, list[pb.HostInfo]] = (0.0, [])
@@ -415,13 +419,24 @@ class ProvisionServer:
                     self._metrics.address,
                 )
         self._server.start()
+        threading.Thread(target=self._janitor, daemon=True, name="farside-janitor").start()
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.address = f"{self.config.host}:{port}"
         return self.address
 
+    def _janitor(self) -> None:
+        """Sweep what dead servers left every ``sweep_interval`` s, also when no request
+        comes (an orphaned proxy that dies uncleanly leaves its directory)."""
+        while not self._stopped.wait(self.sweep_interval):
+            try:
+                sweep_stale_workdirs(self._workdir.parent, own=self._workdir)
+            except Exception:  # never the end of the server
+                log.exception("sweeping stale work directories failed")
+
     def stop(self) -> None:
         """Refuse new work, ask every proxy to finalize, then end what is left."""
+        self._stopped.set()
         with self._lock:
             self._stopping = True
             placements = [e.placement for e in self._enclaves.values() if e.placement]
