@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .._errors import EnclaveLoadError
 from ..attestation.agent import READY_PREFIX
-from ._spawn import read_line
+from ._spawn import quoted, read_line
 
 __all__ = ["PlatformAgent"]
 
@@ -89,7 +89,7 @@ class PlatformAgent:
             with contextlib.suppress(OSError):
                 process.kill()
             process.wait()
-            why = process.stderr.read(4000).decode("utf-8", "replace").strip()
+            why = quoted(process.stderr.read(4000).decode("utf-8", "replace").strip())
             process.stdout.close()
             process.stderr.close()
             ours.close()
@@ -106,7 +106,9 @@ class PlatformAgent:
             process.kill()
             process.wait()
             ours.close()
-            raise EnclaveLoadError(f"the platform agent announced no valid key: {line!r}")
+            raise EnclaveLoadError(
+                f"the platform agent announced no valid key: {quoted(line, 200)}"
+            )
         return cls(process, ours, public_key)
 
     @property

@@ -28,6 +28,7 @@ __all__ = [
     "READY_PREFIX",
     "ProxyProcess",
     "proxy_command",
+    "quoted",
     "read_line",
     "read_statuses",
     "reap",
@@ -36,6 +37,9 @@ __all__ = [
 
 READY_PREFIX = "farside-proxy ready "
 _STDERR_TAIL = 4000
+QUOTE_CHARS = 2000
+"""The most of a proxy's stderr an error message quotes (its end)."""
+QUOTE_LINES = 20
 MAX_LINE = 4096
 """The longest line read from a proxy's pipe; a longer one is dropped, never buffered."""
 
@@ -90,6 +94,19 @@ def tail(path: Path) -> str:
             return f.read().decode("utf-8", "replace").strip()
     except OSError:
         return ""
+
+
+def quoted(text: str, limit: int = QUOTE_CHARS, lines: int = QUOTE_LINES) -> str:
+    """``text`` fit to quote in an error message or a log: its last ``lines`` lines and
+    ``limit`` characters, every control or non-ASCII character escaped (``\\x1b``), so
+    what a process wrote cannot fake log lines, drive a terminal or grow a message."""
+    kept = text.split("\n")[-lines:]
+    escaped = [
+        "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in line)
+        for line in kept
+    ]
+    joined = "\n".join(escaped)
+    return joined if len(joined) <= limit else "..." + joined[-limit:]
 
 
 def read_line(stream: IO[bytes], timeout: float) -> str | None:
@@ -205,16 +222,16 @@ def start_proxy(
     if line is not None and line.startswith(READY_PREFIX):
         proxy.address = line[len(READY_PREFIX) :]
         return proxy
-    reap(proxy, grace=0.0)
+    reap(proxy, grace=0.0, remove=False)  # its log is in the directory: read it first
     if line is None:
         code = process.returncode
         status = "did not start" if code is None else f"exited with code {code}"
         message = (
             f"the enclave proxy for {name!r} {status} within {timeout:g} s; its stderr "
-            f"ends with:\n{tail(proxy.log_path) or '(nothing)'}"
+            f"ends with:\n{quoted(tail(proxy.log_path)) or '(nothing)'}"
         )
     else:
-        message = f"the enclave proxy for {name!r} said {line!r} instead of being ready"
+        message = f"the enclave proxy for {name!r} said {quoted(line, 200)} instead of being ready"
     shutil.rmtree(directory, ignore_errors=True)
     raise EnclaveLoadError(message)
 

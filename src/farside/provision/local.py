@@ -88,6 +88,8 @@ def _agent(platform_dir: Path | None, python: str) -> PlatformAgent:
     with _agents_lock:
         agent = _agents.get(platform_dir)
         if agent is None or not agent.alive:
+            if agent is not None:  # it died (killed, crashed): reap it, close its channel
+                agent.close()
             agent = PlatformAgent.start(
                 platform_dir=platform_dir, python=python, launch=_spawner.run
             )

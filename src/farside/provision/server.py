@@ -21,9 +21,12 @@ their counters and serves everything on ``/metrics`` (docs/operations.md).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -165,6 +168,97 @@ class ProvisionServerConfig:
         return tuple(args)
 
 
+WORKDIR_PREFIX = "farside-server-"
+SWEEP_INTERVAL = 10.0
+"""How often a server sweeps what dead servers left in its work directory's parent."""
+_WORKDIR_LOCK = ".server.lock"
+
+
+def _hold_workdir(workdir: Path) -> int:
+    """Lock ``workdir`` as a live server's (an flock the kernel drops when we die)."""
+    fd = os.open(workdir / _WORKDIR_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _in_use() -> set[bytes]:
+    """Every word of every visible process's command line, and every working directory:
+    a proxy names its private directory with ``--private-dir`` and runs in it."""
+    words: set[bytes] = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
+                words.update(f.read().split(b"\0"))
+            with contextlib.suppress(OSError):
+                words.add(os.fsencode(os.readlink(f"/proc/{entry}/cwd")))
+    return words
+
+
+def _sweep(workdir: Path, in_use: set[bytes]) -> list[Path]:
+    """Empty a dead server's work directory but for its proxies still running; remove it
+    once empty. Returns what it removed."""
+    removed: list[Path] = []
+    left = False
+    for entry in workdir.iterdir():
+        if entry.name == _WORKDIR_LOCK:
+            continue
+        is_dir = entry.is_dir() and not entry.is_symlink()
+        if is_dir and os.fsencode(entry) in in_use:
+            left = True  # its proxy still serves
+            continue
+        if is_dir:
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry)
+    if not left:
+        shutil.rmtree(workdir, ignore_errors=True)
+        removed.append(workdir)
+    return removed
+
+
+def sweep_stale_workdirs(parent: Path, *, own: Path | None = None) -> list[Path]:
+    """Remove what servers that died (kill -9, a crash) left in ``parent``; return it.
+
+    A server's work directory is stale when its lock is free (its server is gone); in it,
+    each proxy's directory is removed unless a live process names it (the proxy, which
+    outlives its server, removes its own when it ends), and the work directory itself
+    once it is empty. Directories of other users, links and live servers' are left alone.
+    """
+    removed: list[Path] = []
+    try:
+        candidates = [
+            d
+            for d in parent.glob(f"{WORKDIR_PREFIX}*")
+            if d != own
+            and not d.is_symlink()
+            and d.is_dir()
+            and d.stat().st_uid == os.getuid()
+            and (d / _WORKDIR_LOCK).exists()
+        ]
+    except OSError:
+        return removed
+    in_use: set[bytes] | None = None
+    for workdir in candidates:
+        try:
+            fd = os.open(workdir / _WORKDIR_LOCK, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if in_use is None:
+                in_use = _in_use()
+            removed += _sweep(workdir, in_use)
+        except OSError:
+            continue  # its server runs (the lock is held), or it went away meanwhile
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d directories that a stopped server left behind", len(removed))
+    return removed
+
+
 def _address_of(peer: str) -> str:
     """A gRPC peer (``ipv4:10.0.0.7:53211``) without its port: an unauthenticated client is
     one address, however many connections (source ports) it opens."""
@@ -203,15 +297,20 @@ class ProvisionServer:
         self._lock = threading.Lock()
         self._enclaves: dict[str, _Enclave] = {}
         self._stopping = False
+        self._stopped = threading.Event()
+        self.sweep_interval = SWEEP_INTERVAL
         self.totals = Totals()
         self._metrics: Any = None  # the /metrics server, once started
         self._hosts_cache: tuple[float, list[pb.HostInfo]] = (0.0, [])
-        self._workdir = Path(tempfile.mkdtemp(prefix="farside-server-", dir=config.workdir))  # 0700
+        self._workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=config.workdir))  # 0700
+        self._workdir_lock = _hold_workdir(self._workdir)  # released when this process ends
+        sweep_stale_workdirs(self._workdir.parent, own=self._workdir)
         try:
             self.backend = backend if backend is not None else self._default_backend()
             self._client_ca_pem = self._read_client_ca()
         except BaseException:
             shutil.rmtree(self._workdir, ignore_errors=True)
+            os.close(self._workdir_lock)
             raise
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=8, thread_name_prefix="provision"),
@@ -258,6 +357,7 @@ class ProvisionServer:
             ports=config.proxy_ports,
             python=config.python,
             agent=agent,
+            platform_dir=config.platform_dir,
             grace=config.grace,
         )
 
@@ -319,13 +419,24 @@ class ProvisionServer:
                     self._metrics.address,
                 )
         self._server.start()
+        threading.Thread(target=self._janitor, daemon=True, name="farside-janitor").start()
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.address = f"{self.config.host}:{port}"
         return self.address
 
+    def _janitor(self) -> None:
+        """Sweep what dead servers left every ``sweep_interval`` s, also when no request
+        comes (an orphaned proxy that dies uncleanly leaves its directory)."""
+        while not self._stopped.wait(self.sweep_interval):
+            try:
+                sweep_stale_workdirs(self._workdir.parent, own=self._workdir)
+            except Exception:  # never the end of the server
+                log.exception("sweeping stale work directories failed")
+
     def stop(self) -> None:
         """Refuse new work, ask every proxy to finalize, then end what is left."""
+        self._stopped.set()
         with self._lock:
             self._stopping = True
             placements = [e.placement for e in self._enclaves.values() if e.placement]
@@ -345,6 +456,8 @@ class ProvisionServer:
         if self._metrics is not None:
             self._metrics.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.close(self._workdir_lock)
 
     @property
     def metrics_address(self) -> str:
@@ -424,6 +537,7 @@ class ProvisionServer:
                 )
             enclave = _Enclave(secrets.token_hex(8), name, client, transport=transport)
             self._enclaves[enclave.enclave_id] = enclave  # holds the slot while it starts
+        sweep_stale_workdirs(self._workdir.parent, own=self._workdir)
         limit = self.config.placement_timeout
         try:
             placement = self.backend.place(
@@ -477,6 +591,7 @@ class ProvisionServer:
             finally:
                 self._forget(enclave)
         log.info("enclave %s on %s ended: %s", enclave.enclave_id, placement.started.host, how)
+        sweep_stale_workdirs(self._workdir.parent, own=self._workdir)
 
     def _count_end(self, enclave: _Enclave, placement: Placement) -> None:
         """Add the proxy's last report to the totals, and its session (never raises)."""

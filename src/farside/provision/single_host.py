@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -29,6 +31,8 @@ __all__ = ["SingleHostBackend"]
 
 log = logging.getLogger("farside.provision")
 
+PORT_ATTEMPTS = 8
+"""How many ports of ``--proxy-ports`` one request tries (others may hold some)."""
 RELEASE_GRACE = 1.0
 """A released proxy gets this long to end by itself (its session closed) before SIGTERM."""
 
@@ -59,6 +63,7 @@ class SingleHostBackend:
         ports: tuple[int, int] | None = None,
         python: str | None = None,
         agent: PlatformAgent | None = None,
+        platform_dir: Path | None = None,
         grace: float = 5.0,
     ) -> None:
         self._host = host
@@ -67,6 +72,8 @@ class SingleHostBackend:
         self._ports = ports
         self._python = python
         self._agent = agent
+        self._agent_lock = threading.Lock()
+        self._platform_dir = platform_dir  # the agent's, to start it again if it dies
         self._grace = grace
         self._lock = threading.Lock()
         self._ports_used: set[int] = set()
@@ -76,8 +83,9 @@ class SingleHostBackend:
 
     def close(self) -> None:
         """Stop the platform agent (running proxies have what they need from it)."""
-        if self._agent is not None:
-            self._agent.close()
+        with self._agent_lock:
+            if self._agent is not None:
+                self._agent.close()
 
     # ----------------------------------------------------------- placing
 
@@ -130,36 +138,23 @@ class SingleHostBackend:
         self, spec: ProxySpec, token: str, timeout: float
     ) -> tuple[ProxyProcess, int | None]:
         error: EnclaveLoadError | None = None
-        for port in self._free_ports():
-            directory, extra = self._prepare(spec)
-            command = proxy_command(
-                f"{self._host}:{port or 0}",
-                python=self._python,
-                idle_timeout=spec.idle_timeout,
-                transport=spec.transport,
-                extra=extra,
-            )
-            channel = self._agent.channel() if self._agent is not None else None
-            if channel is not None:
-                command += ["--agent-fd", str(channel.fileno())]
-            try:  # start_proxy removes the directory when it fails
-                proxy = start_proxy(
-                    command,
-                    token=token,
-                    directory=directory,
-                    timeout=min(timeout, spec.start_timeout),
-                    name=spec.name,
-                    pass_fds=(channel.fileno(),) if channel is not None else (),
-                )
+        tried: set[int] = set()
+        for _ in range(PORT_ATTEMPTS if self._ports is not None else 1):
+            port = self._take_port(tried)
+            if port is None and self._ports is not None:
+                break  # every port of the range is in use (or was tried)
+            try:
+                proxy = self._start_on(spec, token, timeout, port)
             except EnclaveLoadError as exc:
                 self._give_back(port)
                 error = exc
-                if "cannot listen" in str(exc):
+                if port is not None and "cannot listen" in str(exc):
+                    tried.add(port)
                     continue  # that port is taken by someone else: try the next one
                 break
-            finally:
-                if channel is not None:
-                    channel.close()  # the proxy has its own copy
+            except BaseException:
+                self._give_back(port)
+                raise
             return proxy, port
         log.error("the proxy for %s failed to start: %s", spec.name, error)
         if self._ports is not None and (error is None or "cannot listen" in str(error)):
@@ -169,20 +164,78 @@ class SingleHostBackend:
             )
         raise RefusedError(StatusCode.INTERNAL, "the enclave proxy failed to start")
 
-    def _free_ports(self) -> list[int | None]:
-        """Ports to try for a new proxy, taken for it: any (None), or free ones of the range."""
+    def _start_on(
+        self, spec: ProxySpec, token: str, timeout: float, port: int | None
+    ) -> ProxyProcess:
+        """Start one proxy listening on ``port`` (None: any); ``EnclaveLoadError`` if not."""
+        directory, extra = self._prepare(spec)
+        command = proxy_command(
+            f"{self._host}:{port or 0}",
+            python=self._python,
+            idle_timeout=spec.idle_timeout,
+            transport=spec.transport,
+            extra=[*extra, "--private-dir", str(directory)],
+        )
+        try:
+            channel = self._agent_channel()
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        if channel is not None:
+            command += ["--agent-fd", str(channel.fileno())]
+        try:  # start_proxy removes the directory when it fails
+            return start_proxy(
+                command,
+                token=token,
+                directory=directory,
+                timeout=min(timeout, spec.start_timeout),
+                name=spec.name,
+                pass_fds=(channel.fileno(),) if channel is not None else (),
+            )
+        finally:
+            if channel is not None:
+                channel.close()  # the proxy has its own copy
+
+    def _agent_channel(self) -> socket.socket | None:
+        """A channel to the platform agent for a new proxy; an agent that died (killed, or
+        crashed) is started again first, so one death does not fail every later load."""
+        if self._agent is None:
+            return None
+        with self._agent_lock:
+            if not self._agent.alive:
+                log.warning(
+                    "the platform agent (pid %d) exited with code %s: starting it again",
+                    self._agent.process.pid,
+                    self._agent.process.returncode,
+                )
+                self._agent.close()
+                self._agent = PlatformAgent.start(
+                    platform_dir=self._platform_dir, python=self._python
+                )
+            return self._agent.channel()
+
+    def _take_port(self, tried: set[int]) -> int | None:
+        """A port of the range that no proxy of ours holds and was not tried, now taken for
+        one proxy (None: any port, when there is no range; or none left)."""
         if self._ports is None:
-            return [None]
+            return None
         low, high = self._ports
         with self._lock:
-            free = [p for p in range(low, high + 1) if p not in self._ports_used][:8]
-            self._ports_used.update(free)
-        return list(free)
+            for port in range(low, high + 1):
+                if port not in self._ports_used and port not in tried:
+                    self._ports_used.add(port)
+                    return port
+        return None
 
     def _give_back(self, port: int | None) -> None:
         if port is not None:
             with self._lock:
                 self._ports_used.discard(port)
+
+    def ports_in_use(self) -> set[int]:
+        """The ports of the range held by this server's proxies now (for tests)."""
+        with self._lock:
+            return set(self._ports_used)
 
     # ----------------------------------------------------------- watching
 
@@ -204,14 +257,22 @@ class SingleHostBackend:
         return code
 
     def release(self, placement: Placement) -> None:
-        """SIGTERM the proxy (it finalizes) unless it ends by itself within RELEASE_GRACE."""
+        """SIGTERM the proxy (it finalizes) unless it ends by itself within RELEASE_GRACE;
+        SIGKILL it if it still runs ``grace`` s later (a stopped or hung proxy)."""
         proxy, _ = placement.handle
 
         def stop() -> None:
+            process = proxy.process.process
             try:  # after a clean session end the proxy is already on its way out
-                proxy.process.process.wait(RELEASE_GRACE)
+                process.wait(RELEASE_GRACE)
+                return
             except subprocess.TimeoutExpired:
-                proxy.process.process.terminate()
+                process.terminate()
+            try:  # it finalizes; one that cannot (stopped, hung: enclave code did it) dies
+                process.wait(self._grace)
+            except subprocess.TimeoutExpired:
+                log.warning("the released proxy %d ignored SIGTERM: killing it", process.pid)
+                process.kill()
 
         threading.Thread(target=stop, daemon=True, name="farside-release").start()
 

@@ -370,6 +370,8 @@ class Endpoint:
         Never raises: it runs from thread-exit finalizers, when the session may be gone.
         """
         with self._lock:
+            if self.core.depth(thread) and not self.core.is_abandoned(thread):
+                return  # a call of that thread still waits in its mailbox: not ended after all
             if self._failure is None:
                 try:
                     self.core.dispose_thread(thread)

@@ -11,6 +11,7 @@ one stream (``farside.transport.base.Admission``) and does the same.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -47,6 +48,8 @@ __all__ = [
     "listen",
     "server_credentials",
 ]
+
+log = logging.getLogger("farside")
 
 TOKEN_METADATA_KEY = "farside-session-token"  # noqa: S105 (a header name)
 KEEPALIVE_MS = 4_000
@@ -211,7 +214,15 @@ class GrpcClientTransport:
             self._call.cancel()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout)
-        self._channel.close()
+        # gRPC's close waits while a write is stuck on a peer that reads nothing (a stopped
+        # proxy): bounded here, it finishes by itself once the provisioner reaps the proxy.
+        closer = threading.Thread(
+            target=self._channel.close, name="farside-channel-close", daemon=True
+        )
+        closer.start()
+        closer.join(timeout)
+        if closer.is_alive():
+            log.warning("closing the channel to %s takes long: going on without it", self.target)
 
 
 class SessionServicer(pb_grpc.EnclaveSessionServicer):  # type: ignore[misc]
@@ -296,7 +307,8 @@ class GrpcListener:
         self._servicer = SessionServicer(admission, on_open, on_lost)
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc"),
-            options=channel_options(),
+            # never SO_REUSEPORT: a port another proxy holds must fail to bind, not be shared
+            options=[*channel_options(), ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=4,
         )
         pb_grpc.add_EnclaveSessionServicer_to_server(self._servicer, self._server)

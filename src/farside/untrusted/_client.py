@@ -121,7 +121,11 @@ class EnclaveClient:
             # it: then the proxy's worker for this tag may go too (Asylo's DisposeOfThread).
             sentinel = _ThreadEnd()
             self._threads.sentinel = sentinel
-            self._threads.farewell = weakref.finalize(sentinel, self._ended.put, tag)
+            farewell = weakref.finalize(sentinel, self._ended.put, tag)
+            # Not at interpreter exit: the thread lives on, and may be the one destroying
+            # the enclave (atexit), waiting for finalize in this tag's mailbox.
+            farewell.atexit = False
+            self._threads.farewell = farewell
         return tag
 
     def _give_up_tag(self, tag: int) -> None:
