@@ -360,7 +360,7 @@ class SessionCore:
             )
         kw = dict(kwargs or {})
         try:
-            payload, blobs = self._encode([list(args), kw], "arguments")
+            payload, blobs = self._encode_args(args, kw)
         except TypeError:
             # Name the bad value as the caller wrote it, not inside our [args, kwargs].
             _values.encode(list(args), what="args")
@@ -451,6 +451,13 @@ class SessionCore:
         transport sends them with those frames; a sender must take both together)."""
         blobs, self._out_blobs = self._out_blobs, []
         return blobs
+
+    def _encode_args(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[bytes, list[bytes | memoryview]]:
+        if not args and not kwargs and len(_values.EMPTY_ARGS_BYTES) <= self._max_value_size:
+            return _values.EMPTY_ARGS_BYTES, []  # a call without arguments: nothing to walk
+        return self._encode([list(args), kwargs], "arguments")
 
     def _encode(self, value: Any, what: str) -> tuple[bytes, list[bytes | memoryview]]:
         blobs: list[bytes | memoryview] = []
