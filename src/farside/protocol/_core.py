@@ -114,6 +114,10 @@ MAX_TRACE = 1024
 """The most bytes of trace context a call carries; a peer's longer context is dropped."""
 
 
+_CALL_KINDS = {int(kind): kind for kind in CallKind}
+"""The call kinds by their wire number (a dict lookup, not an enum call, per call)."""
+
+
 def _trace_of(frame: pb.Call) -> bytes:
     """A call's trace context, or nothing when it is too long (tracing never fails a call)."""
     trace = frame.trace
@@ -790,10 +794,9 @@ class SessionCore:
 
     def _on_call(self, frame: pb.Call, events: list[Event]) -> None:
         self._expect_state(State.READY, what="a call")
-        try:
-            kind = CallKind(frame.kind)
-        except ValueError:
-            raise ProtocolError(f"peer sent a call of unknown kind {frame.kind}") from None
+        kind = _CALL_KINDS.get(frame.kind)
+        if kind is None:
+            raise ProtocolError(f"peer sent a call of unknown kind {frame.kind}")
         if kind.is_entry == (self.role is Role.CLIENT):
             raise ProtocolError(
                 f"peer sent a {kind.name} call, which a {self.role.value} never receives"
@@ -912,42 +915,41 @@ class SessionCore:
     def _on_result(self, frame: pb.Result, events: list[Event]) -> None:
         self._expect_state(State.READY, what="a result")
         own_parity = 1 if self.role is Role.CLIENT else 0
-        if frame.call_id % 2 != own_parity or frame.call_id >= self._next_id:
-            raise ProtocolError(
-                f"peer sent a result for call {frame.call_id}, which was never made"
-            )
+        call_id = frame.call_id
+        if call_id % 2 != own_parity or call_id >= self._next_id:
+            raise ProtocolError(f"peer sent a result for call {call_id}, which was never made")
         outcome = frame.WhichOneof("outcome")
         if outcome != "value" and (self._chunks or self._in_blob_bytes):
             raise ProtocolError("peer sent value chunks followed by an error result")
         payload = self._take_chunks(frame.value)
-        thread = self._outgoing.get(frame.call_id)
+        thread = self._outgoing.get(call_id)
         if thread is None:
             self._in_blobs, self._in_blob_bytes = [], 0  # a dropped value's blobs too
-            if frame.call_id in self._abandoned_calls:
-                self._unwind_abandoned(frame.call_id)
+            if call_id in self._abandoned_calls:
+                self._unwind_abandoned(call_id)
                 return
             raise ProtocolError(
-                f"peer sent a result for call {frame.call_id}, which is not waiting for one"
+                f"peer sent a result for call {call_id}, which is not waiting for one"
             )
         stack = self._stacks[thread]
-        if stack[-1].call_id != frame.call_id:
+        if stack[-1].call_id != call_id:
             raise ProtocolError(
-                f"peer sent the result of call {frame.call_id} before that of "
+                f"peer sent the result of call {call_id} before that of "
                 f"call {stack[-1].call_id} nested in it"
             )
         stack.pop()
-        del self._outgoing[frame.call_id]
+        del self._outgoing[call_id]
         if not stack:
             del self._stacks[thread]
         if outcome == "error":
             events.append(
                 ResultReceived(
-                    thread=thread, call_id=frame.call_id, error=_remote_error_from_pb(frame.error)
+                    thread=thread, call_id=call_id, error=_remote_error_from_pb(frame.error)
                 )
             )
         else:
             value = self._decode(payload, "a result") if outcome == "value" else None
-            events.append(ResultReceived(thread=thread, call_id=frame.call_id, value=value))
+            events.append(ResultReceived(thread=thread, call_id=call_id, value=value))
 
     def _unwind_abandoned(self, call_id: int) -> None:
         """A late result of an abandoned call: answer the exit calls it was nested in."""
