@@ -118,6 +118,28 @@ _CALL_KINDS = {int(kind): kind for kind in CallKind}
 """The call kinds by their wire number (a dict lookup, not an enum call, per call)."""
 
 
+def _call_frame(
+    call_id: int, thread: int, kind: CallKind, name: str, args: bytes, oneway: bool, trace: bytes
+) -> pb.Frame:
+    """A Call frame, built in place (a Call built apart is copied into its Frame); the
+    same bytes as ``pb.Frame(call=pb.Call(...))``. Protobuf refuses a bad ``name`` with
+    ``TypeError`` or ``ValueError``."""
+    frame = pb.Frame()
+    call = frame.call
+    call.SetInParent()
+    call.call_id = call_id
+    call.thread = thread
+    call.kind = int(kind)  # type: ignore[assignment]
+    if name is not None:  # as the constructor: None leaves the field empty
+        call.name = name
+    call.args = args
+    if oneway:
+        call.oneway = True
+    if trace:
+        call.trace = trace[:MAX_TRACE]
+    return frame
+
+
 def _trace_of(frame: pb.Call) -> bytes:
     """A call's trace context, or nothing when it is too long (tracing never fails a call)."""
     trace = frame.trace
@@ -373,17 +395,7 @@ class SessionCore:
         call_id = 0 if oneway else self._next_id
         chunks, payload = self._split(payload)
         try:  # build the frame before touching any state: protobuf may refuse the name
-            frame = pb.Frame(
-                call=pb.Call(
-                    call_id=call_id,
-                    thread=thread,
-                    kind=int(kind),  # type: ignore[arg-type]
-                    name=name,
-                    args=payload,
-                    oneway=oneway,
-                    trace=trace[:MAX_TRACE] if trace else b"",
-                )
-            )
+            frame = _call_frame(call_id, thread, kind, name, payload, oneway, trace)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid call name {name!r}: {exc}") from None
         if not oneway:
@@ -407,27 +419,33 @@ class SessionCore:
         stack = self._stacks.get(thread)
         if not stack or stack[-1].outgoing or stack[-1].call_id != call_id:
             raise RuntimeError(f"call {call_id} is not the innermost call on thread {thread}")
-        blobs, chunks, result = self._result(call_id, value, error)
+        blobs, chunks, frame = self._result(call_id, value, error)
         self._emit_blobs(blobs)
         self._emit_chunks(chunks)
-        self._emit(pb.Frame(result=result))
+        self._emit(frame)
         stack.pop()
         if not stack:
             del self._stacks[thread]
 
     def _result(
         self, call_id: int, value: Any, error: RemoteError | None
-    ) -> tuple[list[bytes | memoryview], list[bytes], pb.Result]:
+    ) -> tuple[list[bytes | memoryview], list[bytes], pb.Frame]:
+        """The blobs, chunks and Result frame that answer ``call_id``."""
         if error is None:
             try:
                 payload, blobs = self._encode(value, "result")
                 chunks, last = self._split(payload)
-                return blobs, chunks, pb.Result(call_id=call_id, value=last)
+                frame = pb.Frame()  # built in place: a Result built apart is copied into it
+                result = frame.result
+                result.SetInParent()
+                result.call_id = call_id
+                result.value = last
+                return blobs, chunks, frame
             except (TypeError, ValueError) as exc:
                 error = RemoteError(
                     code=StatusCode.INVALID_ARGUMENT, type=type(exc).__name__, message=str(exc)
                 )
-        return [], [], pb.Result(call_id=call_id, error=_remote_error_to_pb(error))
+        return [], [], pb.Frame(result=pb.Result(call_id=call_id, error=_remote_error_to_pb(error)))
 
     def _split(self, payload: bytes) -> tuple[list[bytes], bytes]:
         """Cut a payload into leading chunks and the last piece that rides in its frame."""
