@@ -187,6 +187,7 @@ class SessionCore:
 
     def __init__(self, role: Role, *, limits: Limits | None = None) -> None:
         self.role = role
+        self._handlers = _ROLE_HANDLERS[role]  # keyed by frame kind: no enum hashed per frame
         self.limits = limits or Limits()
         self.state = State.IDLE
         self.error: ProtocolError | None = None
@@ -626,7 +627,7 @@ class SessionCore:
         in_value = self._chunks or self._in_blob_bytes
         if in_value and kind not in ("chunk", "blob", "call", "result"):
             raise ProtocolError(f"peer sent a {kind or 'empty'} frame in the middle of a value")
-        handler = _HANDLERS.get((self.role, kind))
+        handler = self._handlers.get(kind)
         if handler is None:
             raise ProtocolError(
                 f"peer sent a {kind or 'empty'} frame, which a {self.role.value} never receives"
@@ -825,7 +826,7 @@ class SessionCore:
             or len(decoded) != 2
             or not isinstance(decoded[0], list)
             or not isinstance(decoded[1], dict)
-            or not all(isinstance(k, str) for k in decoded[1])
+            or (decoded[1] and not all(isinstance(k, str) for k in decoded[1]))
         ):
             raise ProtocolError("peer sent call arguments that are not [args, kwargs]")
         args, kwargs = tuple(decoded[0]), decoded[1]
@@ -1045,3 +1046,9 @@ _HANDLERS: dict[tuple[Role, str | None], Any] = {
     (Role.PROXY, "close"): SessionCore._on_close,
 }
 """The transition table: which frames each role accepts (states are checked inside)."""
+
+_ROLE_HANDLERS = {
+    role: {kind: handler for (side, kind), handler in _HANDLERS.items() if side is role}
+    for role in Role
+}
+"""``_HANDLERS`` by role, then frame kind (what ``_receive_one`` looks up per frame)."""
