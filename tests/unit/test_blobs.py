@@ -272,3 +272,24 @@ def test_blobs_are_received_into_fresh_buffers() -> None:
     assert type(blobs[1]) is bytes
     assert bytes(1) == b"\x00"
     assert bytes(2**16) == b"\x00" * 2**16
+
+
+@pytest.mark.parametrize("size", [0, 1, 120, 127, 128, 200, 16_383, 16_384, 2**21 + 5])
+def test_one_frame_messages_are_the_batch_bytes(size: int) -> None:
+    """The one-frame shortcut writes exactly what serializing a Batch writes, and the
+    reader reads it back, alone or with more."""
+    frame = pb.Frame(output=pb.Output(thread=3, data=b"o" * size))
+    body = pb.Batch(frames=[frame]).SerializeToString()
+    [message] = encode_frames([frame])
+    assert message == LENGTH.pack(len(body)) + body
+    reader = FrameReader()
+    reader.feed(bytes(message))
+    frames, blobs = reader.take()
+    assert frames == [frame]
+    assert blobs == []
+    assert not reader.buffer
+    reader.feed(bytes(message) * 2 + bytes(message)[:3])  # the general path: two and a bit
+    frames, blobs = reader.take()
+    assert frames == [frame, frame]
+    assert blobs == []
+    assert len(reader.buffer) == 3

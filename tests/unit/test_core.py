@@ -1536,3 +1536,24 @@ def test_disposing_of_thread_zero_is_a_protocol_error(pair: CorePair) -> None:
 def test_only_the_proxy_receives_dispose(pair: CorePair) -> None:
     with pytest.raises(ProtocolError, match="dispose frame, which a client never receives"):
         pair.client.receive([pb.Frame(dispose=pb.Dispose(thread=T))])
+
+
+@pytest.mark.parametrize(("call_id", "oneway", "trace"), [(3, False, b""), (0, True, b"t" * 2000)])
+def test_call_frames_built_in_place_are_the_constructors_bytes(
+    call_id: int, oneway: bool, trace: bytes
+) -> None:
+    from farside.protocol._core import MAX_TRACE, _call_frame
+
+    built = _call_frame(call_id, 1, CallKind.EXIT, "é", b"\x92\x90\x80", oneway, trace)
+    expected = pb.Frame(
+        call=pb.Call(
+            call_id=call_id,
+            thread=1,
+            kind=int(CallKind.EXIT),  # type: ignore[arg-type]
+            name="é",
+            args=b"\x92\x90\x80",
+            oneway=oneway,
+            trace=trace[:MAX_TRACE],
+        )
+    )
+    assert built.SerializeToString() == expected.SerializeToString()

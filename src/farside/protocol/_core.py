@@ -114,6 +114,32 @@ MAX_TRACE = 1024
 """The most bytes of trace context a call carries; a peer's longer context is dropped."""
 
 
+_CALL_KINDS = {int(kind): kind for kind in CallKind}
+"""The call kinds by their wire number (a dict lookup, not an enum call, per call)."""
+
+
+def _call_frame(
+    call_id: int, thread: int, kind: CallKind, name: str, args: bytes, oneway: bool, trace: bytes
+) -> pb.Frame:
+    """A Call frame, built in place (a Call built apart is copied into its Frame); the
+    same bytes as ``pb.Frame(call=pb.Call(...))``. Protobuf refuses a bad ``name`` with
+    ``TypeError`` or ``ValueError``."""
+    frame = pb.Frame()
+    call = frame.call
+    call.SetInParent()
+    call.call_id = call_id
+    call.thread = thread
+    call.kind = int(kind)  # type: ignore[assignment]
+    if name is not None:  # as the constructor: None leaves the field empty
+        call.name = name
+    call.args = args
+    if oneway:
+        call.oneway = True
+    if trace:
+        call.trace = trace[:MAX_TRACE]
+    return frame
+
+
 def _trace_of(frame: pb.Call) -> bytes:
     """A call's trace context, or nothing when it is too long (tracing never fails a call)."""
     trace = frame.trace
@@ -161,6 +187,7 @@ class SessionCore:
 
     def __init__(self, role: Role, *, limits: Limits | None = None) -> None:
         self.role = role
+        self._handlers = _ROLE_HANDLERS[role]  # keyed by frame kind: no enum hashed per frame
         self.limits = limits or Limits()
         self.state = State.IDLE
         self.error: ProtocolError | None = None
@@ -360,7 +387,7 @@ class SessionCore:
             )
         kw = dict(kwargs or {})
         try:
-            payload, blobs = self._encode([list(args), kw], "arguments")
+            payload, blobs = self._encode_args(args, kw)
         except TypeError:
             # Name the bad value as the caller wrote it, not inside our [args, kwargs].
             _values.encode(list(args), what="args")
@@ -369,17 +396,7 @@ class SessionCore:
         call_id = 0 if oneway else self._next_id
         chunks, payload = self._split(payload)
         try:  # build the frame before touching any state: protobuf may refuse the name
-            frame = pb.Frame(
-                call=pb.Call(
-                    call_id=call_id,
-                    thread=thread,
-                    kind=int(kind),  # type: ignore[arg-type]
-                    name=name,
-                    args=payload,
-                    oneway=oneway,
-                    trace=trace[:MAX_TRACE] if trace else b"",
-                )
-            )
+            frame = _call_frame(call_id, thread, kind, name, payload, oneway, trace)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid call name {name!r}: {exc}") from None
         if not oneway:
@@ -403,27 +420,33 @@ class SessionCore:
         stack = self._stacks.get(thread)
         if not stack or stack[-1].outgoing or stack[-1].call_id != call_id:
             raise RuntimeError(f"call {call_id} is not the innermost call on thread {thread}")
-        blobs, chunks, result = self._result(call_id, value, error)
+        blobs, chunks, frame = self._result(call_id, value, error)
         self._emit_blobs(blobs)
         self._emit_chunks(chunks)
-        self._emit(pb.Frame(result=result))
+        self._emit(frame)
         stack.pop()
         if not stack:
             del self._stacks[thread]
 
     def _result(
         self, call_id: int, value: Any, error: RemoteError | None
-    ) -> tuple[list[bytes | memoryview], list[bytes], pb.Result]:
+    ) -> tuple[list[bytes | memoryview], list[bytes], pb.Frame]:
+        """The blobs, chunks and Result frame that answer ``call_id``."""
         if error is None:
             try:
                 payload, blobs = self._encode(value, "result")
                 chunks, last = self._split(payload)
-                return blobs, chunks, pb.Result(call_id=call_id, value=last)
+                frame = pb.Frame()  # built in place: a Result built apart is copied into it
+                result = frame.result
+                result.SetInParent()
+                result.call_id = call_id
+                result.value = last
+                return blobs, chunks, frame
             except (TypeError, ValueError) as exc:
                 error = RemoteError(
                     code=StatusCode.INVALID_ARGUMENT, type=type(exc).__name__, message=str(exc)
                 )
-        return [], [], pb.Result(call_id=call_id, error=_remote_error_to_pb(error))
+        return [], [], pb.Frame(result=pb.Result(call_id=call_id, error=_remote_error_to_pb(error)))
 
     def _split(self, payload: bytes) -> tuple[list[bytes], bytes]:
         """Cut a payload into leading chunks and the last piece that rides in its frame."""
@@ -451,6 +474,13 @@ class SessionCore:
         transport sends them with those frames; a sender must take both together)."""
         blobs, self._out_blobs = self._out_blobs, []
         return blobs
+
+    def _encode_args(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[bytes, list[bytes | memoryview]]:
+        if not args and not kwargs and len(_values.EMPTY_ARGS_BYTES) <= self._max_value_size:
+            return _values.EMPTY_ARGS_BYTES, []  # a call without arguments: nothing to walk
+        return self._encode([list(args), kwargs], "arguments")
 
     def _encode(self, value: Any, what: str) -> tuple[bytes, list[bytes | memoryview]]:
         blobs: list[bytes | memoryview] = []
@@ -597,7 +627,7 @@ class SessionCore:
         in_value = self._chunks or self._in_blob_bytes
         if in_value and kind not in ("chunk", "blob", "call", "result"):
             raise ProtocolError(f"peer sent a {kind or 'empty'} frame in the middle of a value")
-        handler = _HANDLERS.get((self.role, kind))
+        handler = self._handlers.get(kind)
         if handler is None:
             raise ProtocolError(
                 f"peer sent a {kind or 'empty'} frame, which a {self.role.value} never receives"
@@ -783,10 +813,9 @@ class SessionCore:
 
     def _on_call(self, frame: pb.Call, events: list[Event]) -> None:
         self._expect_state(State.READY, what="a call")
-        try:
-            kind = CallKind(frame.kind)
-        except ValueError:
-            raise ProtocolError(f"peer sent a call of unknown kind {frame.kind}") from None
+        kind = _CALL_KINDS.get(frame.kind)
+        if kind is None:
+            raise ProtocolError(f"peer sent a call of unknown kind {frame.kind}")
         if kind.is_entry == (self.role is Role.CLIENT):
             raise ProtocolError(
                 f"peer sent a {kind.name} call, which a {self.role.value} never receives"
@@ -797,7 +826,7 @@ class SessionCore:
             or len(decoded) != 2
             or not isinstance(decoded[0], list)
             or not isinstance(decoded[1], dict)
-            or not all(isinstance(k, str) for k in decoded[1])
+            or (decoded[1] and not all(isinstance(k, str) for k in decoded[1]))
         ):
             raise ProtocolError("peer sent call arguments that are not [args, kwargs]")
         args, kwargs = tuple(decoded[0]), decoded[1]
@@ -905,42 +934,41 @@ class SessionCore:
     def _on_result(self, frame: pb.Result, events: list[Event]) -> None:
         self._expect_state(State.READY, what="a result")
         own_parity = 1 if self.role is Role.CLIENT else 0
-        if frame.call_id % 2 != own_parity or frame.call_id >= self._next_id:
-            raise ProtocolError(
-                f"peer sent a result for call {frame.call_id}, which was never made"
-            )
+        call_id = frame.call_id
+        if call_id % 2 != own_parity or call_id >= self._next_id:
+            raise ProtocolError(f"peer sent a result for call {call_id}, which was never made")
         outcome = frame.WhichOneof("outcome")
         if outcome != "value" and (self._chunks or self._in_blob_bytes):
             raise ProtocolError("peer sent value chunks followed by an error result")
         payload = self._take_chunks(frame.value)
-        thread = self._outgoing.get(frame.call_id)
+        thread = self._outgoing.get(call_id)
         if thread is None:
             self._in_blobs, self._in_blob_bytes = [], 0  # a dropped value's blobs too
-            if frame.call_id in self._abandoned_calls:
-                self._unwind_abandoned(frame.call_id)
+            if call_id in self._abandoned_calls:
+                self._unwind_abandoned(call_id)
                 return
             raise ProtocolError(
-                f"peer sent a result for call {frame.call_id}, which is not waiting for one"
+                f"peer sent a result for call {call_id}, which is not waiting for one"
             )
         stack = self._stacks[thread]
-        if stack[-1].call_id != frame.call_id:
+        if stack[-1].call_id != call_id:
             raise ProtocolError(
-                f"peer sent the result of call {frame.call_id} before that of "
+                f"peer sent the result of call {call_id} before that of "
                 f"call {stack[-1].call_id} nested in it"
             )
         stack.pop()
-        del self._outgoing[frame.call_id]
+        del self._outgoing[call_id]
         if not stack:
             del self._stacks[thread]
         if outcome == "error":
             events.append(
                 ResultReceived(
-                    thread=thread, call_id=frame.call_id, error=_remote_error_from_pb(frame.error)
+                    thread=thread, call_id=call_id, error=_remote_error_from_pb(frame.error)
                 )
             )
         else:
             value = self._decode(payload, "a result") if outcome == "value" else None
-            events.append(ResultReceived(thread=thread, call_id=frame.call_id, value=value))
+            events.append(ResultReceived(thread=thread, call_id=call_id, value=value))
 
     def _unwind_abandoned(self, call_id: int) -> None:
         """A late result of an abandoned call: answer the exit calls it was nested in."""
@@ -1018,3 +1046,9 @@ _HANDLERS: dict[tuple[Role, str | None], Any] = {
     (Role.PROXY, "close"): SessionCore._on_close,
 }
 """The transition table: which frames each role accepts (states are checked inside)."""
+
+_ROLE_HANDLERS = {
+    role: {kind: handler for (side, kind), handler in _HANDLERS.items() if side is role}
+    for role in Role
+}
+"""``_HANDLERS`` by role, then frame kind (what ``_receive_one`` looks up per frame)."""

@@ -81,12 +81,32 @@ _BLOB_TAG = bytes([pb.Frame.DESCRIPTOR.fields_by_name["blob"].number << 3 | 2])
 """The key of ``Frame.blob`` (field 10, length-delimited): every Blob frame's bytes hold it."""
 
 
+_FRAMES_TAG = pb.Batch.DESCRIPTOR.fields_by_name["frames"].number << 3 | 2
+"""The key of ``Batch.frames`` (field 1, length-delimited)."""
+
+
+def _one_frame_batch(frame: pb.Frame) -> bytes:
+    """``Batch(frames=[frame])`` serialized, without copying ``frame`` into a new Batch:
+    the batch's bytes are the field's key, the frame's length (a varint) and the frame."""
+    body = frame.SerializeToString()
+    size = len(body)
+    if size < 0x80:  # the hot path: an empty call's frames are a few bytes
+        head = bytes((_FRAMES_TAG, size))
+    else:
+        varint = bytearray((_FRAMES_TAG,))
+        while size >= 0x80:
+            varint.append(size & 0x7F | 0x80)
+            size >>= 7
+        varint.append(size)
+        head = bytes(varint)
+    return LENGTH.pack(len(head) + len(body)) + head + body
+
+
 def encode_frames(frames: list[pb.Frame], blobs: Sequence[Buffer] = ()) -> list[Buffer]:
     """The messages carrying ``frames`` and the out-of-band ``blobs`` of their Blob frames
     (those with no data), in order: byte strings and views to write one after another."""
     if len(frames) == 1 and not blobs:
-        body = pb.Batch(frames=frames).SerializeToString()
-        return [LENGTH.pack(len(body)) + body]
+        return [_one_frame_batch(frames[0])]
     parts: list[Buffer] = []
     pending = iter(blobs)
     for batch in batches(frames):  # large values: no copy joins the batches

@@ -339,9 +339,10 @@ class StreamConnection:
             finally:
                 self._send_lock.release()
         else:
+            size = len(parts[0]) if len(parts) == 1 else sum(len(part) for part in parts)
             with outbox.lock:
                 outbox.parts.extend(parts)
-                outbox.backlog += sum(len(part) for part in parts)
+                outbox.backlog += size
         if write:
             self.flush()
 
@@ -377,11 +378,16 @@ class StreamConnection:
         flags = 0 if block else socket.MSG_DONTWAIT
         while True:
             with outbox.lock:
-                if not outbox.parts or self._broken is not None:
+                queued = outbox.parts
+                if not queued or self._broken is not None:
                     return False
-                parts = list(itertools.islice(outbox.parts, _SENDMSG_PARTS))
+                one = queued[0] if len(queued) == 1 else None
+                parts = None if one is not None else list(itertools.islice(queued, _SENDMSG_PARTS))
             try:
-                sent = self._sock.sendmsg(parts, (), flags)
+                if one is not None:  # the common case: one message, no iovec to build
+                    sent = self._sock.send(one, flags)
+                else:
+                    sent = self._sock.sendmsg(parts, (), flags)  # type: ignore[arg-type]
             except BlockingIOError:
                 return True
             except InterruptedError:
@@ -392,6 +398,8 @@ class StreamConnection:
             with outbox.lock:
                 if self._broken is None:  # else _break (a failed encrypt) cleared the queue
                     outbox.consume(sent)
+                    if not outbox.parts:
+                        return False  # all written: no need to take the lock to look again
 
     def _write_loop(self) -> None:
         outbox = self.outbox
